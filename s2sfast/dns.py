@@ -154,10 +154,11 @@ def _ip_family(text: str) -> int | None:
 def order_srv(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvRecord]:
     """Order SRV records as RFC 2782 says: priority ascending, weighted-random within one.
 
-    Within a priority, repeatedly: put the weight-0 records first, draw an integer uniformly
-    from 0 to the sum of the remaining weights (inclusive), take the first record whose running
-    weight sum reaches it. Weight-0 records thus come first only with a small chance when
-    others have weight, and uniformly at random when all weights are 0.
+    Within a priority, repeatedly: arrange the remaining records in random order with the
+    weight-0 ones first, draw an integer uniformly from 0 to the sum of their weights
+    (inclusive), take the first record whose running weight sum reaches it. Weight-0 records
+    thus come first only with a small chance when others have weight, and uniformly at random
+    when all weights are 0.
 
     Args:
         records: the SRV answer (targets "." already removed).
@@ -169,6 +170,7 @@ def order_srv(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvRecor
     for priority in sorted({r.priority for r in records}):
         group = [r for r in records if r.priority == priority]
         while group:
+            rng.shuffle(group)  # RFC 2782: "in any order"; random keeps zero weights fair
             group.sort(key=lambda r: r.weight != 0)  # stable: weight-0 records first
             total = sum(r.weight for r in group)
             pick = rng.randint(0, total)

@@ -1,0 +1,314 @@
+"""s2sfast.dns against a real DNS server on loopback (tests/dnsserver.py), never the system's."""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections import Counter
+
+import pytest
+from dnsserver import DnsServer, dns_server  # noqa: F401  (fixture)
+
+from s2sfast.config import AddressOverride, OutgoingOptions, S2SOptions
+from s2sfast.dns import (
+    Candidate,
+    DnsFailure,
+    DnsTimeout,
+    DomainNotFound,
+    NoXmppService,
+    ResolutionError,
+    Resolver,
+    SrvRecord,
+    order_srv,
+)
+
+SRV = "_xmpp-server._tcp."
+
+
+def opts(*, port: int = 5269, ip_versions=(4, 6), address=()) -> S2SOptions:
+    return S2SOptions(
+        outgoing=OutgoingOptions(port=port, ip_versions=tuple(ip_versions)), address=address
+    )
+
+
+@pytest.fixture
+async def resolver(dns_server: DnsServer):  # noqa: F811
+    r = Resolver([dns_server.nameserver], timeout=1, retries=2, rng=random.Random(7))
+    yield r
+    await r.close()
+
+
+def hosts(cands: list[Candidate]) -> list[str]:
+    return [c.host for c in cands]
+
+
+# -- SRV ------------------------------------------------------------------------------------
+
+
+async def test_srv_candidates_follow_priority_then_resolve_each_target(dns_server, resolver):
+    dns_server.add_srv(SRV + "a.test", 20, 0, 5270, "backup.a.test")
+    dns_server.add_srv(SRV + "a.test", 10, 0, 5269, "main.a.test")
+    dns_server.add_a("main.a.test", "127.0.0.2")
+    dns_server.add_a("backup.a.test", "127.0.0.3")
+    cands = await resolver.resolve("a.test", opts(port=1))
+    assert cands == [
+        Candidate(ip="127.0.0.2", port=5269, family=socket.AF_INET, host="main.a.test",
+                  source="srv"),
+        Candidate(ip="127.0.0.3", port=5270, family=socket.AF_INET, host="backup.a.test",
+                  source="srv"),
+    ]  # fmt: skip
+    assert dns_server.count(SRV + "a.test", "SRV") == 1
+
+
+async def test_lower_priority_always_first_whatever_the_weights(dns_server):
+    dns_server.add_srv(SRV + "p.test", 1, 65535, 1, "heavy.p.test")
+    dns_server.add_srv(SRV + "p.test", 0, 1, 2, "light.p.test")
+    dns_server.add_a("heavy.p.test", "127.0.0.2")
+    dns_server.add_a("light.p.test", "127.0.0.3")
+    async with Resolver([dns_server.nameserver], timeout=1, rng=random.Random(1)) as r:
+        for _ in range(50):
+            assert hosts(await r.resolve("p.test", opts())) == ["light.p.test", "heavy.p.test"]
+
+
+async def test_weights_pick_the_first_target_proportionally_through_dns(dns_server):
+    for name, weight in (("w60", 60), ("w30", 30), ("w10", 10)):
+        dns_server.add_srv(SRV + "w.test", 5, weight, 5269, f"{name}.w.test")
+        dns_server.add_a(f"{name}.w.test", "127.0.0.1")
+    dns_server.add_a("w30.w.test", "127.0.0.2")
+    dns_server.add_a("w10.w.test", "127.0.0.3")
+    firsts: Counter[str] = Counter()
+    async with Resolver([dns_server.nameserver], timeout=1, rng=random.Random(42)) as r:
+        for _ in range(600):
+            cands = await r.resolve("w.test", opts())
+            firsts[cands[0].host] += 1
+            # same target, same address: deduplicated
+            assert len(cands) == 3
+    assert 300 < firsts["w60.w.test"] < 420
+    assert 130 < firsts["w30.w.test"] < 230
+    assert 30 < firsts["w10.w.test"] < 95
+
+
+def test_order_srv_weight_statistics_with_seeded_rng():
+    recs = [
+        SrvRecord(priority=0, weight=w, port=1, target=t) for t, w in (("a", 1), ("b", 3), ("c", 6))
+    ]
+    rng = random.Random(2024)
+    n = 20_000
+    first = Counter(order_srv(recs, rng)[0].target for _ in range(n))
+    # RFC 2782 draws from 0..sum inclusive: P(first=x) = (weight + P(x is arranged first,
+    # taking the draw 0)) / (sum + 1), with a random arrangement: (w + 1/3) / 11
+    assert abs(first["a"] / n - (1 + 1 / 3) / 11) < 0.012
+    assert abs(first["b"] / n - (3 + 1 / 3) / 11) < 0.012
+    assert abs(first["c"] / n - (6 + 1 / 3) / 11) < 0.012
+    second_given_c = Counter(
+        o[1].target for o in (order_srv(recs, rng) for _ in range(n)) if o[0].target == "c"
+    )
+    total = sum(second_given_c.values())  # remaining a(1), b(3): (1 + 1/2) / 5 and (3 + 1/2) / 5
+    assert abs(second_given_c["a"] / total - 1.5 / 5) < 0.03
+
+
+def test_order_srv_zero_weights_as_rfc_2782_says():
+    rng = random.Random(99)
+    n = 22_000
+    zero_and_ten = [
+        SrvRecord(priority=0, weight=10, port=1, target="ten"),
+        SrvRecord(priority=0, weight=0, port=1, target="zero"),
+    ]
+    first = Counter(order_srv(zero_and_ten, rng)[0].target for _ in range(n))
+    # weight-0 records go first in the running order and win only the draw 0: 1 in 11
+    assert abs(first["zero"] / n - 1 / 11) < 0.01
+    all_zero = [SrvRecord(priority=0, weight=0, port=1, target=t) for t in "xyz"]
+    first = Counter(order_srv(all_zero, rng)[0].target for _ in range(n))
+    for t in "xyz":  # all weights 0: uniform
+        assert abs(first[t] / n - 1 / 3) < 0.02
+
+
+def test_order_srv_keeps_every_record_once_and_is_reproducible():
+    recs = [
+        SrvRecord(priority=p, weight=w, port=i, target=f"t{i}")
+        for i, (p, w) in enumerate([(2, 0), (1, 5), (1, 0), (0, 7), (2, 9), (1, 5)])
+    ]
+    a = order_srv(recs, random.Random(5))
+    assert sorted(a, key=lambda r: r.port) == recs
+    assert [r.priority for r in a] == sorted(r.priority for r in recs)
+    assert a == order_srv(recs, random.Random(5))
+
+
+# -- A/AAAA and ip_versions -----------------------------------------------------------------
+
+
+def dual_stack(server: DnsServer, domain: str) -> None:
+    server.add_srv(SRV + domain, 0, 0, 5269, "xmpp." + domain)
+    server.add_a("xmpp." + domain, "127.0.0.1")
+    server.add_aaaa("xmpp." + domain, "::1")
+
+
+@pytest.mark.parametrize(
+    "versions, expected",
+    [
+        ((4, 6), [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)]),
+        ((6, 4), [("::1", socket.AF_INET6), ("127.0.0.1", socket.AF_INET)]),
+        ((6,), [("::1", socket.AF_INET6)]),
+        ((4,), [("127.0.0.1", socket.AF_INET)]),
+    ],
+)
+async def test_ip_versions_order_and_filter_addresses(dns_server, resolver, versions, expected):
+    dual_stack(dns_server, "d.test")
+    cands = await resolver.resolve("d.test", opts(ip_versions=versions))
+    assert [(c.ip, c.family) for c in cands] == expected
+    asked = {q.qtype for q in dns_server.queries if q.name == "xmpp.d.test"}
+    assert asked == {"A" if v == 4 else "AAAA" for v in versions}
+
+
+async def test_no_srv_record_falls_back_to_the_domains_own_addresses(dns_server, resolver):
+    dns_server.add_a("f.test", "127.0.0.5")
+    dns_server.add_aaaa("f.test", "::1")
+    cands = await resolver.resolve("F.test.", opts(port=15269, ip_versions=(6, 4)))
+    assert cands == [
+        Candidate(ip="::1", port=15269, family=socket.AF_INET6, host="f.test", source="fallback"),
+        Candidate(ip="127.0.0.5", port=15269, family=socket.AF_INET, host="f.test",
+                  source="fallback"),
+    ]  # fmt: skip
+    assert dns_server.count(SRV + "f.test", "SRV") == 1  # NXDOMAIN for the SRV name
+
+
+async def test_empty_srv_answer_also_falls_back(dns_server, resolver):
+    dns_server.add_name(SRV + "e.test")  # the name exists, but has no SRV record
+    dns_server.add_a("e.test", "127.0.0.6")
+    cands = await resolver.resolve("e.test", opts())
+    assert [(c.ip, c.port, c.source) for c in cands] == [("127.0.0.6", 5269, "fallback")]
+
+
+async def test_cname_for_a_target_is_followed(dns_server, resolver):
+    dns_server.add_srv(SRV + "c.test", 0, 0, 5270, "alias.c.test")
+    dns_server.add_cname("alias.c.test", "real.c.test")
+    dns_server.add_a("real.c.test", "127.0.0.7")
+    cands = await resolver.resolve("c.test", opts(ip_versions=(4,)))
+    assert [(c.ip, c.port, c.host) for c in cands] == [("127.0.0.7", 5270, "alias.c.test")]
+
+
+async def test_glue_in_the_additional_section_saves_address_queries(dns_server, resolver):
+    dns_server.glue = True
+    dual_stack(dns_server, "g.test")
+    cands = await resolver.resolve("g.test", opts())
+    assert [c.ip for c in cands] == ["127.0.0.1", "::1"]
+    assert dns_server.count("xmpp.g.test") == 0
+
+
+async def test_targets_without_addresses_are_skipped(dns_server, resolver):
+    dns_server.add_srv(SRV + "s.test", 0, 0, 5269, "gone.s.test")
+    dns_server.add_srv(SRV + "s.test", 1, 0, 5270, "here.s.test")
+    dns_server.add_aaaa("here.s.test", "::1")
+    cands = await resolver.resolve("s.test", opts())
+    assert [(c.host, c.ip, c.port) for c in cands] == [("here.s.test", "::1", 5270)]
+
+
+async def test_ip_literal_srv_target_is_used_as_is(dns_server, resolver):
+    dns_server.add_srv(SRV + "lit.test", 0, 0, 25269, "127.0.0.9")
+    cands = await resolver.resolve("lit.test", opts())
+    assert [(c.ip, c.port) for c in cands] == [("127.0.0.9", 25269)]
+    assert dns_server.count("127.0.0.9") == 0
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+async def test_nxdomain_everywhere_is_domain_not_found(dns_server, resolver):
+    with pytest.raises(DomainNotFound) as info:
+        await resolver.resolve("nx.test", opts())
+    err = info.value
+    assert str(err) == "NXDOMAIN for _xmpp-server._tcp.nx.test and nx.test"
+    assert err.condition == "remote-server-not-found" and not err.temporary
+    assert err.domain == "nx.test"
+    assert isinstance(err, ResolutionError)
+
+
+async def test_srv_targets_that_do_not_exist_are_domain_not_found(dns_server, resolver):
+    dns_server.add_srv(SRV + "t.test", 0, 0, 5269, "nowhere.t.test")
+    with pytest.raises(DomainNotFound, match="nowhere.t.test"):
+        await resolver.resolve("t.test", opts())
+    assert dns_server.count("t.test") == 0  # SRV existed: no fallback to the domain itself
+
+
+async def test_dot_target_means_no_service_and_no_fallback(dns_server, resolver):
+    dns_server.add_srv(SRV + "none.test", 0, 0, 0, ".")
+    dns_server.add_a("none.test", "127.0.0.1")  # must not be used
+    with pytest.raises(NoXmppService) as info:
+        await resolver.resolve("none.test", opts())
+    assert info.value.condition == "remote-server-not-found"
+    assert "offers no XMPP S2S service" in str(info.value)
+    assert [(q.name, q.qtype) for q in dns_server.queries] == [(SRV + "none.test", "SRV")]
+
+
+async def test_silent_dns_server_times_out_after_retries_counted_at_the_server(dns_server):
+    dns_server.blackhole = True
+    async with Resolver([dns_server.nameserver], timeout=0.3, retries=3) as r:
+        with pytest.raises(DnsTimeout) as info:
+            await r.resolve("slow.test", opts())
+    err = info.value
+    assert err.condition == "remote-server-timeout" and err.temporary
+    assert "DNS timeout for _xmpp-server._tcp.slow.test (3 attempt(s) of 0.3 s)" == str(err)
+    # exactly `retries` SRV queries reached the server, and no fallback A/AAAA query
+    assert [(q.name, q.qtype) for q in dns_server.queries] == [(SRV + "slow.test", "SRV")] * 3
+
+
+async def test_single_retry_means_single_query(dns_server):
+    dns_server.blackhole = True
+    async with Resolver([dns_server.nameserver], timeout=0.2, retries=1) as r:
+        with pytest.raises(DnsTimeout):
+            await r.resolve("slow.test", opts())
+    assert dns_server.count() == 1
+
+
+async def test_servfail_is_a_temporary_dns_failure(dns_server, resolver):
+    dns_server.set_rcode(SRV + "broken.test", "SERVFAIL")
+    with pytest.raises(DnsFailure) as info:
+        await resolver.resolve("broken.test", opts())
+    assert info.value.temporary and info.value.condition == "remote-server-not-found"
+    assert "_xmpp-server._tcp.broken.test" in str(info.value)
+
+
+async def test_unreachable_nameserver_fails_instead_of_using_another_resolver():
+    # a loopback port nobody listens on: ICMP port unreachable, or a timeout; never a result
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with Resolver([f"127.0.0.1:{port}"], timeout=0.3, retries=1) as r:
+        with pytest.raises((DnsTimeout, DnsFailure)):
+            await r.resolve("localhost", opts())
+
+
+# -- address overrides ----------------------------------------------------------------------
+
+
+async def test_address_override_bypasses_dns(dns_server, resolver):
+    dual_stack(dns_server, "o.test")
+    s2s = opts(
+        port=6000,
+        address=(
+            AddressOverride(host="o.test", ip_address="127.0.0.8", port=7000),
+            AddressOverride(host="p.test", ip_address="::1"),
+        ),
+    )
+    assert await resolver.resolve("O.test", s2s) == [
+        Candidate(ip="127.0.0.8", port=7000, family=socket.AF_INET, host="127.0.0.8",
+                  source="address")
+    ]  # fmt: skip
+    assert await resolver.resolve("p.test", s2s) == [
+        Candidate(ip="::1", port=6000, family=socket.AF_INET6, host="::1", source="address")
+    ]
+    assert dns_server.queries == []
+
+
+async def test_address_override_for_another_domain_does_not_apply(dns_server, resolver):
+    dual_stack(dns_server, "q.test")
+    s2s = opts(address=(AddressOverride(host="other.test", ip_address="127.0.0.8"),))
+    cands = await resolver.resolve("q.test", s2s)
+    assert [c.source for c in cands] == ["srv", "srv"]
+
+
+def test_resolver_rejects_meaningless_settings():
+    with pytest.raises(ValueError, match="retries"):
+        Resolver(["127.0.0.1:53"], retries=0)
+    with pytest.raises(ValueError, match="timeout"):
+        Resolver(["127.0.0.1:53"], timeout=0)

@@ -7,7 +7,7 @@ import socket
 from collections import Counter
 
 import pytest
-from dnsserver import DnsServer, dns_server  # noqa: F401  (fixture)
+from dnsserver import DnsServer
 
 from s2sfast.config import AddressOverride, OutgoingOptions, S2SOptions
 from s2sfast.dns import (
@@ -32,7 +32,13 @@ def opts(*, port: int = 5269, ip_versions=(4, 6), address=()) -> S2SOptions:
 
 
 @pytest.fixture
-async def resolver(dns_server: DnsServer):  # noqa: F811
+def dns_server():
+    with DnsServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def resolver(dns_server: DnsServer):
     r = Resolver([dns_server.nameserver], timeout=1, retries=2, rng=random.Random(7))
     yield r
     await r.close()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import pytest
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SRV, A, DNSError, DNSRecord
 
-__all__ = ["DnsServer", "Query", "dns_server"]
+__all__ = ["DnsServer", "Query", "dns_server", "BlackholedPort", "closed_port"]
 
 #: TTL for every answer; tests never rely on caching either way.
 _TTL = 60
@@ -243,6 +243,44 @@ class DnsServer:
                     reply = self._answer(msg, "tcp")
                     if reply is not None:
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
+
+
+class BlackholedPort:
+    """A loopback TCP port whose SYNs go unanswered, so connecting to it times out.
+
+    A socket listening with backlog 0 whose accept queue already holds one connection (never
+    accepted): Linux then drops further SYNs, and the client keeps retransmitting until its own
+    timeout. Loopback only, no firewall rules. Use as a context manager; ``.port``, ``.host``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        if host not in ("127.0.0.1", "::1"):
+            raise ValueError("loopback only")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.host = host
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.bind((host, 0))
+        self._listener.listen(0)
+        self.port: int = self._listener.getsockname()[1]
+        self._filler = socket.create_connection((host, self.port), timeout=5)
+
+    def close(self) -> None:
+        self._filler.close()
+        self._listener.close()
+
+    def __enter__(self) -> BlackholedPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
+    """A loopback TCP port nobody listens on (connecting is refused at once)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,0 +1,404 @@
+"""XmlStream: one S2S TCP connection on asyncio, performing a negotiation machine's actions.
+
+Bytes in go (through TLS when it is up) to the framer, framer events to the machine, and the
+machine's actions come back here: bytes to write, STARTTLS, timers, close. Everything the
+machine says about domains (VerifyKey, Authenticated, Deliver, ...) goes to the owner (router).
+
+TLS is an ``ssl.MemoryBIO`` pair around an ``ssl.SSLObject`` rather than ``loop.start_tls``:
+asyncio's TLS transport keeps a 256 KiB read buffer per connection, while an idle SSLObject
+costs only OpenSSL's own state. A new framer starts after TLS and on every stream restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from s2sfast.errors import FramingError, RemoteStreamError, StreamError, stream_error_bytes
+from s2sfast.events import (
+    Authenticated,
+    Close,
+    ConnectionLost,
+    SendBytes,
+    SetTimer,
+    StartTls,
+    TimerFired,
+    TlsUp,
+)
+from s2sfast.framing import StreamClose, StreamFramer
+
+__all__ = ["XmlStream", "StreamOwner", "CLOSE_TIMEOUT", "TLS_READ_SIZE"]
+
+log = logging.getLogger("s2sfast.stream")
+
+#: seconds we wait for the peer's ``</stream:stream>`` after sending ours (RFC 6120 4.4)
+CLOSE_TIMEOUT = 2.0
+#: plaintext read per SSLObject.read call: one TLS record's worth
+TLS_READ_SIZE = 16 * 1024
+#: writes above this much buffered data pause nothing but are logged once (slow peer)
+_HIGH_WATER = 256 * 1024
+
+
+class StreamOwner(Protocol):
+    """What a stream reports to (the router)."""
+
+    def stream_action(self, stream: XmlStream, action: Any) -> None: ...
+
+    def stream_closed(self, stream: XmlStream) -> None: ...
+
+
+class XmlStream(asyncio.Protocol):
+    """One TCP connection carrying one XMPP S2S stream (incoming or outgoing).
+
+    Args:
+        machine: an IncomingMachine or OutgoingMachine.
+        owner: receives domain-level actions and the close notification.
+        direction: ``"in"`` or ``"out"``.
+        ssl_context: the context STARTTLS uses (None: TLS impossible).
+        max_stanza_size: the framer's limit (None: unlimited).
+        keepalive: seconds of write silence before a whitespace keepalive (None: never).
+    """
+
+    def __init__(
+        self,
+        machine: Any,
+        owner: StreamOwner,
+        *,
+        direction: str,
+        ssl_context: ssl.SSLContext | None = None,
+        max_stanza_size: int | None = None,
+        keepalive: float | None = None,
+        on_connected: Callable[[XmlStream], None] | None = None,
+    ) -> None:
+        self.machine = machine
+        self.owner = owner
+        self.direction = direction
+        self.ssl_context = ssl_context
+        self.max_stanza_size = max_stanza_size
+        self.keepalive = keepalive
+        self.on_connected = on_connected
+        self.transport: asyncio.Transport | None = None
+        self.peername: Any = None
+        self.framer = self._new_framer()
+        self.authenticated: set[tuple[str, str]] = set()
+        self.auth_method: str | None = None
+        self._loop = asyncio.get_event_loop()
+        self._ssl: ssl.SSLObject | None = None
+        self._in_bio: ssl.MemoryBIO | None = None
+        self._out_bio: ssl.MemoryBIO | None = None
+        self._handshaking = False
+        self._wbuf: list[bytes] = []
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._ka_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._last_write = 0.0
+        self._close_sent = False
+        self._peer_closed = False
+        self._lost = False
+        self.closed = asyncio.get_event_loop().create_future()
+
+    # --- identity for logs and connections() ---------------------------------------------------
+
+    @property
+    def tls(self) -> bool:
+        return self._ssl is not None and not self._handshaking
+
+    @property
+    def stream_id(self) -> str | None:
+        return getattr(self.machine, "stream_id", None)
+
+    def describe(self) -> str:
+        m = self.machine
+        local = getattr(m, "local", None)
+        remote = getattr(m, "remote", None) or getattr(m, "peer_from", None)
+        return f"{self.direction} {local}<->{remote} id={self.stream_id}"
+
+    def _new_framer(self) -> Any:
+        return StreamFramer(max_stanza_size=self.max_stanza_size)
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peername = transport.get_extra_info("peername")
+        transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[attr-defined]
+        self._last_write = time.monotonic()
+        if self.on_connected is not None:
+            self.on_connected(self)
+        self._perform(self.machine.start())
+        if self.keepalive:
+            self._ka_timer = self._loop.call_later(self.keepalive, self._keepalive_tick)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lost:
+            return
+        if self._ssl is None:
+            self._feed(data)
+            return
+        assert self._in_bio is not None
+        self._in_bio.write(data)
+        if self._handshaking:
+            self._handshake()
+            if self._handshaking or self._ssl is None:
+                return
+        self._read_tls()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        for handle in (self._timer, self._ka_timer, self._close_timer):
+            if handle is not None:
+                handle.cancel()
+        if not self.machine.closed or self.machine.state == "CLOSING":
+            reason = str(exc) if exc else "connection closed by peer"
+            try:
+                self._perform(self.machine.receive(ConnectionLost(reason=reason)))
+            except StreamError:
+                pass
+        log.info("stream closed: %s", self.describe())
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.owner.stream_closed(self)
+
+    # --- input path ----------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            events = self.framer.feed(data)
+        except FramingError as exc:
+            if not self.tls and data[:1] == b"\x16":
+                exc = FramingError(
+                    exc.condition, "TLS record on a plaintext stream (use STARTTLS)", exc.offset
+                )
+            log.warning("framing error on %s: %s", self.describe(), exc)
+            self._fail(exc)
+            return
+        framer = self.framer
+        for event in events:
+            if self._lost:
+                return
+            if isinstance(event, StreamClose):
+                self._peer_closed = True
+                if self._close_sent:
+                    self._shutdown()
+                    return
+            if self.machine.state in self.machine.FINAL:
+                return
+            self._perform(self.machine.receive(event))
+            if self.framer is not framer:
+                return  # STARTTLS: what follows is TLS, never XML
+
+    def _fail(self, exc: StreamError) -> None:
+        if self.machine.state in self.machine.FINAL:
+            self._shutdown()
+            return
+        self._perform(self.machine.fail(exc))
+
+    def feed_event(self, event: Any) -> None:
+        """Deliver a non-wire event (VerifyRequest, VerifyResult) to the machine."""
+        if self._lost or self.machine.state in self.machine.FINAL:
+            return
+        self._perform(self.machine.receive(event))
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def _perform(self, actions: list[Any]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is SendBytes:
+                self.write(action.data)
+            elif kind is SetTimer:
+                self._set_timer(action.seconds)
+            elif kind is StartTls:
+                self._start_tls(action)
+            elif kind is Close:
+                self._close(action)
+            else:
+                if kind is Authenticated:
+                    self.authenticated.add((action.local, action.remote))
+                    self.auth_method = action.method
+                    log.info(
+                        "stream authenticated (%s): %s %s->%s id=%s",
+                        action.method,
+                        self.direction,
+                        action.remote if self.direction == "in" else action.local,
+                        action.local if self.direction == "in" else action.remote,
+                        self.stream_id,
+                    )
+                self.owner.stream_action(self, action)
+
+    def _set_timer(self, seconds: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if seconds is not None and not self._lost:
+            self._timer = self._loop.call_later(seconds, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._close_sent:
+            self._shutdown()
+            return
+        self.feed_event(TimerFired())
+
+    def _keepalive_tick(self) -> None:
+        self._ka_timer = None
+        if self._lost or self._close_sent:
+            return
+        idle = time.monotonic() - self._last_write
+        if self.authenticated and idle >= self.keepalive:
+            self.write(b" ")
+            idle = 0.0
+        self._ka_timer = self._loop.call_later(
+            max(self.keepalive - idle, 0.1), self._keepalive_tick
+        )
+
+    def _close(self, action: Close) -> None:
+        if action.condition:
+            log.warning("stream error %s on %s: %s", action.condition, self.describe(), action.text)
+        else:
+            log.info("closing %s: %s", self.describe(), action.text)
+        if not self._close_sent and not self._lost:
+            data = b""
+            if action.condition:
+                data = stream_error_bytes(action.condition, action.text)
+            self.write(data + b"</stream:stream>")
+            self._close_sent = True
+        if self._peer_closed or self._handshaking:
+            self._shutdown()
+        elif self._close_timer is None and not self._lost:
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._shutdown)
+
+    def close(self, reason: str = "closing") -> None:
+        """Close the stream cleanly (``</stream:stream>``, wait for the peer's, close TCP)."""
+        if self._lost or self._close_sent:
+            return
+        if self.machine.state in self.machine.FINAL:
+            self._shutdown()
+            return
+        self._perform(self.machine.close(reason))
+
+    def abort(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    def _shutdown(self) -> None:
+        """Flush what we have and close TCP (after a TLS close_notify when TLS is up)."""
+        if self._lost or self.transport is None:
+            return
+        self._flush()
+        if self._ssl is not None and not self._handshaking:
+            try:
+                self._ssl.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass
+            self._drain_bio()
+        self.transport.close()
+
+    # --- output path ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue *data* for the peer; writes coalesce until the loop's next turn."""
+        if self._lost or self._close_sent or not data:
+            return
+        self._wbuf.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._wbuf or self._lost or self.transport is None:
+            self._wbuf.clear()
+            return
+        data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
+        self._wbuf.clear()
+        self._last_write = time.monotonic()
+        if self._ssl is None:
+            self.transport.write(data)
+            return
+        if self._handshaking:
+            log.error("dropping %d bytes written during the TLS handshake", len(data))
+            return
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            log.warning("TLS write failed on %s: %s", self.describe(), exc)
+            self.abort()
+            return
+        self._drain_bio()
+
+    def _drain_bio(self) -> None:
+        assert self._out_bio is not None and self.transport is not None
+        if self._out_bio.pending:
+            self.transport.write(self._out_bio.read())
+
+    # --- TLS -----------------------------------------------------------------------------------
+
+    def _start_tls(self, action: StartTls) -> None:
+        if self.ssl_context is None:
+            self._fail(RemoteStreamError("undefined-condition", "no TLS context for STARTTLS"))
+            return
+        self._flush()  # <proceed/> / <starttls/> go out in plaintext
+        self._in_bio = ssl.MemoryBIO()
+        self._out_bio = ssl.MemoryBIO()
+        self._ssl = self.ssl_context.wrap_bio(
+            self._in_bio,
+            self._out_bio,
+            server_side=action.server_side,
+            server_hostname=action.server_hostname,
+        )
+        self._handshaking = True
+        self.framer = self._new_framer()
+        self._handshake()
+
+    def _handshake(self) -> None:
+        assert self._ssl is not None
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._drain_bio()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._drain_bio()
+            reason = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            log.warning("%s on %s", reason, self.describe())
+            self._handshaking = False
+            self._perform(self.machine.receive(ConnectionLost(reason=reason)))
+            self.abort()
+            return
+        self._handshaking = False
+        self._drain_bio()
+        from s2sfast.tls import peer_chain
+
+        chain = tuple(peer_chain(self._ssl))
+        log.info("TLS up (%s) on %s", self._ssl.version(), self.describe())
+        self._perform(self.machine.receive(TlsUp(chain=chain, version=self._ssl.version())))
+
+    def _read_tls(self) -> None:
+        assert self._ssl is not None
+        while not self._lost:
+            try:
+                chunk = self._ssl.read(TLS_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._peer_closed = True
+                self._shutdown()
+                return
+            except ssl.SSLError as exc:
+                log.warning("TLS error on %s: %s", self.describe(), exc)
+                self.abort()
+                return
+            if not chunk:
+                break
+            self._feed(chunk)
+        if not self._lost:
+            self._drain_bio()

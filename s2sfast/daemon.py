@@ -1,0 +1,334 @@
+"""``s2sfast run``: a federation node as a process, with its XEP-0114 component bridge.
+
+This is the thin layer users start: it loads the configuration (or the embedded defaults),
+starts a :class:`~s2sfast.node.Node`, opens the ``[[listen.service]]`` component listeners,
+routes stanzas between S2S, components and the built-in answers, and handles signals:
+SIGINT/SIGTERM drain and exit 0, SIGHUP reloads the policy from the file without dropping streams.
+
+Routing, by the domain of a stanza's ``to``:
+  - a domain a connected component serves -> that component;
+  - one of the node's hosts with no component -> the built-in answers (ping, disco, version);
+  - a subdomain of a host with no component -> ``service-unavailable`` back to the sender;
+  - anything else (only from components) -> out over S2S through the Node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from s2sfast import builtin
+from s2sfast.component import ComponentRegistry, ComponentServer, Route
+from s2sfast.config import Config, ConfigError, load_config
+from s2sfast.config_service import ListenService
+from s2sfast.defaults import (
+    DEFAULT_COMPONENT_PORT,
+    DEFAULT_S2S_PORT,
+    default_data_dir,
+    embedded_config,
+)
+from s2sfast.negotiation import jid_domain
+
+__all__ = ["add_run_parser", "run", "Daemon", "EXIT_CONFIG"]
+
+log = logging.getLogger("s2sfast.daemon")
+
+#: exit status when the configuration cannot be used (same as check-config)
+EXIT_CONFIG = 1
+#: seconds the shutdown waits for queued stanzas to leave before closing streams anyway
+DRAIN_TIMEOUT = 10.0
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def is_hosted(hosts: tuple[str, ...], domain: str) -> bool:
+    """A host of the node, or a subdomain of one (what a component may serve)."""
+    domain = domain.lower()
+    return any(domain == host or domain.endswith("." + host) for host in hosts)
+
+
+class Daemon:
+    """A Node plus its component listeners and the routing between them.
+
+    Args:
+        config: the node's configuration.
+        listen_service: the component listeners to open.
+        node_factory: builds the Node (``s2sfast.node.Node`` by default).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        listen_service: tuple[ListenService, ...],
+        *,
+        node_factory: Callable[[Config], Any] | None = None,
+    ) -> None:
+        if node_factory is None:
+            from s2sfast.node import Node
+
+            node_factory = Node
+        self.config = config
+        self.node = node_factory(config)
+        self.registry = ComponentRegistry()
+        self.hosts = tuple(h.lower() for h in config.hosts)
+        self.servers = [
+            ComponentServer(
+                svc,
+                registry=self.registry,
+                is_hosted=lambda d: is_hosted(self.hosts, d),
+                on_route=self._from_component,
+                on_change=self._component_changed,
+            )
+            for svc in listen_service
+        ]
+        #: remote domain -> queue of raw stanzas from components, sent in order by one task each
+        self._outbound: dict[str, asyncio.Queue[bytes | None]] = {}
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.node.on_stanza(self._from_s2s)
+        await self.node.start()
+        for server in self.servers:
+            await server.start()
+
+    async def stop(self) -> None:
+        """Stop accepting, let queued stanzas leave, close every stream, stop the node."""
+        for server in self.servers:
+            await server.stop_accepting()
+        for queue in self._outbound.values():
+            queue.put_nowait(None)
+        if self._pumps:
+            await asyncio.wait(list(self._pumps.values()), timeout=DRAIN_TIMEOUT)
+        for task in self._pumps.values():
+            task.cancel()
+        await self.node.stop()
+        for server in self.servers:
+            await server.close()
+        log.info("stopped")
+
+    def reload(self, path: str) -> bool:
+        """SIGHUP: re-read *path* and apply its default_policy / host_policy; False if invalid."""
+        try:
+            new = load_config(path)
+        except (ConfigError, OSError) as exc:
+            log.error("reload of %s failed, keeping the running policy: %s", path, exc)
+            return False
+        self.node.reload_policy(new)
+        self.config = new
+        log.info(
+            "policy reloaded from %s: default_policy %s, %d host_policy entries",
+            path,
+            new.s2s.default_policy,
+            len(new.s2s.host_policy),
+        )
+        return True
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    def _component_changed(self, domain: str, up: bool) -> None:
+        if domain in self.hosts:
+            return  # the node serves its hosts anyway
+        method = "add_local_domain" if up else "remove_local_domain"
+        getattr(self.node, method)(domain)
+
+    def _deliver_local(self, raw: bytes, to_domain: str, from_component: str | None) -> None:
+        """Deliver *raw* to a component or the built-in answers; replies go back to the sender."""
+        conn = self.registry.get(to_domain)
+        if conn is not None and conn.send(raw):
+            return
+        if to_domain in self.hosts:
+            reply = builtin.answer(raw)
+        else:
+            log.info("no component serves %s: service-unavailable", to_domain)
+            reply = builtin.error_reply(raw, "service-unavailable", f"no service at {to_domain}")
+        if reply is not None:
+            self._reply(reply, from_component)
+
+    def _reply(self, reply: bytes, from_component: str | None) -> None:
+        if from_component is not None:
+            conn = self.registry.get(from_component)
+            if conn is not None:
+                conn.send(reply)
+            return
+        self._send_s2s(reply)
+
+    def _from_s2s(self, stanza: Any) -> None:
+        """The Node's handler: an inbound S2S stanza for a local domain."""
+        domain = jid_domain(stanza.to)
+        self._deliver_local(bytes(stanza.raw), domain, None)
+
+    def _from_component(self, component: str, route: Route) -> None:
+        to_domain = jid_domain(route.to)
+        if is_hosted(self.hosts, to_domain):
+            self._deliver_local(route.raw, to_domain, component)
+        else:
+            self._send_s2s(route.raw, component=component, to_domain=to_domain)
+
+    def _send_s2s(self, raw: bytes, *, component: str | None = None, to_domain: str = "") -> None:
+        """Queue *raw* for the Node, in order per remote domain."""
+        key = to_domain or "*"
+        queue = self._outbound.get(key)
+        if queue is None:
+            queue = self._outbound[key] = asyncio.Queue()
+            self._pumps[key] = asyncio.get_running_loop().create_task(self._pump(queue, component))
+        queue.put_nowait(raw)
+
+    async def _pump(self, queue: asyncio.Queue[bytes | None], component: str | None) -> None:
+        while True:
+            raw = await queue.get()
+            if raw is None:
+                return
+            try:
+                await self.node.send(raw)
+            except Exception as exc:  # the Node's own failures: tell the sender, keep going
+                log.warning("sending to S2S failed: %s", exc)
+                reply = builtin.error_reply(raw, "remote-server-not-found", str(exc))
+                sender = jid_domain(_attr_of(raw, "from"))
+                if reply is not None and self.registry.get(sender) is not None:
+                    self._reply(reply, sender)
+
+
+def _attr_of(raw: bytes, name: str) -> str:
+    from lxml import etree
+
+    try:
+        return etree.fromstring(raw).get(name) or ""
+    except etree.XMLSyntaxError:
+        return ""
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``s2sfast run`` on the ``s2sfast`` command's subparsers."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run a federation node (embedded defaults without --config)",
+        description="Run an S2S federation node. Without --config it starts on embedded "
+        "defaults: host localhost, S2S on 127.0.0.1:5269 (STARTTLS optional, a self-signed "
+        "certificate made in the data directory), an XEP-0114 component listener on "
+        "127.0.0.1:5347 with a random password printed on first start. SIGINT/SIGTERM drain "
+        "and exit 0; SIGHUP reloads default_policy/host_policy from the file.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a MongooseIM mongooseim.toml")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        help="where the embedded defaults keep their certificate and component password "
+        "(default: $XDG_DATA_HOME/s2sfast or ~/.local/share/s2sfast)",
+    )
+    parser.add_argument("--log-level", choices=_LEVELS, default="info", help="default: info")
+    parser.add_argument(
+        "--s2s-port",
+        type=int,
+        metavar="PORT",
+        help=f"embedded defaults only: the S2S port (default {DEFAULT_S2S_PORT})",
+    )
+    parser.add_argument(
+        "--component-port",
+        type=int,
+        metavar="PORT",
+        help=f"embedded defaults only: the component port (default {DEFAULT_COMPONENT_PORT})",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Config, tuple[ListenService, ...]] | None:
+    if args.config:
+        if args.s2s_port is not None or args.component_port is not None:
+            print(
+                "s2sfast run: --s2s-port/--component-port apply to the embedded defaults only; "
+                "set the ports in the configuration file",
+                file=sys.stderr,
+            )
+            return None
+        try:
+            config = load_config(args.config)
+        except (ConfigError, OSError) as exc:
+            print(f"s2sfast: invalid configuration: {exc}", file=sys.stderr)
+            return None
+        return config, config.listen_service
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        embedded = embedded_config(
+            data_dir,
+            s2s_port=DEFAULT_S2S_PORT if args.s2s_port is None else args.s2s_port,
+            component_port=(
+                DEFAULT_COMPONENT_PORT if args.component_port is None else args.component_port
+            ),
+        )
+    except OSError as exc:
+        print(f"s2sfast: cannot prepare the data directory {data_dir}: {exc}", file=sys.stderr)
+        return None
+    service = embedded.listen_service[0]
+    log.info(
+        "no --config: embedded defaults (host localhost, data directory %s, certificate %s%s)",
+        data_dir,
+        embedded.certfile,
+        ", new" if embedded.certificate_created else "",
+    )
+    if embedded.password_created:
+        print(
+            f"component password for {service.ip_address}:{service.port}: {service.password}",
+            flush=True,
+        )
+    else:
+        log.info("component password: see %s", data_dir / "component-password")
+    return embedded.config, embedded.listen_service
+
+
+async def run(args: argparse.Namespace) -> int:
+    """``s2sfast run``: start, serve until SIGINT/SIGTERM, drain, return the exit code."""
+    _setup_logging(args.log_level)
+    prepared = _prepare(args)
+    if prepared is None:
+        return EXIT_CONFIG
+    config, services = prepared
+    daemon = Daemon(config, services)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if args.config:
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload, args.config)
+    else:
+        loop.add_signal_handler(
+            signal.SIGHUP, log.warning, "SIGHUP: no --config file, nothing to reload"
+        )
+    try:
+        try:
+            await daemon.start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            with contextlib.suppress(Exception):
+                await daemon.stop()
+            return EXIT_CONFIG
+        log.info("running: hosts %s", ", ".join(config.hosts))
+        await stop.wait()
+        log.info("shutting down")
+        await daemon.stop()
+        return 0
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)

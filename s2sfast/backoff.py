@@ -1,0 +1,202 @@
+"""Reconnect delays and the queue of stanzas waiting for a remote domain (sans-IO).
+
+Neither class reads a clock or sleeps: the caller passes ``now`` (its event loop's monotonic
+time) and schedules the delays it is given, so both are tested with plain numbers.
+
+Why doubling with jitter: MongooseIM documents doubling retry delays but waits one random delay;
+ejabberd bounces for a whole random window. Doubling from about a second reaches a peer quickly
+after a blip and backs off from a long outage to ``[s2s] max_retry_delay``; random jitter keeps
+the nodes of a restarted cluster (which all lost the peer at the same instant) from reconnecting
+in lock-step.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+__all__ = [
+    "DEFAULT_INITIAL_DELAY",
+    "DEFAULT_JITTER",
+    "DEFAULT_PENDING_DEADLINE",
+    "DEFAULT_PENDING_MAX_STANZAS",
+    "DEFAULT_PENDING_MAX_BYTES",
+    "Backoff",
+    "PendingQueue",
+    "QueueFull",
+]
+
+#: seconds before the first retry: a dropped connection to a live peer comes back at once.
+DEFAULT_INITIAL_DELAY = 1.0
+#: each delay is drawn uniformly from (1 - jitter) * d to d, d the doubled delay ("equal
+#: jitter"): the expected delay still doubles, and peers restarted together spread over half
+#: of every interval instead of arriving in the same millisecond.
+DEFAULT_JITTER = 0.5
+
+#: seconds a stanza may wait for its domain's connection before it is bounced. One minute rides
+#: out a peer restart (typically seconds) over about six reconnect attempts (1+2+4+8+16+32 s),
+#: yet the sender learns within a minute that the stanza did not go out; the bounce is
+#: remote-server-timeout / remote-server-not-found, so a client may resend later.
+DEFAULT_PENDING_DEADLINE = 60.0
+#: stanzas queued per remote domain: a minute of a busy MUC relay (~15 stanzas/s) to one peer.
+DEFAULT_PENDING_MAX_STANZAS = 1000
+#: bytes queued per remote domain: bounds memory at 1 MiB per unreachable domain even when
+#: stanzas are large (a typical stanza is 0.3-1 KiB, so usually the count bound bites first).
+DEFAULT_PENDING_MAX_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+
+class Backoff:
+    """Delays between reconnect attempts to one remote domain.
+
+    ``next_delay()`` after each failed attempt returns about ``initial``, then twice that, and so
+    on up to ``max_delay`` seconds, each randomised down by up to ``jitter``; ``reset()`` after a
+    successful connection starts over.
+
+    Args:
+        max_delay: the cap in seconds (``[s2s] max_retry_delay``); no delay exceeds it.
+        initial: the first delay in seconds before jitter.
+        jitter: fraction in [0, 1): how far below the doubled value a delay may fall.
+        rng: random source (seed it in tests).
+    Raises:
+        ValueError: a non-positive delay or a jitter outside [0, 1).
+    """
+
+    def __init__(
+        self,
+        max_delay: float,
+        initial: float = DEFAULT_INITIAL_DELAY,
+        jitter: float = DEFAULT_JITTER,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_delay <= 0 or initial <= 0:
+            raise ValueError(
+                f"back-off delays must be positive (initial={initial}, max={max_delay})"
+            )
+        if not 0 <= jitter < 1:
+            raise ValueError(f"back-off jitter must be in [0, 1), got {jitter}")
+        self.max_delay = float(max_delay)
+        self.initial = float(initial)
+        self.jitter = float(jitter)
+        self.rng = rng or random.Random()
+        #: failed attempts since the last reset
+        self.failures = 0
+
+    def base_delay(self) -> float:
+        """The next delay before jitter: ``initial * 2**failures``, capped at ``max_delay``."""
+        if self.failures >= 64:  # 2**64 s is past any cap; avoid float overflow
+            return self.max_delay
+        return min(self.max_delay, self.initial * 2.0**self.failures)
+
+    def next_delay(self) -> float:
+        """Record one more failed attempt and return how long to wait before the next one."""
+        base = self.base_delay()
+        self.failures += 1
+        return base * (1.0 - self.jitter * self.rng.random())
+
+    def reset(self) -> None:
+        """A connection succeeded: the next failure waits about ``initial`` again."""
+        self.failures = 0
+
+
+class QueueFull(Exception):
+    """A stanza could not be queued: the domain's queue is at its bound.
+
+    The caller bounces it with ``condition`` (RFC 6120 section 8.3.3.18 ``resource-constraint``).
+    """
+
+    condition = "resource-constraint"
+
+
+def _default_size(item: object) -> int:
+    raw = getattr(item, "raw", item)
+    try:
+        return len(raw)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
+class PendingQueue(Generic[T]):
+    """Stanzas waiting for one remote domain's connection, oldest first, bounded.
+
+    Args:
+        max_stanzas: how many stanzas it holds at most.
+        max_bytes: how many bytes (per ``size``) it holds at most.
+        deadline: seconds after which :meth:`expired` hands a stanza back for bouncing.
+        size: how to measure an item (default: ``len(item.raw)`` or ``len(item)``).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_stanzas: int = DEFAULT_PENDING_MAX_STANZAS,
+        max_bytes: int = DEFAULT_PENDING_MAX_BYTES,
+        deadline: float = DEFAULT_PENDING_DEADLINE,
+        size: Callable[[T], int] = _default_size,
+    ) -> None:
+        if max_stanzas < 1 or max_bytes < 1 or deadline <= 0:
+            raise ValueError("pending-queue bounds and deadline must be positive")
+        self.max_stanzas = max_stanzas
+        self.max_bytes = max_bytes
+        self.deadline = float(deadline)
+        self._size = size
+        self._items: deque[tuple[float, int, T]] = deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes currently queued."""
+        return self._bytes
+
+    def push(self, item: T, now: float) -> None:
+        """Queue *item*, stamped with *now* (the caller's monotonic clock).
+
+        Raises:
+            QueueFull: the queue is at ``max_stanzas`` or the item would pass ``max_bytes``.
+            ValueError: *now* is earlier than the previous push (the clock must not go back).
+        """
+        if self._items and now < self._items[-1][0]:
+            raise ValueError(f"time went backwards: {now} < {self._items[-1][0]}")
+        size = self._size(item)
+        if len(self._items) >= self.max_stanzas:
+            raise QueueFull(f"pending queue full ({self.max_stanzas} stanzas)")
+        if self._bytes + size > self.max_bytes:
+            raise QueueFull(
+                f"pending queue full ({self._bytes} + {size} bytes > {self.max_bytes} bytes)"
+            )
+        self._items.append((now, size, item))
+        self._bytes += size
+
+    def expired(self, now: float, deadline: float | None = None) -> list[T]:
+        """Remove and return (oldest first) the items that have waited *deadline* seconds or more.
+
+        Args:
+            now: the caller's monotonic clock.
+            deadline: defaults to the queue's ``deadline``.
+        """
+        limit = now - (self.deadline if deadline is None else deadline)
+        out: list[T] = []
+        while self._items and self._items[0][0] <= limit:
+            _, size, item = self._items.popleft()
+            self._bytes -= size
+            out.append(item)
+        return out
+
+    def next_expiry(self, deadline: float | None = None) -> float | None:
+        """When the oldest item expires (on the caller's clock), or None when empty."""
+        if not self._items:
+            return None
+        return self._items[0][0] + (self.deadline if deadline is None else deadline)
+
+    def drain(self) -> list[T]:
+        """Remove and return every item, oldest first (to send, or to bounce)."""
+        out = [item for _, _, item in self._items]
+        self._items.clear()
+        self._bytes = 0
+        return out

@@ -107,7 +107,8 @@ class IncomingMachine(Machine):
         state_timeout: float | None = 5.0,
     ) -> None:
         super().__init__(state_timeout=state_timeout)
-        self.hosts = frozenset(h.lower() for h in hosts)
+        #: live collection (the router may add domains at run time); lowercase domains
+        self.hosts = hosts
         self.options_for = options_for
         self.policy_allows = policy_allows
         self.tls_available = tls_available
@@ -147,13 +148,15 @@ class IncomingMachine(Machine):
             )
 
     def _check_trusted(self, domain: str) -> None:
-        """required_trusted: the peer's certificate must chain to our CAs and name *domain*."""
+        """Record the peer certificate's verdict for *domain*; required_trusted enforces it."""
+        status = None
+        if self.tls_active and self.check_cert is not None:
+            status = self.check_cert(self.tls_chain, domain)
+            self.peer_cert = status
         if self.mode != "required_trusted":
             return
-        if self.check_cert is None:
+        if status is None:
             raise RemoteStreamError("policy-violation", "no certificate verification available")
-        status = self.check_cert(self.tls_chain, domain)
-        self.peer_cert = status
         if not (status.trusted and status.name_matches):
             reason = status.reason or "certificate not trusted"
             raise RemoteStreamError(

@@ -18,7 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from s2sfast.errors import FramingError, RemoteStreamError, StreamError, stream_error_bytes
+from s2sfast.errors import (
+    FramingError,
+    LocalStreamError,
+    RemoteStreamError,
+    StreamError,
+    stream_error_bytes,
+)
 from s2sfast.events import (
     Authenticated,
     Close,
@@ -30,6 +36,7 @@ from s2sfast.events import (
     TlsUp,
 )
 from s2sfast.framing import StreamClose, StreamFramer
+from s2sfast.tls import peer_chain
 
 __all__ = ["XmlStream", "StreamOwner", "CLOSE_TIMEOUT", "TLS_READ_SIZE"]
 
@@ -82,6 +89,8 @@ class XmlStream(asyncio.Protocol):
         self.keepalive = keepalive
         self.on_connected = on_connected
         self.transport: asyncio.Transport | None = None
+        #: owner's bookkeeping (the router's outbound link)
+        self.link: Any = None
         self.peername: Any = None
         self.framer = self._new_framer()
         self.authenticated: set[tuple[str, str]] = set()
@@ -283,6 +292,10 @@ class XmlStream(asyncio.Protocol):
         if self.machine.state in self.machine.FINAL:
             self._shutdown()
             return
+        if not self.authenticated and reason == "shutdown":
+            # mid-negotiation peers learn why (RFC 6120 4.9.3.20)
+            self._perform(self.machine.fail(LocalStreamError("system-shutdown", "node stopping")))
+            return
         self._perform(self.machine.close(reason))
 
     def abort(self) -> None:
@@ -376,8 +389,6 @@ class XmlStream(asyncio.Protocol):
             return
         self._handshaking = False
         self._drain_bio()
-        from s2sfast.tls import peer_chain
-
         chain = tuple(peer_chain(self._ssl))
         log.info("TLS up (%s) on %s", self._ssl.version(), self.describe())
         self._perform(self.machine.receive(TlsUp(chain=chain, version=self._ssl.version())))

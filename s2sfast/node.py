@@ -1,0 +1,259 @@
+"""Node: a federation node built from a Config - listeners, router, local stanza handlers.
+
+The thin asyncio layer on top of the sans-IO machines: it opens ``[[listen.s2s]]`` sockets,
+makes the TLS contexts, hands every authorised inbound stanza for a local domain to the
+registered handler, and closes everything cleanly on :meth:`Node.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lxml import etree
+
+from s2sfast.config import Config, ListenS2S
+from s2sfast.framing import Stanza
+from s2sfast.incoming import IncomingMachine
+from s2sfast.router import MAX_QUEUE, Router, stanza_from_bytes
+from s2sfast.stream import CLOSE_TIMEOUT, XmlStream
+from s2sfast.tls import make_client_context, make_server_context, verify_peer
+
+__all__ = ["Node", "ConnectionInfo"]
+
+log = logging.getLogger("s2sfast.node")
+
+Handler = Callable[[Stanza], None | Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionInfo:
+    """One stream as :meth:`Node.connections` reports it."""
+
+    direction: str
+    local: str | None
+    remote: str | None
+    #: (local, remote) pairs authenticated on the stream
+    pairs: tuple[tuple[str, str], ...]
+    tls: bool
+    #: tls.PeerCertStatus of the last certificate check (None: not checked)
+    peer_certificate: Any
+    auth_method: str | None
+    stream_id: str | None
+    state: str
+    peer_address: Any
+
+
+class Node:
+    """A federation node.
+
+    Args:
+        config: the effective configuration (see s2sfast.config.load_config).
+        keepalive: seconds of write silence before a whitespace keepalive.
+        max_queue: stanzas held per (local, remote) pair while its stream negotiates.
+    """
+
+    def __init__(
+        self, config: Config, *, keepalive: float | None = 60.0, max_queue: int = MAX_QUEUE
+    ) -> None:
+        self.config = config
+        self.keepalive = keepalive
+        self.max_queue = max_queue
+        self._handlers: list[Handler] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._client_contexts: dict[int, ssl.SSLContext | None] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.router: Router | None = None
+        listen = config.listen_s2s[0] if config.listen_s2s else None
+        #: trust anchors for certificate checks (the first listener's tls.cacertfile)
+        self.cafile = listen.tls.cacertfile if listen else None
+
+    # --- public API ----------------------------------------------------------------------------
+
+    def on_stanza(self, handler: Handler) -> Handler:
+        """Register *handler* (sync or async) for stanzas addressed to local domains.
+
+        It receives the framer's Stanza (``raw`` bytes, ``to``, ``from_``, ...): authorised
+        inbound stanzas, and error stanzas bouncing back what we could not deliver.
+        """
+        self._handlers.append(handler)
+        return handler
+
+    async def start(self) -> None:
+        """Open every ``[[listen.s2s]]`` listener (port 0 picks a free port).
+
+        Raises:
+            ConfigError: unusable TLS material.
+            OSError: a listener cannot bind.
+        """
+        listen0 = self.config.listen_s2s[0] if self.config.listen_s2s else None
+        self.router = Router(
+            self.config,
+            deliver=self._deliver,
+            client_context=self._client_context,
+            cert_checker=self._check_cert,
+            max_queue=self.max_queue,
+            keepalive=self.keepalive,
+            state_timeout=(listen0.state_timeout / 1000) if listen0 else 5.0,
+            max_stanza_size=listen0.max_stanza_size if listen0 else None,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            for listen in self.config.listen_s2s:
+                ctx = make_server_context(self.config.s2s, listen)
+                server = await loop.create_server(
+                    lambda listen=listen, ctx=ctx: self._incoming_stream(listen, ctx),
+                    listen.ip_address,
+                    listen.port,
+                    backlog=listen.backlog,
+                )
+                self._servers.append(server)
+                log.info("listening for S2S on %s", server.sockets[0].getsockname()[:2])
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+            raise
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of every listener, in config order."""
+        out: list[tuple[str, int]] = []
+        for server in self._servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append((host, port))
+        return out
+
+    async def send(self, stanza: bytes | Any) -> None:
+        """Route *stanza* (raw bytes or an lxml element) to its remote domain.
+
+        ``from`` must be a local domain or a JID at one. Failures come back later as error
+        stanzas through the on_stanza handlers.
+
+        Raises:
+            ValueError: not one stanza, ``from`` not local, or no ``to``.
+            RuntimeError: the node is not started.
+        """
+        if self.router is None:
+            raise RuntimeError("Node.start() has not been awaited")
+        if isinstance(stanza, Stanza):
+            raw = stanza.raw
+            framed = stanza
+        else:
+            raw = stanza if isinstance(stanza, bytes | bytearray) else _serialise(stanza)
+            raw = bytes(raw)
+            framed = stanza_from_bytes(raw)
+        self.router.send(raw, framed)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, flush queued stanzas (up to *timeout*), close every stream cleanly."""
+        for server in self._servers:
+            server.close()
+        if self.router is not None:
+            await self.router.drain(timeout)
+            await self.router.close_all(CLOSE_TIMEOUT + 1.0)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every live stream: direction, domains, TLS, certificate status, auth, stream id."""
+        if self.router is None:
+            return []
+        out = []
+        for s in sorted(self.router.streams, key=lambda s: (s.direction, s.stream_id or "")):
+            m = s.machine
+            remote = getattr(m, "remote", None) or getattr(m, "peer_from", None)
+            out.append(
+                ConnectionInfo(
+                    direction=s.direction,
+                    local=m.local,
+                    remote=remote,
+                    pairs=tuple(sorted(s.authenticated)),
+                    tls=s.tls,
+                    peer_certificate=m.peer_cert,
+                    auth_method=s.auth_method,
+                    stream_id=s.stream_id,
+                    state=m.state,
+                    peer_address=s.peername,
+                )
+            )
+        return out
+
+    def add_local_domain(self, domain: str, parent: str | None = None) -> None:
+        """Serve *domain* too (e.g. a component's), using *parent* host's ``[s2s]`` options."""
+        self._router().add_local_domain(domain, parent or self.config.hosts[0])
+
+    def remove_local_domain(self, domain: str) -> None:
+        self._router().remove_local_domain(domain)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _router(self) -> Router:
+        if self.router is None:
+            raise RuntimeError("Node.start() has not been awaited")
+        return self.router
+
+    def _incoming_stream(self, listen: ListenS2S, ctx: ssl.SSLContext | None) -> XmlStream:
+        router = self._router()
+        cafile = listen.tls.cacertfile
+
+        def check(chain: tuple[bytes, ...], domain: str) -> Any:
+            return verify_peer(list(chain), domain, cafile=cafile)
+
+        machine = IncomingMachine(
+            hosts=router.local_domains,
+            options_for=router.options_for,
+            policy_allows=router.policy_allows,
+            tls_available=ctx is not None,
+            check_cert=check,
+            state_timeout=listen.state_timeout / 1000,
+        )
+        return XmlStream(
+            machine,
+            router,
+            direction="in",
+            ssl_context=ctx,
+            max_stanza_size=listen.max_stanza_size,
+            keepalive=self.keepalive,
+            on_connected=router.incoming_connected,
+        )
+
+    def _client_context(self, local: str) -> ssl.SSLContext | None:
+        opts = self._router().options_for(local)
+        key = id(opts)
+        if key not in self._client_contexts:
+            self._client_contexts[key] = make_client_context(opts, cafile=self.cafile)
+        return self._client_contexts[key]
+
+    def _check_cert(self, chain: tuple[bytes, ...], domain: str) -> Any:
+        return verify_peer(list(chain), domain, cafile=self.cafile)
+
+    def _deliver(self, stanza: Stanza) -> None:
+        for handler in self._handlers:
+            try:
+                result = handler(stanza)
+            except Exception:
+                log.exception("stanza handler failed")
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stanza handler failed", exc_info=task.exception())
+
+
+def _serialise(element: Any) -> bytes:
+    """An lxml element's bytes (control of namespaces is the caller's)."""
+    return etree.tostring(element)

@@ -216,9 +216,12 @@ class ComponentMachine(Machine):
     def _on_open(self, event: Any) -> list[Action]:
         namespaces = dict(event.namespaces or {})
         name = event.name
-        prefix = name.split(":", 1)[0] if ":" in name else ""
-        stream_ns = namespaces.get(prefix) if prefix else namespaces.get("", namespaces.get(None))
-        if name.rsplit(":", 1)[-1] != "stream" or stream_ns != STREAM_NS:
+        # the framer reports the local name; the prefix, if any, must be bound to the streams URI
+        prefix, _, local = name.rpartition(":")
+        stream_ok = (
+            namespaces.get(prefix) == STREAM_NS if prefix else STREAM_NS in namespaces.values()
+        )
+        if local != "stream" or not stream_ok:
             raise RemoteStreamError(
                 "invalid-namespace", f"stream element {name!r} is not {STREAM_NS}"
             )

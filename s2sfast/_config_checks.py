@@ -97,7 +97,9 @@ def check_ciphers(ciphers: str) -> None:
         else:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(ciphers)
     except ssl.SSLError as exc:
-        reason = exc.reason or str(exc)
+        # set_ciphers raises SSLError("No cipher can be selected.") without .reason
+        reason = getattr(exc, "reason", None) or (exc.args[0] if exc.args else str(exc))
+        reason = str(reason).rstrip(".")
         raise ValueError(f"OpenSSL cannot use it ({reason})", _CIPHERS_EXPECTED) from None
     except ValueError as exc:
         raise ValueError(str(exc), _CIPHERS_EXPECTED) from None

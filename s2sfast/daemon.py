@@ -121,7 +121,11 @@ class Daemon:
         except (ConfigError, OSError) as exc:
             log.error("reload of %s failed, keeping the running policy: %s", path, exc)
             return False
-        self.node.reload_policy(new)
+        reload_policy = getattr(self.node, "reload_policy", None)
+        if reload_policy is None:
+            log.error("reload of %s: this Node cannot swap its policy at run time", path)
+            return False
+        reload_policy(new)
         self.config = new
         log.info(
             "policy reloaded from %s: default_policy %s, %d host_policy entries",
@@ -136,8 +140,11 @@ class Daemon:
     def _component_changed(self, domain: str, up: bool) -> None:
         if domain in self.hosts:
             return  # the node serves its hosts anyway
-        method = "add_local_domain" if up else "remove_local_domain"
-        getattr(self.node, method)(domain)
+        if up:
+            parent = next(h for h in self.hosts if domain.endswith("." + h))
+            self.node.add_local_domain(domain, parent)
+        else:
+            self.node.remove_local_domain(domain)
 
     def _deliver_local(self, raw: bytes, to_domain: str, from_component: str | None) -> None:
         """Deliver *raw* to a component or the built-in answers; replies go back to the sender."""

@@ -1,0 +1,185 @@
+"""Two `s2sfast run` daemons federating over loopback, each with a component: stanzas cross S2S
+both ways, the built-in answers reply across S2S, and SIGHUP applies a new policy live."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_helpers import DaemonProcess, RawComponent, free_port
+
+pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
+pytest.importorskip("s2sfast.node", reason="s2sfast.node is not there yet")
+
+pytestmark = pytest.mark.slow
+
+
+def _write_config(
+    path: Path, host: str, s2s_port: int, comp_port: int, peer: str, peer_port: int, policy: str
+) -> Path:
+    path.write_text(
+        f"""
+[general]
+  hosts = ["{host}"]
+[[listen.s2s]]
+  port = {s2s_port}
+  ip_address = "127.0.0.1"
+[[listen.service]]
+  port = {comp_port}
+  ip_address = "127.0.0.1"
+  password = "pw-{host}"
+[s2s]
+  use_starttls = "false"
+  default_policy = "allow"
+{policy}
+  [[s2s.address]]
+    host = "{peer}"
+    ip_address = "127.0.0.1"
+    port = {peer_port}
+"""
+    )
+    return path
+
+
+class Pair:
+    """Daemon A (a.test) and daemon B (b.test), each with a component listener."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.s2s = {"a": free_port(), "b": free_port()}
+        self.comp = {"a": free_port(), "b": free_port()}
+        self.cfg = {
+            "a": self._config("a", policy=""),
+            "b": self._config("b", policy=""),
+        }
+        self.daemons: dict[str, DaemonProcess] = {}
+
+    def _config(self, side: str, policy: str) -> Path:
+        other = "b" if side == "a" else "a"
+        return _write_config(
+            self.tmp / f"{side}.toml",
+            f"{side}.test",
+            self.s2s[side],
+            self.comp[side],
+            f"{other}.test",
+            self.s2s[other],
+            policy,
+        )
+
+    def start(self) -> None:
+        for side in ("a", "b"):
+            self.daemons[side] = DaemonProcess("--config", str(self.cfg[side]))
+        for daemon in self.daemons.values():
+            daemon.wait_ready()
+
+    def stop(self) -> dict[str, int]:
+        return {side: d.stop() for side, d in self.daemons.items()}
+
+    def kill(self) -> None:
+        for daemon in self.daemons.values():
+            daemon.kill()
+
+
+async def _component(port: int, domain: str, password: str) -> RawComponent:
+    comp, answer = await RawComponent.connect(port, domain, password)
+    assert answer.name == "handshake", answer
+    return comp
+
+
+async def _next(comp: RawComponent, name: str, timeout: float = 20.0) -> Any:
+    while True:
+        stanza = await comp.next_stanza(timeout)
+        if stanza.name == name:
+            return stanza
+
+
+async def test_components_exchange_messages_and_ping_across_s2s(tmp_path: Path) -> None:
+    pair = Pair(tmp_path)
+    pair.start()
+    try:
+        bot_a = await _component(pair.comp["a"], "bot.a.test", "pw-a.test")
+        bot_b = await _component(pair.comp["b"], "bot.b.test", "pw-b.test")
+
+        bot_a.send(
+            "<message from='alice@bot.a.test' to='bob@bot.b.test'><body>hello b</body></message>"
+        )
+        got = await _next(bot_b, "message")
+        assert (got.from_, got.to) == ("alice@bot.a.test", "bob@bot.b.test")
+        assert b"<body>hello b</body>" in got.raw
+
+        bot_b.send(
+            "<message from='bob@bot.b.test' to='alice@bot.a.test'><body>hello a</body></message>"
+        )
+        got = await _next(bot_a, "message")
+        assert b"<body>hello a</body>" in got.raw
+
+        # b's built-in answers, across S2S
+        bot_a.send(
+            "<iq type='get' id='ping1' from='bot.a.test' to='b.test'>"
+            "<ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        reply = await _next(bot_a, "iq")
+        assert (reply.type, reply.id, reply.from_) == ("result", "ping1", "b.test")
+
+        bot_a.send(
+            "<iq type='get' id='disco1' from='bot.a.test' to='b.test'>"
+            "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+        )
+        reply = await _next(bot_a, "iq")
+        assert reply.type == "result" and b"urn:xmpp:ping" in reply.raw
+
+        # both daemons logged the S2S streams they hold
+        for daemon in pair.daemons.values():
+            assert "a.test" in daemon.log() and "b.test" in daemon.log()
+
+        codes = pair.stop()
+        assert codes == {"a": 0, "b": 0}
+        for comp in (bot_a, bot_b):
+            tail = await comp.eof()
+            assert tail.endswith(b"</stream:stream>")
+            comp.close()
+    finally:
+        pair.kill()
+
+
+async def test_sighup_applies_a_new_policy_without_dropping_streams(tmp_path: Path) -> None:
+    pair = Pair(tmp_path)
+    pair.start()
+    try:
+        bot_a = await _component(pair.comp["a"], "bot.a.test", "pw-a.test")
+        bot_b = await _component(pair.comp["b"], "bot.b.test", "pw-b.test")
+        bot_a.send(
+            "<message id='m1' from='x@bot.a.test' to='y@bot.b.test'><body>1</body></message>"
+        )
+        assert b"<body>1</body>" in (await _next(bot_b, "message")).raw
+
+        # deny b.test on a, then reload
+        pair._config("a", policy='  host_policy = [{host = "bot.b.test", policy = "deny"}]')
+        pair.daemons["a"].signal(signal.SIGHUP)
+        pair.daemons["a"].wait_for_log("policy reloaded")
+
+        bot_a.send(
+            "<message id='m2' from='x@bot.a.test' to='y@bot.b.test'><body>2</body></message>"
+        )
+        bounced = await _next(bot_a, "message")
+        assert bounced.type == "error" and bounced.id == "m2"
+        # the component streams were not dropped: a's built-in ping still answers
+        bot_a.send(
+            "<iq type='get' id='p' from='bot.a.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        assert (await _next(bot_a, "iq")).type == "result"
+        # and b still reaches a's host over the existing streams
+        bot_b.send(
+            "<iq type='get' id='p2' from='bot.b.test' to='a.test'>"
+            "<ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        reply = await asyncio.wait_for(_next(bot_b, "iq"), 20)
+        assert reply.id == "p2"
+        assert pair.stop() == {"a": 0, "b": 0}
+        bot_a.close()
+        bot_b.close()
+    finally:
+        pair.kill()

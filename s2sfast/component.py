@@ -53,6 +53,9 @@ COMPONENT_NS = "jabber:component:accept"
 #: allow a similar few seconds); a silent connection must not hold a slot forever
 HANDSHAKE_TIMEOUT = 10.0
 _STANZA_NAMES = frozenset({"message", "presence", "iq"})
+#: what a component's stanzas may be qualified by: its stream's namespace, or jabber:client
+#: (slixmpp's use_jc_ns); both are moved into jabber:server before they leave over S2S
+_CONTENT_NS = frozenset({COMPONENT_NS, "jabber:client"})
 
 
 # --- actions the machine adds to events.py's ----------------------------------------------------
@@ -117,21 +120,26 @@ def _start_tag_declares_default_ns(raw: bytes) -> bool:
     return False
 
 
-def rebind_namespace(raw: bytes, from_ns: str, to_ns: str) -> bytes:
-    """Move a stanza whose start tag declares ``xmlns=from_ns`` into *to_ns*.
+def rebind_namespace(raw: bytes, from_ns: str | frozenset[str], to_ns: str) -> bytes:
+    """Move a stanza whose start tag declares ``xmlns=`` one of *from_ns* into *to_ns*.
 
     Stanzas that inherit the stream's default namespace (the usual case) are returned as they
     are: they change namespace simply by being written into the other stream.
     """
     if not _start_tag_declares_default_ns(raw):
         return raw
+    sources = frozenset({from_ns}) if isinstance(from_ns, str) else from_ns
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     root = etree.fromstring(raw, parser)
     for element in root.iter():
-        if isinstance(element.tag, str) and etree.QName(element).namespace == from_ns:
+        if isinstance(element.tag, str) and etree.QName(element).namespace in sources:
             element.tag = f"{{{to_ns}}}{etree.QName(element).localname}"
-    etree.cleanup_namespaces(root)
-    return etree.tostring(root)
+    # a fresh top element declaring to_ns as the default, so nothing gets an ns0: prefix
+    top = etree.Element(root.tag, attrib=dict(root.attrib), nsmap={None: to_ns})
+    top.text = root.text
+    top.extend(list(root))
+    etree.cleanup_namespaces(top, top_nsmap={None: to_ns})
+    return etree.tostring(top)
 
 
 def _handshake_text(raw: bytes) -> str:
@@ -267,7 +275,7 @@ class ComponentMachine(Machine):
         name = event.name
         if name not in _STANZA_NAMES:
             raise RemoteStreamError("unsupported-stanza-type", f"<{name}> is not a stanza")
-        if event.ns != COMPONENT_NS:
+        if event.ns not in _CONTENT_NS:
             raise RemoteStreamError(
                 "invalid-namespace", f"<{name}> in {event.ns!r}, expected {COMPONENT_NS}"
             )
@@ -281,7 +289,7 @@ class ComponentMachine(Machine):
             )
         if not from_ or not valid_domain(jid_domain(from_)):
             raise RemoteStreamError("improper-addressing", f"<{name}> without a valid 'from'")
-        raw = rebind_namespace(bytes(event.raw), COMPONENT_NS, "jabber:server")
+        raw = rebind_namespace(bytes(event.raw), _CONTENT_NS, "jabber:server")
         return [Route(raw=raw, name=name, from_=from_, to=to)]
 
     def _on_close(self, event: Any) -> list[Action]:

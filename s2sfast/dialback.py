@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from xml.sax.saxutils import quoteattr as _quoteattr
 
 from lxml import etree
 
@@ -121,6 +120,11 @@ def parse_dialback(raw: bytes) -> DialbackElement:
         key=key,
         error_condition=condition,
     )
+
+
+def _quoteattr(value: str) -> str:
+    escaped = value.replace("&", "&amp;").replace("<", "&lt;").replace("'", "&apos;")
+    return f"'{escaped}'"
 
 
 def _element(

@@ -105,7 +105,9 @@ def check_header_namespaces(open_event: Any) -> None:
     name = open_event.name
     namespaces = dict(open_event.namespaces or {})
     local = name.rsplit(":", 1)[-1]
-    if local != "stream" or _ns_of(name, namespaces) != STREAM_NS:
+    # The framer reports the local name and has already checked the root's namespace; a
+    # prefixed name (another producer of StreamOpen) is checked here.
+    if local != "stream" or (":" in name and _ns_of(name, namespaces) != STREAM_NS):
         raise RemoteStreamError("invalid-namespace", f"stream element {name!r} is not {STREAM_NS}")
     default = namespaces.get("", namespaces.get(None))
     if default != SERVER_NS:

@@ -121,8 +121,20 @@ def check_ciphers(cipher_string: str) -> None:
         ValueError: the string is empty, names TLS 1.3 suites, or selects no usable cipher;
             the message says which and quotes OpenSSL's reason.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    apply_ciphers(ctx, cipher_string)
+    _plan_and_check(cipher_string)
+
+
+def _plan_and_check(cipher_string: str) -> tuple[str | None, bool]:
+    openssl_list, tls13_only = _plan_ciphers(cipher_string)
+    if openssl_list is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(openssl_list)
+        except ssl.SSLError as e:
+            reason = getattr(e, "reason", None) or (e.args[0] if e.args else str(e))
+            raise ValueError(
+                f"cipher string {cipher_string!r} selects no cipher OpenSSL can use ({reason})"
+            ) from None
+    return openssl_list, tls13_only
 
 
 def apply_ciphers(ctx: ssl.SSLContext, cipher_string: str) -> None:
@@ -132,17 +144,13 @@ def apply_ciphers(ctx: ssl.SSLContext, cipher_string: str) -> None:
     Raises:
         ValueError: as :func:`check_ciphers`.
     """
-    openssl_list, tls13_only = _plan_ciphers(cipher_string)
+    # Checked on a scratch context first: a failed set_ciphers leaves OpenSSL with an EMPTY
+    # cipher list, which would break *ctx* for the caller who catches the error.
+    openssl_list, tls13_only = _plan_and_check(cipher_string)
     if tls13_only:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        return
-    try:
+    else:
         ctx.set_ciphers(openssl_list)
-    except ssl.SSLError as e:
-        reason = e.reason or str(e)
-        raise ValueError(
-            f"cipher string {cipher_string!r} selects no cipher OpenSSL can use ({reason})"
-        ) from None
 
 
 # --- contexts ------------------------------------------------------------------------------
@@ -329,8 +337,9 @@ def peer_chain(sslobj: ssl.SSLObject | ssl.SSLSocket) -> list[bytes]:
             chain = getter()
         except (ValueError, ssl.SSLError):
             chain = None
-        if chain:
-            return [_der_of(c) for c in chain]
+        # 3.11 server side, peer sent no certificate: the list is [None] (the absent leaf).
+        if chain and chain[0] is not None:
+            return [_der_of(c) for c in chain if c is not None]
     leaf = sslobj.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -60,6 +61,8 @@ StartTls = Literal["false", "optional", "required", "required_trusted"]
 
 #: MongooseIM's default cipher string for S2S (fast_tls/OpenSSL syntax).
 DEFAULT_CIPHERS = "TLSv1.2:TLSv1.3"
+#: Characters that jid:nodeprep (applied by MongooseIM to [general] hosts) refuses.
+_NODEPREP_FORBIDDEN = re.compile(r"[\s\"&'/:<>@\x00-\x1f\x7f]")
 #: The dialback secret made when ``[s2s] shared`` is unset: 10 strong random bytes, as hex.
 _SHARED_BYTES = 10
 
@@ -263,15 +266,15 @@ def _listen_tls(value: Any, path: str, ignored: list[str]) -> ListenTls:
             )
         _enum(verify_mode, f"{path}.verify_mode", ("peer", "none"))
     return ListenTls(
-        cacertfile=_opt_file(table, "cacertfile", path, _checks.check_cafile),
+        cacertfile=_opt_checked(table, "cacertfile", path, _checks.check_cafile),
         verify_mode=verify_mode,
-        ciphers=_opt_file(table, "ciphers", path, _checks.check_ciphers),
-        dhfile=_opt_file(table, "dhfile", path, _checks.check_dhfile),
-        certfile=_opt_file(table, "certfile", path, _checks.check_certfile),
+        ciphers=_opt_checked(table, "ciphers", path, _checks.check_ciphers),
+        dhfile=_opt_checked(table, "dhfile", path, _checks.check_dhfile),
+        certfile=_opt_checked(table, "certfile", path, _checks.check_certfile),
     )
 
 
-def _opt_file(table: Mapping[str, Any], key: str, path: str, check: Any) -> str | None:
+def _opt_checked(table: Mapping[str, Any], key: str, path: str, check: Any) -> str | None:
     if key not in table:
         return None
     return _check(check, _string(table[key], f"{path}.{key}"), f"{path}.{key}")
@@ -459,11 +462,15 @@ def _hosts(raw: Mapping[str, Any], ignored: list[str]) -> tuple[str, ...]:
     expected = "a non-empty array of unique, non-empty domain name strings"
     if not isinstance(hosts, list) or not hosts:
         _fail("general.hosts", hosts, expected)
+    out: list[str] = []
     for i, host in enumerate(hosts):
         _string(host, f"general.hosts[{i}]", "a non-empty domain name string")
-        if host in hosts[:i]:
+        if _NODEPREP_FORBIDDEN.search(host):  # MongooseIM runs hosts through jid:nodeprep
+            _fail(f"general.hosts[{i}]", host, "a domain name without spaces or \"&'/:<>@")
+        if host.lower() in out:
             _fail(f"general.hosts[{i}]", host, expected, problem="duplicate host")
-    return tuple(hosts)
+        out.append(host.lower())  # nodeprep lower-cases, so do we
+    return tuple(out)
 
 
 def _host_configs(
@@ -485,7 +492,7 @@ def _host_configs(
                 "cannot tell which host this is for",
             )
         key = "host" if "host" in entry else "host_type"
-        name = _string(entry[key], f"{path}.{key}")
+        name = _string(entry[key], f"{path}.{key}").lower()
         if name not in hosts:
             if key == "host_type":  # a dynamic-domain host type: S2S does not serve those
                 ignored.append(path)

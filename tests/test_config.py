@@ -68,10 +68,21 @@ def test_hosts_are_read_in_order():
     assert config.source is None
 
 
+def test_hosts_are_lower_cased_as_mongooseim_nodeprep_does():
+    data = doc(host_config=[{"host": "Example.COM", "s2s": {"default_policy": "deny"}}])
+    data["general"]["hosts"] = ["LocalHost", "example.com"]
+    config = config_from_dict(data)
+    assert config.hosts == ("localhost", "example.com")
+    assert config.s2s_for("example.com").default_policy == "deny"
+
+
 @pytest.mark.parametrize(
     ("data", "path", "fragment"),
     [
         ({}, "general.hosts", "missing"),
+        ({"general": {"hosts": ["a", "A"]}}, "general.hosts[1]", "duplicate"),
+        ({"general": {"hosts": ["user@a"]}}, "general.hosts[0]", 'got "user@a"'),
+        ({"general": {"hosts": ["a b"]}}, "general.hosts[0]", "without spaces"),
         ({"general": {}}, "general.hosts", "missing"),
         ({"general": {"hosts": []}}, "general.hosts", "got []"),
         ({"general": {"hosts": "localhost"}}, "general.hosts", 'got "localhost"'),

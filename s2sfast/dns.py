@@ -14,11 +14,13 @@ Order of business (RFC 6120 section 3.2, RFC 2782 section "Usage rules"):
    ``outgoing.port``. A timed-out or failed SRV query is not "no SRV record", so it does not fall
    back: that could connect to the wrong host while the DNS is merely slow.
 
-Each query is bounded by ``dns.timeout`` seconds and tried ``dns.retries`` times. c-ares adapts
-its per-server timeout to observed latency (down to a fraction of the configured one); a c-ares
-timeout that comes earlier than ours resends the query within the same attempt, so an attempt
-really lasts ``timeout`` seconds and a silent server sees exactly ``retries`` queries on a fresh
-resolver.
+Each query is bounded by ``dns.timeout`` seconds and tried ``dns.retries`` times, and a silent
+server sees exactly ``retries`` packets per question. For that every attempt uses a fresh c-ares
+channel (about half a millisecond; S2S resolves once per connection, not per stanza): a long-lived
+channel adapts its timeout to past latency, down to 250 ms, and would then give up on a slow but
+working recursive resolver long before ``dns.timeout``; and closing the channel is the only way
+to cancel one abandoned query without cancelling everyone else's. There is no cache here: the
+system's resolver caches, and tests see every query.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import ipaddress
 import logging
 import random
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -62,8 +63,8 @@ Source = Literal["address", "srv", "fallback"]
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _QTYPE = {socket.AF_INET: "A", socket.AF_INET6: "AAAA"}
 _RECORD_TYPE = {"A": pycares.QUERY_TYPE_A, "AAAA": pycares.QUERY_TYPE_AAAA}
-#: a c-ares timeout with more than this fraction of our attempt left is resent (see module doc)
-_RESEND_MARGIN = 0.1
+#: c-ares's per-query timeout relative to ours: longer, so our own bound decides
+_CARES_TIMEOUT_FACTOR = 1.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,7 +233,8 @@ class Resolver:
         self.timeout = float(timeout)
         self.retries = retries
         self.rng = rng or random.Random()
-        self._channel: aiodns.DNSResolver | None = None
+        #: c-ares channels of the queries in flight (one per attempt)
+        self._open: set[aiodns.DNSResolver] = set()
 
     @classmethod
     def from_options(
@@ -247,8 +249,8 @@ class Resolver:
 
     async def close(self) -> None:
         """Cancel outstanding queries and release the c-ares channel."""
-        if self._channel is not None:
-            channel, self._channel = self._channel, None
+        for channel in list(self._open):
+            self._open.discard(channel)
             await channel.close()
 
     async def __aenter__(self) -> Resolver:
@@ -413,17 +415,6 @@ class Resolver:
     def _budget(self) -> str:
         return f"{self.retries} attempt(s) of {self.timeout:g} s"
 
-    def _get_channel(self) -> aiodns.DNSResolver:
-        if self._channel is None:
-            # tries=1: this class does the retries, so each attempt is exactly one timeout long
-            self._channel = aiodns.DNSResolver(
-                nameservers=self.nameservers,
-                loop=asyncio.get_running_loop(),
-                timeout=self.timeout,
-                tries=1,
-            )
-        return self._channel
-
     async def _query(self, name: str, qtype: str) -> _Answer:
         """One DNS question, ``retries`` attempts of ``timeout`` seconds each.
 
@@ -431,35 +422,37 @@ class Resolver:
             _QueryTimeout: every attempt timed out.
             _QueryFailed: the server answered with an error (message says which).
         """
-        channel = self._get_channel()
         code = pycares.QUERY_TYPE_SRV if qtype == "SRV" else _RECORD_TYPE[qtype]
         for attempt in range(1, self.retries + 1):
-            deadline = time.monotonic() + self.timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        result = await channel.query_dns(name, qtype)
-                except TimeoutError:
-                    break
-                except aiodns.error.DNSError as e:
-                    errno = e.args[0] if e.args else None
-                    if errno == aiodns.error.ARES_ENOTFOUND:
-                        return _Answer([], [], "nxdomain")
-                    if errno == aiodns.error.ARES_ENODATA:
-                        return _Answer([], [], "nodata")
-                    if errno == aiodns.error.ARES_ETIMEOUT:
-                        # c-ares adapts its timeout to past latency and may give up well before
-                        # our budget: resend within this attempt (not when just short of it)
-                        if deadline - time.monotonic() > _RESEND_MARGIN * self.timeout:
-                            continue
-                        break
-                    detail = e.args[1] if len(e.args) > 1 else str(e)
-                    raise _QueryFailed(detail) from None
-                return _parse(result, code)
-            log.debug("DNS %s %s: attempt %d/%d timed out", name, qtype, attempt, self.retries)
+            # a fresh channel per attempt: c-ares has no latency history, so it waits exactly
+            # its configured timeout (see module doc), and closing it cancels an abandoned query
+            channel = aiodns.DNSResolver(
+                nameservers=self.nameservers,
+                loop=asyncio.get_running_loop(),
+                timeout=self.timeout * _CARES_TIMEOUT_FACTOR,
+                tries=1,
+            )
+            self._open.add(channel)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await channel.query_dns(name, qtype)
+            except TimeoutError:
+                log.debug("DNS %s %s: attempt %d/%d timed out", name, qtype, attempt, self.retries)
+                continue
+            except aiodns.error.DNSError as e:
+                errno = e.args[0] if e.args else None
+                if errno == aiodns.error.ARES_ENOTFOUND:
+                    return _Answer([], [], "nxdomain")
+                if errno == aiodns.error.ARES_ENODATA:
+                    return _Answer([], [], "nodata")
+                if errno == aiodns.error.ARES_ETIMEOUT:
+                    continue
+                detail = e.args[1] if len(e.args) > 1 else str(e)
+                raise _QueryFailed(detail) from None
+            finally:
+                self._open.discard(channel)
+                await channel.close()
+            return _parse(result, code)
         raise _QueryTimeout()
 
 

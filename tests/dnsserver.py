@@ -4,7 +4,7 @@ Tests must never touch the machine's resolver, so everything that resolves names
 of these. It answers from a zone the test builds (SRV, A, AAAA, CNAME; unknown names are
 NXDOMAIN, known names without the asked type are NOERROR/empty), records every query it
 receives (so tests can count retries *at the server*), and can be told to stop answering
-(``blackhole = True``) to provoke resolver timeouts.
+(``blackhole = True``) to provoke resolver timeouts, or to answer late (``delay``).
 
 It serves UDP and TCP on the same free port of 127.0.0.1 (c-ares uses one port for both), each in
 a daemon thread, so a test's event loop stalling cannot stall the server and vice versa.
@@ -59,6 +59,8 @@ class DnsServer:
         self.host = host
         #: when True, queries are recorded but never answered
         self.blackhole = False
+        #: seconds to wait before sending each answer (a slow recursive resolver)
+        self.delay = 0.0
         #: when True, SRV answers carry the targets' A/AAAA records in the additional section
         self.glue = False
         self._records: dict[str, list[RR]] = {}
@@ -211,8 +213,21 @@ class DnsServer:
             except OSError:
                 continue
             reply = self._answer(data, "udp")
-            if reply is not None:
+            if reply is None:
+                continue
+            if self.delay > 0:
+                timer = threading.Timer(self.delay, self._send_late, (reply, addr))
+                timer.daemon = True
+                timer.start()
+            else:
                 self._udp.sendto(reply, addr)
+
+    def _send_late(self, reply: bytes, addr: tuple) -> None:
+        if not self._stop.is_set():
+            try:
+                self._udp.sendto(reply, addr)
+            except OSError:
+                pass
 
     def _serve_tcp(self) -> None:
         while not self._stop.is_set():
@@ -242,6 +257,8 @@ class DnsServer:
                     msg, buf = buf[2 : 2 + size], buf[2 + size :]
                     reply = self._answer(msg, "tcp")
                     if reply is not None:
+                        if self.delay > 0:
+                            self._stop.wait(self.delay)
                         conn.sendall(struct.pack("!H", len(reply)) + reply)
 
 

@@ -318,3 +318,32 @@ def test_resolver_rejects_meaningless_settings():
         Resolver(["127.0.0.1:53"], retries=0)
     with pytest.raises(ValueError, match="timeout"):
         Resolver(["127.0.0.1:53"], timeout=0)
+
+
+async def test_slow_but_working_server_answers_within_the_timeout_after_fast_answers(dns_server):
+    """c-ares shortens a channel's timeout after fast answers (down to 250 ms); the resolver
+    must still give a slow answer (here 0.6 s) its full dns.timeout, on every lookup."""
+    for i in range(12):
+        dns_server.add_a(f"h{i}.fast.test", "127.0.0.1")
+    dns_server.add_a("slow.test", "127.0.0.9")
+    async with Resolver([dns_server.nameserver], timeout=2, retries=1) as r:
+        for i in range(12):
+            await r.resolve(f"h{i}.fast.test", opts(ip_versions=(4,)))
+        dns_server.clear()
+        dns_server.delay = 0.6
+        cands = await r.resolve("slow.test", opts(ip_versions=(4,)))
+    assert [c.ip for c in cands] == ["127.0.0.9"]
+    # one packet per question: nothing timed out and was resent
+    assert [(q.name, q.qtype) for q in dns_server.queries] == [
+        (SRV + "slow.test", "SRV"),
+        ("slow.test", "A"),
+    ]
+
+
+async def test_every_lookup_asks_the_server(dns_server, resolver):
+    """No cache in the resolver: a changed zone is seen at once (the system resolver caches)."""
+    dns_server.add_a("m.test", "127.0.0.1")
+    assert [c.ip for c in await resolver.resolve("m.test", opts(ip_versions=(4,)))] == ["127.0.0.1"]
+    dns_server.add_srv(SRV + "m.test", 0, 0, 5999, "m.test")
+    cands = await resolver.resolve("m.test", opts(ip_versions=(4,)))
+    assert [(c.ip, c.port, c.source) for c in cands] == [("127.0.0.1", 5999, "srv")]

@@ -151,11 +151,16 @@ class Node:
         self.router.send(raw, framed)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting, flush queued stanzas (up to *timeout*), close every stream cleanly."""
+        """Flush queued stanzas (up to *timeout*), stop accepting, close every stream cleanly.
+
+        Listeners stay open while queues drain: a peer authenticating our pending streams by
+        dialback has to connect back to us.
+        """
+        if self.router is not None:
+            await self.router.drain(timeout)
         for server in self._servers:
             server.close()
         if self.router is not None:
-            await self.router.drain(timeout)
             await self.router.close_all(CLOSE_TIMEOUT + 1.0)
         for server in self._servers:
             await server.wait_closed()

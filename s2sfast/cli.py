@@ -152,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse *argv* (default: ``sys.argv[1:]``), run the subcommand, return its exit code."""
     args = build_parser().parse_args(argv)
     func = args.func
-    if inspect.iscoroutinefunction(func):
-        return asyncio.run(func(args))
-    return func(args)
+    try:
+        if inspect.iscoroutinefunction(func):
+            return asyncio.run(func(args))
+        return func(args)
+    except ImportError as exc:  # e.g. `run` where the compiled framer is not built
+        print(f"s2sfast: {args.command}: {exc}", file=sys.stderr)
+        return 1

@@ -213,3 +213,19 @@ def test_check_config_relative_certfile_is_relative_to_the_working_directory(tmp
     path = write(tmp_path, text)
     assert run("check-config", path, cwd=tmp_path).returncode == 0
     assert run("check-config", path, cwd=ROOT).returncode == 1
+
+
+def test_check_config_works_where_the_framer_is_not_built():
+    # the node needs the compiled framer; checking a configuration must not
+    code = (
+        "import sys; sys.modules['s2sfast._framer'] = None\n"
+        "from s2sfast.cli import main\n"
+        f"raise SystemExit(main(['check-config', {str(EXAMPLE)!r}]))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+    assert "Traceback" not in result.stderr

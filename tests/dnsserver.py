@@ -59,6 +59,8 @@ class DnsServer:
         self.host = host
         #: when True, queries are recorded but never answered
         self.blackhole = False
+        #: when True, UDP answers are sent empty with the TC bit (the client must retry over TCP)
+        self.truncate_udp = False
         #: seconds to wait before sending each answer (a slow recursive resolver)
         self.delay = 0.0
         #: when True, SRV answers carry the targets' A/AAAA records in the additional section
@@ -183,6 +185,9 @@ class DnsServer:
             all_records = dict(self._records)
         reply = request.reply()
         reply.header.aa = 1
+        if proto == "udp" and self.truncate_udp:
+            reply.header.tc = 1
+            return reply.pack()
         if rcode is not None:
             reply.header.rcode = rcode
         elif records is None:

@@ -371,7 +371,7 @@ class ComponentConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         limit = self._server.listen.max_stanza_size
-        self._framer = StreamFramer(max_stanza_size=limit) if limit else StreamFramer()
+        self._framer = StreamFramer(max_stanza_size=limit, default_ns=COMPONENT_NS)
         self._last = asyncio.get_running_loop().time()
         self._server._connections.add(self)
         log.info("component stream %s from %s: connected", self.machine.stream_id, self._peer)

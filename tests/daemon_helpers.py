@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from s2sfast.component import handshake_digest
+from s2sfast.component import COMPONENT_NS, handshake_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "running: hosts"
@@ -119,7 +119,7 @@ class RawComponent:
 
         self.reader = reader
         self.writer = writer
-        self.framer = StreamFramer()
+        self.framer = StreamFramer(default_ns=COMPONENT_NS)
         self.events: list[Any] = []
         self.raw = b""
 

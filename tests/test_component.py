@@ -23,6 +23,7 @@ from s2sfast.component import (  # noqa: E402
     handshake_digest,
 )
 from s2sfast.config_service import ListenService  # noqa: E402
+from s2sfast.errors import StreamError  # noqa: E402
 from s2sfast.events import Close, SendBytes, SetTimer, TimerFired  # noqa: E402
 from s2sfast.framing import StreamFramer  # noqa: E402
 
@@ -50,13 +51,18 @@ class Driver:
             check_from=check_from,
             stream_id="abc123",
         )
-        self.framer = StreamFramer()
+        self.framer = StreamFramer(default_ns=COMPONENT_NS)
         self.actions: list[Any] = list(self.machine.start())
 
     def feed(self, data: str | bytes) -> list[Any]:
         raw = data.encode() if isinstance(data, str) else data
         out: list[Any] = []
-        for event in self.framer.feed(raw):
+        try:
+            events = self.framer.feed(raw)
+        except StreamError as exc:  # as ComponentConnection does: the machine answers
+            events = []
+            out.extend(self.machine.fail(exc))
+        for event in events:
             out.extend(self.machine.receive(event))
         self.actions.extend(out)
         return out

@@ -8,6 +8,8 @@ from collections import Counter
 
 import pytest
 from dnsserver import DnsServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from s2sfast.config import AddressOverride, OutgoingOptions, S2SOptions
 from s2sfast.dns import (
@@ -368,3 +370,21 @@ async def test_nameserver_on_ipv6_loopback():
         async with Resolver([server.nameserver], timeout=1, retries=1) as r:
             cands = await r.resolve("six.test", opts(ip_versions=(6,)))
     assert [(c.ip, c.family, c.source) for c in cands] == [("::1", socket.AF_INET6, "fallback")]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 65535), st.integers(1, 65535)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(0, 2**32),
+)
+def test_order_srv_is_a_priority_sorted_permutation(recs, seed):
+    records = [
+        SrvRecord(priority=p, weight=w, port=port, target=f"t{i}")
+        for i, (p, w, port) in enumerate(recs)
+    ]
+    ordered = order_srv(records, random.Random(seed))
+    assert sorted(ordered, key=lambda r: r.target) == sorted(records, key=lambda r: r.target)
+    assert [r.priority for r in ordered] == sorted(r.priority for r in records)

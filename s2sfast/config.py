@@ -606,6 +606,9 @@ def config_from_dict(
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a MongooseIM ``mongooseim.toml``.
 
+    Relative file names inside it (certfile, cacertfile, dhfile) are relative to the working
+    directory, as in MongooseIM.
+
     Raises:
         ConfigError: the file cannot be read, is not valid TOML (the message gives the line)
             or holds an invalid option; the message starts with the file name.

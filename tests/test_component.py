@@ -392,3 +392,16 @@ async def test_slixmpp_component_exchanges_stanzas_and_is_closed_on_shutdown() -
     finally:
         xmpp.disconnect()
         await h.server.close()
+
+
+async def test_shutdown_mid_handshake_is_system_shutdown() -> None:
+    h = Harness()
+    await h.server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+    writer.write(HEADER.format(to="bot.localhost").encode())
+    await _read_until(reader, b"id=")
+    await h.server.close()
+    data = await _read_until(reader, b"</stream:stream>")
+    assert b"<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in data
+    assert await reader.read() == b""
+    writer.close()

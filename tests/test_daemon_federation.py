@@ -192,3 +192,51 @@ async def test_sighup_applies_a_new_policy_without_dropping_streams(tmp_path: Pa
         bot_b.close()
     finally:
         pair.kill()
+
+
+async def test_slixmpp_components_on_both_sides_talk_across_s2s(tmp_path: Path) -> None:
+    slixmpp = pytest.importorskip("slixmpp")
+    pair = Pair(tmp_path)
+    pair.start()
+    bots: dict[str, Any] = {}
+    try:
+        inbox: dict[str, asyncio.Queue[Any]] = {"a": asyncio.Queue(), "b": asyncio.Queue()}
+        for side in ("a", "b"):
+            bot = slixmpp.ComponentXMPP(
+                f"bot.{side}.test", f"pw-{side}.test", "127.0.0.1", pair.comp[side]
+            )
+            bot.register_plugin("xep_0199")
+            started = asyncio.Event()
+            bot.add_event_handler("session_start", lambda _, ev=started: ev.set())
+            bot.add_event_handler("message", inbox[side].put_nowait)
+            bot.connect()
+            await asyncio.wait_for(started.wait(), 10)
+            bots[side] = bot
+
+        # b's bot echoes what it gets
+        def echo(msg: Any) -> None:
+            msg.reply(f"echo: {msg['body']}").send()
+
+        bots["b"].add_event_handler("message", echo)
+
+        bots["a"].send_message(
+            mto="echo@bot.b.test", mfrom="alice@bot.a.test", mbody="across the federation"
+        )
+        got_b = await asyncio.wait_for(inbox["b"].get(), 20)
+        assert str(got_b["from"]) == "alice@bot.a.test"
+        assert got_b["body"] == "across the federation"
+        got_a = await asyncio.wait_for(inbox["a"].get(), 20)
+        assert str(got_a["from"]) == "echo@bot.b.test"
+        assert got_a["body"] == "echo: across the federation"
+
+        # XEP-0199 ping of the other node's domain, answered by its built-in handler
+        iq = bots["a"].make_iq_get(ito="b.test", ifrom="bot.a.test")
+        iq.enable("ping")
+        result = await iq.send(timeout=20)
+        assert result["type"] == "result" and str(result["from"]) == "b.test"
+
+        assert pair.stop() == {"a": 0, "b": 0}
+    finally:
+        for bot in bots.values():
+            bot.disconnect()
+        pair.kill()

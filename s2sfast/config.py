@@ -504,9 +504,11 @@ def _cross_checks(
 ) -> None:
     """Checks that span sections: STARTTLS needs a certfile, required* needs a CA per listener.
 
-    MongooseIM's rule for TLS server sections (``process_just_tls`` in mongoose_config_spec.erl,
-    documented for ``tls.verify_mode = "peer"``): provide ``cacertfile`` or disable peer
-    verification with ``verify_mode = "none"``.
+    The CA rule is MongooseIM's ``missing_cacertfile`` check (``process_just_tls`` in
+    mongoose_config_spec.erl; the listener docs say ``verify_mode = "peer"`` "requires a valid
+    cacertfile"): give ``tls.cacertfile`` or turn peer verification off with ``tls.verify_mode =
+    "none"``. MongooseIM 6.3 applies it to just_tls sections only (its S2S listener uses
+    fast_tls); s2sfast applies it to every S2S listener once STARTTLS is required.
     """
     for opts, path in options.values():
         if opts.use_starttls == "false":

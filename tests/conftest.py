@@ -116,7 +116,8 @@ async def federation():
 
     ``nodes = await federation({"A": {"hosts": ["a.test"], ...}, "B": {...}})``; each spec
     takes node_config's keyword arguments plus ``addresses`` (extra/overriding domain -> port),
-    ``keepalive`` and ``max_queue``; an ``addresses`` value may name another node. Every node gets ``.inbox`` (an Inbox handler) and
+    ``keepalive`` and ``max_queue``; an ``addresses`` value may name another node. Every node
+    gets ``.inbox`` (an Inbox handler) and
     ``.port``. All nodes are stopped at the end of the test.
     """
     from s2sfast.node import Node

@@ -97,7 +97,7 @@ class Policy:
         return self._hosts
 
     def decision(self, domain: str) -> Decision:
-        """"allow" or "deny" for *domain*: its own entry, else the default."""
+        """The decision for *domain*: its own entry, else the default ("allow" or "deny")."""
         return self._hosts.get(normalize_domain(domain), self._default)
 
     def allows(self, domain: str) -> bool:

@@ -1,60 +1,61 @@
-"""TLS for S2S streams: SSLContexts per ``use_starttls`` mode and the RFC 6125 peer identity check.
+"""TLS for S2S streams: SSLContexts per ``use_starttls`` mode, cipher strings, peer chains.
 
-The contexts are driven by stream.py through ``ssl.MemoryBIO`` + ``ssl.SSLObject`` (never asyncio's
-TLS transport, whose 256 KiB read buffer per connection would break the memory budget). Hygiene
-is the same in both directions: TLS 1.2 minimum, no TLS compression, no renegotiation.
-
-Identity is decided by us, not by OpenSSL's hostname check: :func:`verify_peer` checks the chain
-(to ``cafile`` or the system store, with ``cryptography.x509.verification``), the validity dates and
-the names an XMPP server certificate may carry (RFC 6125 / RFC 7590: SAN dNSName with a single
-left-most wildcard label, SRV-ID ``_xmpp-server.<domain>``, id-on-xmppAddr; never the CN). The
-caller turns a failed check into ``policy-violation`` with :attr:`PeerCertStatus.reason` as text.
+The contexts are driven by stream.py through ``ssl.MemoryBIO`` + ``ssl.SSLObject`` (never
+asyncio's TLS transport, whose 256 KiB read buffer per connection would break the memory
+budget). Hygiene is the same in both directions: TLS 1.2 minimum, no TLS compression, no
+renegotiation, no session tickets. The RFC 6125 identity check lives in s2sfast.peercert and is
+re-exported here (:func:`verify_peer`, :class:`PeerCertStatus`, ...).
 
 Cipher strings (``[s2s] ciphers``, ``[listen.s2s.tls] ciphers``) are OpenSSL cipher lists, which
-only configure TLS 1.2 and below; Python 3.11 cannot choose TLS 1.3 suites, which stay at OpenSSL's
-defaults. Our reading, implemented by :func:`apply_ciphers`:
+only configure TLS 1.2 and below; Python 3.11 cannot choose TLS 1.3 suites, which stay at
+OpenSSL's defaults. Our reading, implemented by :func:`apply_ciphers`:
 
 * the keywords ``TLSv1.2`` etc. and suite names keep their OpenSSL meaning for TLS <= 1.2, and
   TLS 1.3 stays enabled with its default suites (as with MongooseIM, whose default is
   ``"TLSv1.2:TLSv1.3"``);
 * a string naming only ``TLSv1.3`` (e.g. ``"TLSv1.3"``) means TLS 1.3 only (minimum version 1.3);
+* ``!TLSv1.3`` (or ``-TLSv1.3``) in the string means no TLS 1.3 (maximum version 1.2);
 * a TLS 1.3 suite name (``TLS_AES_128_GCM_SHA256`` ...) is refused with ValueError, because it
   cannot be honoured.
 
 Peer chains (Python 3.11): ``ssl.SSLObject`` has no public way to get the peer's chain before
 3.13, but the private ``SSLObject._sslobj.get_unverified_chain()`` exists in 3.10 - 3.12 and
-returns ``_ssl.Certificate`` objects, leaf first, on the server side too (tested in
-tests/test_tls_handshake.py). :func:`peer_chain` uses the public method when present (3.13+),
+returns ``_ssl.Certificate`` objects, leaf first, on the server side too (OpenSSL's own server
+side list lacks the leaf; CPython inserts it). When a client sent no certificate, 3.11 returns
+``[None]`` on the server side. :func:`peer_chain` uses the public method when present (3.13+),
 then the private one, then falls back to the leaf alone from ``getpeercert(binary_form=True)``;
-a leaf alone still verifies when a trusted root issued it directly.
+a leaf alone still verifies when a trusted root issued it directly. All of this is exercised in
+tests/test_tls_handshake.py.
 
-Inbound certificate requests: OpenSSL aborts a handshake whose client certificate does not verify
-when the server asked for one, and Python's ``ssl`` has no verify callback. To request the peer's
-certificate without letting OpenSSL decide, the server context gets a certificate-verify
-callback that accepts every chain (``SSL_CTX_set_cert_verify_callback`` through ``ctypes``, on
-the libssl that ``_ssl`` is linked with, after checking the SSL_CTX pointer against the
-context's own options and verify mode).
-If that is impossible the server does not request certificates at all (so inbound
-``required_trusted`` then fails with "the peer presented no certificate" instead of a TLS alert).
+Inbound certificate requests: OpenSSL aborts a handshake whose client certificate does not
+verify when the server asked for one, and Python's ``ssl`` has no verify callback. To request
+the peer's certificate without letting OpenSSL decide, the server context gets a
+certificate-verify callback that accepts every chain (``SSL_CTX_set_cert_verify_callback``
+through ``ctypes``, on the libssl that ``_ssl`` is linked with, after checking the SSL_CTX
+pointer against the context's own options and verify mode). If that is impossible the server
+does not request certificates at all (inbound ``required_trusted`` then fails with "the peer
+presented no certificate" instead of a TLS alert).
 """
 
 from __future__ import annotations
 
 import ctypes
-import datetime as _dt
 import functools
-import ipaddress
-import os
 import re
 import ssl
 import sys
-import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509 import verification as _verification
+from .peercert import (
+    ID_ON_DNSSRV,
+    ID_ON_XMPPADDR,
+    XMPP_SERVER_SERVICE,
+    PeerCertStatus,
+    PeerNames,
+    name_matches,
+    peer_names,
+    verify_peer,
+)
 
 if TYPE_CHECKING:
     from .config import ListenS2S, S2SOptions
@@ -76,18 +77,9 @@ __all__ = [
     "verify_peer",
 ]
 
-#: The SRV service name whose SRV-IDs identify an XMPP server (RFC 6120 section 13.7.1.2.1).
-XMPP_SERVER_SERVICE = "_xmpp-server"
-#: RFC 6120 section 13.7.1.4: otherName id-on-xmppAddr (a UTF8String JID).
-ID_ON_XMPPADDR = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.5")
-#: RFC 4985: otherName id-on-dnsSRV (an IA5String "_service.domain").
-ID_ON_DNSSRV = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.7")
-
-#: Deepest chain we follow (leaf + intermediates + root); public PKI chains are 3-4 long.
-MAX_CHAIN_DEPTH = 8
-
 _TLS13_SUITE = re.compile(r"^TLS_(AES|CHACHA20|AES_128_CCM)", re.ASCII)
 _TLS13_KEYWORDS = frozenset({"TLSv1.3", "+TLSv1.3"})
+_NO_TLS13_KEYWORDS = frozenset({"!TLSv1.3", "-TLSv1.3"})
 
 # --- cipher strings -----------------------------------------------------------------------
 
@@ -96,8 +88,11 @@ def _cipher_tokens(cipher_string: str) -> list[str]:
     return [t for t in re.split(r"[:, ]+", cipher_string.strip()) if t]
 
 
-def _plan_ciphers(cipher_string: str) -> tuple[str | None, bool]:
-    """Split a cipher string into (OpenSSL list for TLS <= 1.2 or None, TLS 1.3 only?)."""
+def _plan_ciphers(cipher_string: str) -> tuple[str | None, bool | None]:
+    """Split a cipher string into (OpenSSL list for TLS <= 1.2 or None, TLS 1.3 wanted).
+
+    The second item is True for "TLS 1.3 only", False for "no TLS 1.3", None for "as usual".
+    """
     if not isinstance(cipher_string, str) or not cipher_string.strip():
         raise ValueError("cipher string is empty")
     tokens = _cipher_tokens(cipher_string)
@@ -108,10 +103,13 @@ def _plan_ciphers(cipher_string: str) -> tuple[str | None, bool]:
             "which Python's ssl cannot select; write 'TLSv1.3' to allow TLS 1.3 with "
             "OpenSSL's default suites, or 'TLSv1.3' alone to require it"
         )
-    rest = [t for t in tokens if t not in _TLS13_KEYWORDS]
+    no13 = any(t in _NO_TLS13_KEYWORDS for t in tokens)
+    rest = [t for t in tokens if t not in _TLS13_KEYWORDS and t not in _NO_TLS13_KEYWORDS]
     if not rest:
+        if no13:
+            raise ValueError(f"cipher string {cipher_string!r} excludes every TLS version")
         return None, True
-    return ":".join(rest), False
+    return ":".join(rest), False if no13 else None
 
 
 def check_ciphers(cipher_string: str) -> None:
@@ -124,7 +122,7 @@ def check_ciphers(cipher_string: str) -> None:
     _plan_and_check(cipher_string)
 
 
-def _plan_and_check(cipher_string: str) -> tuple[str | None, bool]:
+def _plan_and_check(cipher_string: str) -> tuple[str | None, bool | None]:
     openssl_list, tls13_only = _plan_ciphers(cipher_string)
     if openssl_list is not None:
         try:
@@ -138,19 +136,21 @@ def _plan_and_check(cipher_string: str) -> tuple[str | None, bool]:
 
 
 def apply_ciphers(ctx: ssl.SSLContext, cipher_string: str) -> None:
-    """Configure *ctx* for *cipher_string*: its TLS <= 1.2 cipher list or, for a string naming
-    only TLS 1.3, a TLS 1.3 minimum version.
+    """Configure *ctx* for *cipher_string*: its TLS <= 1.2 cipher list, and the TLS 1.3 minimum
+    or TLS 1.2 maximum version the string asks for (see the module docstring).
 
     Raises:
         ValueError: as :func:`check_ciphers`.
     """
     # Checked on a scratch context first: a failed set_ciphers leaves OpenSSL with an EMPTY
     # cipher list, which would break *ctx* for the caller who catches the error.
-    openssl_list, tls13_only = _plan_and_check(cipher_string)
-    if tls13_only:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    else:
+    openssl_list, tls13 = _plan_and_check(cipher_string)
+    if openssl_list is not None:
         ctx.set_ciphers(openssl_list)
+    if tls13 is True:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    elif tls13 is False:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
 
 
 # --- contexts ------------------------------------------------------------------------------
@@ -361,342 +361,3 @@ def _der_of(cert: object) -> bytes:
     import _ssl
 
     return cert.public_bytes(_ssl.ENCODING_DER)
-
-
-# --- names ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PeerNames:
-    """The identities a certificate presents (RFC 6125 section 6 / RFC 6120 section 13.7.1).
-
-    Attributes:
-        dns_names: SAN dNSName entries, lower-case, trailing dot removed.
-        srv_ids: SAN SRV-ID entries as ``(service, domain)``, e.g. ``("_xmpp-server", "a.test")``.
-        xmpp_addrs: SAN id-on-xmppAddr entries (JIDs).
-        common_names: subject CNs, for display only: never used to match.
-    """
-
-    dns_names: tuple[str, ...] = ()
-    srv_ids: tuple[tuple[str, str], ...] = ()
-    xmpp_addrs: tuple[str, ...] = ()
-    common_names: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """A short human list of the names, for logs and stream-error texts."""
-        parts = [f"DNS:{n}" for n in self.dns_names]
-        parts += [f"SRV:{s}.{d}" for s, d in self.srv_ids]
-        parts += [f"xmppAddr:{a}" for a in self.xmpp_addrs]
-        if not parts:
-            parts = [f"CN:{c} (not used)" for c in self.common_names] or ["no names"]
-        return ", ".join(parts)
-
-
-def _der_string(value: bytes, tag: int) -> str | None:
-    """Decode a DER TLV of string type *tag* (the content of an otherName), None if malformed."""
-    if len(value) < 2 or value[0] != tag:
-        return None
-    n = value[1]
-    pos = 2
-    if n & 0x80:
-        count = n & 0x7F
-        if count == 0 or count > 4 or len(value) < 2 + count:
-            return None
-        n = int.from_bytes(value[2 : 2 + count], "big")
-        pos = 2 + count
-    if len(value) != pos + n:
-        return None
-    try:
-        return value[pos:].decode("utf-8" if tag == 0x0C else "ascii")
-    except UnicodeDecodeError:
-        return None
-
-
-def _norm_domain(name: str) -> str:
-    name = name.strip().rstrip(".").lower()
-    if name.isascii():
-        return name
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return name
-
-
-def peer_names(cert_der: bytes) -> PeerNames:
-    """Extract the identities of the certificate *cert_der*.
-
-    Raises:
-        ValueError: *cert_der* is not a DER certificate.
-    """
-    cert = x509.load_der_x509_certificate(cert_der)
-    return _names_of(cert)
-
-
-def _names_of(cert: x509.Certificate) -> PeerNames:
-    cns = tuple(
-        str(a.value) for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
-    )
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return PeerNames(common_names=cns)
-    except ValueError:  # a malformed SAN extension: no usable names
-        return PeerNames(common_names=cns)
-    dns = tuple(_norm_domain(n) for n in san.get_values_for_type(x509.DNSName))
-    srv: list[tuple[str, str]] = []
-    addrs: list[str] = []
-    for other in san.get_values_for_type(x509.OtherName):
-        if other.type_id == ID_ON_DNSSRV:
-            text = _der_string(other.value, 0x16)
-            if text and text.startswith("_") and "." in text:
-                service, _, domain = text.partition(".")
-                srv.append((service.lower(), _norm_domain(domain)))
-        elif other.type_id == ID_ON_XMPPADDR:
-            text = _der_string(other.value, 0x0C)
-            if text:
-                addrs.append(text)
-    return PeerNames(dns_names=dns, srv_ids=tuple(srv), xmpp_addrs=tuple(addrs), common_names=cns)
-
-
-def _dns_match(pattern: str, domain: str) -> bool:
-    if pattern == domain:
-        return True
-    if not pattern.startswith("*."):
-        return False
-    suffix = pattern[2:]
-    # The wildcard covers exactly one whole left-most label, and never a bare public suffix
-    # ("*.com"): at least two labels must follow it.
-    if "*" in suffix or suffix.count(".") < 1:
-        return False
-    label, dot, rest = domain.partition(".")
-    return bool(dot) and bool(label) and rest == suffix
-
-
-def name_matches(names: PeerNames, domain: str) -> bool:
-    """Whether *names* identify the XMPP server *domain* (RFC 6125; no CN fallback).
-
-    dNSName: exact, or ``*.`` wildcard over exactly one left-most label. SRV-ID: service
-    ``_xmpp-server`` and the exact domain. xmppAddr: the domain JID itself.
-    """
-    want = _norm_domain(domain)
-    if not want:
-        return False
-    try:
-        ipaddress.ip_address(want)
-        return False  # XMPP domains are DNS names; an IP literal never matches a dNSName here
-    except ValueError:
-        pass
-    if any(_dns_match(n, want) for n in names.dns_names):
-        return True
-    if any(s == XMPP_SERVER_SERVICE and d == want for s, d in names.srv_ids):
-        return True
-    return any(_norm_domain(a) == want for a in names.xmpp_addrs if "@" not in a and "/" not in a)
-
-
-# --- verification --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PeerCertStatus:
-    """What we concluded about a peer's certificate.
-
-    Attributes:
-        trusted: the chain verifies to the trust anchors and every certificate is in date.
-        name_matches: the leaf names the expected domain (RFC 6125, no CN fallback).
-        reason: why it is not acceptable (None when trusted and name_matches), ready to use as
-            the ``<text/>`` of a ``policy-violation`` stream error.
-        names: the leaf's identities.
-        not_after: the leaf's expiry (None when there is no leaf).
-    """
-
-    trusted: bool
-    name_matches: bool
-    reason: str | None
-    names: PeerNames
-    not_after: _dt.datetime | None
-
-    @property
-    def ok(self) -> bool:
-        """Trusted and naming the domain: what ``required_trusted`` demands."""
-        return self.trusted and self.name_matches
-
-
-def _system_trust_files() -> list[str]:
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and os.path.isfile(candidate):
-            return [candidate]
-    capath = paths.capath or paths.openssl_capath
-    if capath and os.path.isdir(capath):
-        return sorted(
-            os.path.join(capath, f)
-            for f in os.listdir(capath)
-            if os.path.isfile(os.path.join(capath, f))
-        )
-    return []
-
-
-@dataclass(frozen=True, slots=True)
-class _Trust:
-    store: _verification.Store
-    #: DER of every anchor, so that a pinned (self-signed) leaf in the cafile is trusted
-    anchors: frozenset[bytes]
-
-
-@functools.lru_cache(maxsize=16)
-def _load_store(files: tuple[str, ...], stamp: tuple[float, ...]) -> _Trust:
-    certs: list[x509.Certificate] = []
-    for path in files:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            with warnings.catch_warnings():
-                # Some system roots have negative serials; cryptography warns but loads them.
-                warnings.simplefilter("ignore")
-                certs.extend(x509.load_pem_x509_certificates(data))
-        except (OSError, ValueError):
-            if len(files) == 1:
-                raise ValueError(f"cannot read CA certificates from {path!r}") from None
-    if not certs:
-        raise ValueError(f"no CA certificates in {', '.join(files) or 'the system store'}")
-    anchors = frozenset(c.public_bytes(serialization.Encoding.DER) for c in certs)
-    return _Trust(store=_verification.Store(certs), anchors=anchors)
-
-
-def _trust_store(cafile: str | None) -> _Trust:
-    files = [cafile] if cafile is not None else _system_trust_files()
-    stamp = []
-    for f in files:
-        try:
-            stamp.append(os.stat(f).st_mtime)
-        except OSError:
-            stamp.append(-1.0)
-    return _load_store(tuple(files), tuple(stamp))
-
-
-def _check_eku(_policy: object, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
-    # A server certificate presented in either direction: serverAuth or clientAuth both do.
-    if eku is None:
-        return
-    allowed = {
-        x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-        x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH,
-        x509.oid.ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
-    }
-    if not allowed.intersection(eku):
-        raise ValueError("extended key usage allows neither serverAuth nor clientAuth")
-
-
-@functools.cache
-def _ee_policy() -> _verification.ExtensionPolicy:
-    crit = _verification.Criticality.AGNOSTIC
-    return (
-        _verification.ExtensionPolicy.webpki_defaults_ee()
-        .may_be_present(x509.ExtendedKeyUsage, crit, _check_eku)
-        # A certificate without SAN still chains; it just names nobody (checked separately).
-        .may_be_present(x509.SubjectAlternativeName, crit, None)
-        # Self-made XMPP certificates often lack the AKI; the issuer is still found by name.
-        .may_be_present(x509.AuthorityKeyIdentifier, crit, None)
-    )
-
-
-def _fmt_time(t: _dt.datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def verify_peer(
-    cert_chain_der: list[bytes],
-    domain: str,
-    *,
-    cafile: str | None,
-    now: _dt.datetime | None = None,
-) -> PeerCertStatus:
-    """Check a peer's certificate chain (leaf first) for the XMPP server *domain*.
-
-    Args:
-        cert_chain_der: what :func:`peer_chain` returned.
-        domain: the domain the peer claims (stream ``from``/``to``).
-        cafile: PEM trust anchors; None means the system store.
-        now: the validation time (default: the current time).
-
-    Returns:
-        A :class:`PeerCertStatus`; never raises for a bad certificate.
-    """
-    if not cert_chain_der:
-        return PeerCertStatus(
-            trusted=False,
-            name_matches=False,
-            reason="the peer presented no certificate",
-            names=PeerNames(),
-            not_after=None,
-        )
-    now = now or _dt.datetime.now(_dt.UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=_dt.UTC)
-    try:
-        certs = [x509.load_der_x509_certificate(der) for der in cert_chain_der]
-    except ValueError as e:
-        return PeerCertStatus(
-            trusted=False,
-            name_matches=False,
-            reason=f"the peer's certificate cannot be parsed ({e})",
-            names=PeerNames(),
-            not_after=None,
-        )
-    leaf = certs[0]
-    names = _names_of(leaf)
-    matches = name_matches(names, domain)
-    chain_problem = _chain_problem(leaf, certs[1:], cafile, now)
-    reason = chain_problem
-    if reason is None and not matches:
-        reason = f"the certificate does not name {domain} (it names {names.describe()})"
-    return PeerCertStatus(
-        trusted=chain_problem is None,
-        name_matches=matches,
-        reason=reason,
-        names=names,
-        not_after=leaf.not_valid_after_utc,
-    )
-
-
-def _chain_problem(
-    leaf: x509.Certificate,
-    intermediates: list[x509.Certificate],
-    cafile: str | None,
-    now: _dt.datetime,
-) -> str | None:
-    """Why the chain is not trusted at *now*, or None when it is."""
-    if now < leaf.not_valid_before_utc:
-        return f"the certificate is not valid before {_fmt_time(leaf.not_valid_before_utc)}"
-    if now > leaf.not_valid_after_utc:
-        return f"the certificate expired at {_fmt_time(leaf.not_valid_after_utc)}"
-    try:
-        trust = _trust_store(cafile)
-    except ValueError as e:
-        return f"no trust anchors to verify the certificate with: {e}"
-    if leaf.public_bytes(serialization.Encoding.DER) in trust.anchors:
-        return None  # the peer's own certificate is a configured trust anchor (pinned)
-    self_signed = leaf.issuer == leaf.subject
-    verifier = (
-        _verification.PolicyBuilder()
-        .store(trust.store)
-        .time(now)
-        .max_chain_depth(MAX_CHAIN_DEPTH)
-        .extension_policies(
-            ca_policy=_verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy()
-        )
-        .build_client_verifier()
-    )
-    try:
-        verifier.verify(leaf, intermediates)
-    except _verification.VerificationError as e:
-        if self_signed:
-            return "the certificate is self-signed and not a trust anchor"
-        issuer = leaf.issuer.rfc4514_string() or "an unnamed issuer"
-        return f"the certificate (issued by {issuer}) is not trusted: {_short(str(e))}"
-    return None
-
-
-def _short(message: str) -> str:
-    # cryptography appends "(encountered processing <Certificate(...)>)": keep the reason.
-    return message.split(" (encountered processing", 1)[0].removeprefix("validation failed: ")

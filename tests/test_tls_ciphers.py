@@ -82,3 +82,16 @@ def test_failed_apply_leaves_the_context_usable():
         apply_ciphers(ctx, "NO-SUCH-CIPHER")
     tls12 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"}
     assert tls12 == {"ECDHE-ECDSA-AES128-GCM-SHA256"}
+
+
+@pytest.mark.parametrize("spelling", ["TLSv1.2:!TLSv1.3", "HIGH:-TLSv1.3"])
+def test_excluding_tls13_caps_at_tls12(spelling):
+    ctx = _ctx()
+    apply_ciphers(ctx, spelling)
+    assert ctx.maximum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.minimum_version != ssl.TLSVersion.TLSv1_3
+
+
+def test_excluding_everything_is_refused():
+    with pytest.raises(ValueError, match="excludes every TLS version"):
+        check_ciphers("!TLSv1.3")

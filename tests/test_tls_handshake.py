@@ -507,3 +507,8 @@ def test_peer_chain_falls_back_to_the_leaf(pki):
     # Before any handshake there is nothing.
     fresh = client(pki).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="b.test")
     assert peer_chain(fresh) == []
+
+
+def test_no_tls13_cipher_string_negotiates_tls12(pki):
+    pair = Pair(client(pki, "optional", ciphers="TLSv1.2:!TLSv1.3"), server(pki, "optional")).ok()
+    assert pair.client.version() == "TLSv1.2"

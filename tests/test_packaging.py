@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 _STREAM = (
     b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
     b"xmlns:stream='http://etherx.jabber.org/streams' to='b.test' from='a.test' version='1.0'>"
-    b"<message to='bob@b.test' from='alice@a.test' id='m1'><body>gr\xc3\xbc\xc3\x9fe</body></message>"
+    b"<message to='bob@b.test' from='alice@a.test' id='m1'>"
+    b"<body>gr\xc3\xbc\xc3\x9fe</body></message>"
     b"</stream:stream>"
 )
 
@@ -87,6 +88,9 @@ def test_wheel_builds_installs_and_frames_without_the_source_tree(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "['StreamOpen', 'Stanza', 'StreamClose'] bob@b.test" in proc.stdout
     cli = subprocess.run(
-        [str(env_dir / "bin" / "s2sfast"), "--version"], capture_output=True, text=True, cwd=tmp_path
+        [str(env_dir / "bin" / "s2sfast"), "--version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert cli.returncode == 0 and "0.1.0" in cli.stdout + cli.stderr

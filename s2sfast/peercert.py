@@ -387,5 +387,12 @@ def _chain_problem(
 
 
 def _short(message: str) -> str:
-    # cryptography appends "(encountered processing <Certificate(...)>)": keep the reason.
-    return message.split(" (encountered processing", 1)[0].removeprefix("validation failed: ")
+    """cryptography's verification message, reworded for a stream-error text."""
+    # It appends "(encountered processing <Certificate(...)>)": keep the reason only.
+    message = message.split(" (encountered processing", 1)[0].removeprefix("validation failed: ")
+    message = message.removeprefix("Python extension validator failed: ValueError: ")
+    if message == "candidates exhausted: all candidates exhausted with no interior errors":
+        return "no chain to a trusted CA (unknown issuer, or an intermediate is missing)"
+    if message.startswith("candidates exhausted: "):
+        return "no valid chain to a trusted CA: " + message.removeprefix("candidates exhausted: ")
+    return message

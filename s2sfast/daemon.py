@@ -20,6 +20,7 @@ import contextlib
 import logging
 import signal
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Daemon:
         config: Config,
         listen_service: tuple[ListenService, ...],
         *,
+        listen_prometheus: tuple[Any, ...] = (),
         node_factory: Callable[[Config], Any] | None = None,
     ) -> None:
         if node_factory is None:
@@ -87,6 +89,13 @@ class Daemon:
             )
             for svc in listen_service
         ]
+        self.metrics: Any = None
+        self.metric_servers: list[Any] = []
+        if listen_prometheus:
+            from s2sfast.metrics import Metrics, MetricsServer
+
+            self.metrics = Metrics(self.node, self.registry)
+            self.metric_servers = [MetricsServer(lp, self.metrics) for lp in listen_prometheus]
         #: remote domain -> queue of raw stanzas from components, sent in order by one task each
         self._outbound: dict[str, asyncio.Queue[bytes | None]] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
@@ -98,6 +107,8 @@ class Daemon:
         await self.node.start()
         for server in self.servers:
             await server.start()
+        for metrics_server in self.metric_servers:
+            await metrics_server.start()
 
     async def stop(self) -> None:
         """Stop accepting, let queued stanzas leave, close every stream, stop the node."""
@@ -112,6 +123,8 @@ class Daemon:
         await self.node.stop()
         for server in self.servers:
             await server.close()
+        for metrics_server in self.metric_servers:
+            await metrics_server.close()
         log.info("stopped")
 
     def reload(self, path: str) -> bool:
@@ -148,8 +161,7 @@ class Daemon:
 
     def _deliver_local(self, raw: bytes, to_domain: str, from_component: str | None) -> None:
         """Deliver *raw* to a component or the built-in answers; replies go back to the sender."""
-        conn = self.registry.get(to_domain)
-        if conn is not None and conn.send(raw):
+        if self._to_component(to_domain, raw):
             return
         if to_domain in self.hosts:
             reply = builtin.answer(raw)
@@ -159,20 +171,30 @@ class Daemon:
         if reply is not None:
             self._reply(reply, from_component)
 
+    def _to_component(self, domain: str, raw: bytes) -> bool:
+        conn = self.registry.get(domain)
+        if conn is None or not conn.send(raw):
+            return False
+        if self.metrics is not None:
+            self.metrics.component_stanzas.labels("out").inc()
+        return True
+
     def _reply(self, reply: bytes, from_component: str | None) -> None:
         if from_component is not None:
-            conn = self.registry.get(from_component)
-            if conn is not None:
-                conn.send(reply)
+            self._to_component(from_component, reply)
             return
         self._send_s2s(reply)
 
     def _from_s2s(self, stanza: Any) -> None:
         """The Node's handler: an inbound S2S stanza for a local domain."""
+        if self.metrics is not None:
+            self.metrics.s2s_in(stanza)
         domain = jid_domain(stanza.to)
         self._deliver_local(bytes(stanza.raw), domain, None)
 
     def _from_component(self, component: str, route: Route) -> None:
+        if self.metrics is not None:
+            self.metrics.component_stanzas.labels("in").inc()
         to_domain = jid_domain(route.to)
         if is_hosted(self.hosts, to_domain):
             self._deliver_local(route.raw, to_domain, component)
@@ -195,6 +217,8 @@ class Daemon:
                 return
             try:
                 await self.node.send(raw)
+                if self.metrics is not None:
+                    self.metrics.s2s_out(raw)
             except Exception as exc:  # the Node's own failures: tell the sender, keep going
                 log.warning("sending to S2S failed: %s", exc)
                 reply = builtin.error_reply(raw, "remote-server-not-found", str(exc))
@@ -261,7 +285,24 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Config, tuple[ListenService, ...]] | None:
+def _prometheus_listeners(config: Config, path: str) -> tuple[Any, ...]:
+    """``[[listen.http]]`` Prometheus endpoints: from the Config when config.py keeps them."""
+    if hasattr(config, "listen_prometheus"):
+        return tuple(config.listen_prometheus)
+    with open(path, "rb") as handle:
+        raw = tomllib.load(handle)
+    listen = raw.get("listen", {})
+    if not isinstance(listen, dict) or not listen.get("http"):
+        return ()
+    from s2sfast.metrics import parse_listen_prometheus
+
+    return parse_listen_prometheus(raw)
+
+
+_Prepared = tuple[Config, tuple[ListenService, ...], tuple[Any, ...]]
+
+
+def _prepare(args: argparse.Namespace) -> _Prepared | None:
     if args.config:
         if args.s2s_port is not None or args.component_port is not None:
             print(
@@ -272,10 +313,11 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, tuple[ListenService, ...
             return None
         try:
             config = load_config(args.config)
-        except (ConfigError, OSError) as exc:
+            prometheus = _prometheus_listeners(config, args.config)
+        except (ConfigError, OSError, tomllib.TOMLDecodeError) as exc:
             print(f"s2sfast: invalid configuration: {exc}", file=sys.stderr)
             return None
-        return config, config.listen_service
+        return config, config.listen_service, prometheus
     data_dir = args.data_dir or default_data_dir()
     try:
         embedded = embedded_config(
@@ -302,7 +344,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, tuple[ListenService, ...
         )
     else:
         log.info("component password: see %s", data_dir / "component-password")
-    return embedded.config, embedded.listen_service
+    return embedded.config, embedded.listen_service, ()
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -311,8 +353,8 @@ async def run(args: argparse.Namespace) -> int:
     prepared = _prepare(args)
     if prepared is None:
         return EXIT_CONFIG
-    config, services = prepared
-    daemon = Daemon(config, services)
+    config, services, prometheus = prepared
+    daemon = Daemon(config, services, listen_prometheus=prometheus)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -192,6 +192,8 @@ class IncomingMachine(Machine):
             raise RemoteStreamError("host-unknown", f"{to} is not served here")
         if frm and not valid_domain(frm):
             raise RemoteStreamError("invalid-from", f"{frm!r} is not a domain")
+        if frm and self.tls_active:
+            self._check_trusted(frm)  # before our header: a failure sends its own first
         actions: list[Action] = [
             SendBytes(
                 data=stream_header(
@@ -200,8 +202,6 @@ class IncomingMachine(Machine):
             )
         ]
         self.header_sent = True
-        if frm and self.tls_active:
-            self._check_trusted(frm)
         if self.version:
             actions.append(SendBytes(data=self._features()))
         self.state = "OPEN"

@@ -287,6 +287,7 @@ def test_required_trusted_rejects_untrusted_certificate_with_reason():
     acts = p.send(HEADER)
     assert close_condition(acts) == "policy-violation"
     assert "self-signed certificate" in of(acts, Close)[-1].text
+    assert out(acts).startswith(b"<?xml version='1.0'?><stream:stream")  # header first
 
 
 def test_required_trusted_accepts_trusted_certificate():

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from s2sfast.errors import (
@@ -217,3 +219,73 @@ def test_non_stanzas_are_refused(raw):
 def test_unknown_condition_is_refused():
     with pytest.raises(ValueError, match="stanza-error condition"):
         make_bounce(b"<message to='b@b.test' from='a@a.test'/>", "host-unknown")
+
+
+# --- properties --------------------------------------------------------------------------------
+
+_TEXT = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Cs",),
+        blacklist_characters="\x00\x0b\x0c\ufffe\uffff",
+        min_codepoint=0x09,
+    ).filter(lambda c: c in "\t\n\r" or ord(c) >= 0x20),
+    max_size=12,
+)
+_NAME = st.sampled_from(["body", "x", "ping", "data", "item", "subject", "thread"])
+_NS = st.sampled_from([None, "urn:x", "urn:xmpp:ping", "jabber:x:oob"])
+
+
+@st.composite
+def _payload(draw, depth=0):
+    el = etree.Element(draw(_NAME))
+    ns = draw(_NS)
+    if ns:
+        el = etree.Element(f"{{{ns}}}{draw(_NAME)}", nsmap={None: ns})
+    for key in draw(st.lists(st.sampled_from(["a", "b", "id"]), unique=True, max_size=2)):
+        el.set(key, draw(_TEXT))
+    el.text = draw(_TEXT) or None
+    if depth < 2:
+        for child in draw(st.lists(_payload(depth=depth + 1), max_size=2)):
+            el.append(child)
+            child.tail = draw(_TEXT) or None
+    return el
+
+
+def _c14n(el: etree._Element) -> bytes:
+    return etree.tostring(el, method="c14n")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(["message", "presence", "iq"]),
+    stanza_type=st.sampled_from([None, "chat", "get", "set", "subscribe", "result", "error"]),
+    payload=st.lists(_payload(), max_size=3),
+    condition=st.sampled_from(sorted(STANZA_CONDITIONS)),
+    text=st.none() | _TEXT,
+)
+def test_bounce_keeps_any_payload(kind, stanza_type, payload, condition, text):
+    top = etree.Element(f"{{{SERVER}}}{kind}", nsmap={None: SERVER})
+    top.set("to", "b@b.test")
+    top.set("from", "a@a.test/r")
+    if stanza_type:
+        top.set("type", stanza_type)
+    for el in payload:
+        top.append(el)
+    # The stream's default-namespace form: drop the declaration from the top element.
+    raw = etree.tostring(top).replace(b' xmlns="jabber:server"', b"", 1)
+    out = make_bounce(raw, condition, text=text, by="b.test")
+    if stanza_type == "error" or (kind == "iq" and stanza_type == "result"):
+        assert out is None
+        return
+    original, bounce = in_stream(raw), in_stream(out)
+    assert (bounce.get("to"), bounce.get("from"), bounce.get("type")) == (
+        "a@a.test/r",
+        "b@b.test",
+        "error",
+    )
+    assert [_c14n(c) for c in bounce[:-1]] == [_c14n(c) for c in original]
+    assert stanza_error_condition(out) == (
+        STANZA_CONDITIONS[condition],
+        condition,
+        (text or None) and text,
+    )

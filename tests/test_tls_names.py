@@ -10,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s2sfast.tls import PeerNames, name_matches, peer_names, verify_peer
 
@@ -240,3 +242,45 @@ def test_unreadable_cafile(ca, tmp_path):
 
 def test_rsa_leaf(ca, cafile):
     assert verify_peer(ca.issue(["a.test"], key_type="rsa").chain_der, "a.test", cafile=cafile).ok
+
+
+# --- properties of the matcher ------------------------------------------------------------------
+
+_LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8).filter(
+    lambda s: not s.startswith("-") and not s.endswith("-")
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    label=_LABEL,
+    extra=_LABEL,
+    suffix=st.lists(_LABEL, min_size=1, max_size=3).map(".".join),
+)
+def test_wildcard_covers_exactly_one_label(label, extra, suffix):
+    names = PeerNames(dns_names=(f"*.{suffix}",))
+    multi_label_suffix = "." in suffix
+    assert name_matches(names, f"{label}.{suffix}") is multi_label_suffix
+    assert name_matches(names, f"{label.upper()}.{suffix}.") is multi_label_suffix
+    assert not name_matches(names, suffix)
+    assert not name_matches(names, f"{extra}.{label}.{suffix}")
+    # SRV-IDs and xmppAddrs never carry wildcards.
+    assert not name_matches(
+        PeerNames(srv_ids=(("_xmpp-server", f"*.{suffix}"),)), f"{label}.{suffix}"
+    )
+    assert not name_matches(PeerNames(xmpp_addrs=(f"*.{suffix}",)), f"{label}.{suffix}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(domain=st.lists(_LABEL, min_size=1, max_size=4).map(".".join), other=_LABEL)
+def test_exact_identities_match_only_their_domain(domain, other):
+    for names in (
+        PeerNames(dns_names=(domain,)),
+        PeerNames(srv_ids=(("_xmpp-server", domain),)),
+        PeerNames(xmpp_addrs=(domain,)),
+    ):
+        assert name_matches(names, domain)
+        assert name_matches(names, domain.upper())
+        assert not name_matches(names, f"{other}.{domain}")
+        assert not name_matches(names, f"{domain}.{other}x")
+    assert not name_matches(PeerNames(common_names=(domain,)), domain)

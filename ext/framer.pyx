@@ -125,30 +125,54 @@ cdef void _init_tables():
 
 _init_tables()
 
-# A small global cache of decoded strings (names, namespaces, domains, types): the same few
-# values repeat on every stream, and reusing the str saves a decode and an allocation.
+# Global caches of decoded strings, keyed by their bytes: names, namespaces and types repeat on
+# every stream, and so do the JIDs of active users; reusing the str saves a decode and an
+# allocation per stanza. Direct-mapped, FNV-1a hashed; a miss just replaces the entry.
 cdef enum:
-    CACHE_N = 64
-    CACHE_W = 48
-cdef uchar _cache_data[CACHE_N][CACHE_W]
-cdef Py_ssize_t _cache_len[CACHE_N]
-cdef list _cache_obj = [None] * CACHE_N
+    NAMES_N = 64
+    JIDS_N = 256
+    CACHE_W = 64
+
+cdef struct CacheEntry:
+    Py_ssize_t len
+    uchar data[CACHE_W]
+
+cdef CacheEntry _names_c[NAMES_N]
+cdef CacheEntry _jids_c[JIDS_N]
+cdef list _names_o = [None] * NAMES_N
+cdef list _jids_o = [None] * JIDS_N
 
 
-cdef inline object _str(const uchar* s, Py_ssize_t n):
-    cdef Py_ssize_t h
+cdef inline object _cached(CacheEntry* tab, list objs, uint32_t mask, const uchar* s,
+                           Py_ssize_t n):
+    cdef uint32_t h = 2166136261u
+    cdef Py_ssize_t i
+    cdef CacheEntry* e
     if n == 0:
         return ""
     if n > CACHE_W:
         return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
-    h = (n * 31 + s[0] * 7 + s[n - 1] * 13 + s[n >> 1] * 3) & (CACHE_N - 1)
-    if _cache_len[h] == n and memcmp(_cache_data[h], s, n) == 0:
-        return _cache_obj[h]
+    for i in range(n):
+        h = (h ^ s[i]) * 16777619u
+    h = (h ^ (h >> 16)) & mask
+    e = &tab[h]
+    if e.len == n and memcmp(e.data, s, n) == 0:
+        return objs[h]
     o = PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
-    memcpy(_cache_data[h], s, n)
-    _cache_len[h] = n
-    _cache_obj[h] = o
+    memcpy(e.data, s, n)
+    e.len = n
+    objs[h] = o
     return o
+
+
+cdef inline object _str(const uchar* s, Py_ssize_t n):
+    """A str for a name, namespace or attribute value that repeats (cached)."""
+    return _cached(_names_c, _names_o, NAMES_N - 1, s, n)
+
+
+cdef inline object _jid(const uchar* s, Py_ssize_t n):
+    """A str for a to/from address (cached apart, so addresses do not evict names)."""
+    return _cached(_jids_c, _jids_o, JIDS_N - 1, s, n)
 
 
 cdef inline bint _eq(const uchar* a, Py_ssize_t alen, const uchar* b, Py_ssize_t blen) noexcept:
@@ -385,6 +409,7 @@ cdef class StreamFramer:
     cdef bint nm_need
     cdef Py_ssize_t el_off, el_len, el_colon
     cdef Py_ssize_t an_off
+    cdef Py_ssize_t n_decl, n_pfx      # namespace declarations / prefixed attributes so far
     # held-back partial UTF-8 sequence
     cdef uchar carry[4]
     cdef int carry_len
@@ -407,6 +432,8 @@ cdef class StreamFramer:
     # Python-level results
     cdef list events
     cdef dict hdr_ns
+    cdef list hdr_uris                # str of each header binding, by binding index
+    cdef Py_ssize_t hdr_nb
     cdef object cur_name, cur_ns, cur_to, cur_from, cur_type, cur_id
     cdef object err_cond, err_text, err_off
 
@@ -610,6 +637,8 @@ cdef class StreamFramer:
             return self._fail(POLICY, f"elements nested deeper than {self.max_depth}", off)
         self.el_off = self.names_len
         self.nattrs = 0
+        self.n_decl = 0
+        self.n_pfx = 0
         self.abuf_len = 0
         self._begin_name()
         return S_STAG_NAME
@@ -634,10 +663,16 @@ cdef class StreamFramer:
         a.val_len = 0
         a.is_decl = ((a.colon < 0 and n == 5 and memcmp(nm, b"xmlns", 5) == 0)
                      or (a.colon == 5 and memcmp(nm, b"xmlns", 5) == 0))
-        if a.is_decl or self.depth == 0:
+        if a.is_decl:
+            self.n_decl += 1
+            self.capture = True
+            return
+        if a.colon >= 0:
+            self.n_pfx += 1
+        if self.depth == 0:
             self.capture = True
         elif self.depth == 1 and a.colon < 0 and (
-                (n == 2 and (memcmp(nm, b"to", 2) == 0 or memcmp(nm, b"id", 2) == 0))
+                (n == 2 and ((nm[0] == 116 and nm[1] == 111) or (nm[0] == 105 and nm[1] == 100)))
                 or (n == 4 and (memcmp(nm, b"from", 4) == 0 or memcmp(nm, b"type", 4) == 0))):
             self.capture = True
         else:
@@ -661,48 +696,53 @@ cdef class StreamFramer:
             return self._fail(POLICY, "too many namespace declarations in scope", off)
         if self.nbinds >= self.binds_cap:
             _grow(<void**>&self.binds, &self.binds_cap, self.nbinds + 1, sizeof(NsBind))
+        if self.nsbuf_len + plen + ulen > self.nsbuf_cap:
+            _grow(<void**>&self.nsbuf, &self.nsbuf_cap, self.nsbuf_len + plen + ulen, 1)
         b = &self.binds[self.nbinds]
         self.nbinds += 1
         b.pfx_off = self.nsbuf_len
         b.pfx_len = plen
-        _append(&self.nsbuf, &self.nsbuf_len, &self.nsbuf_cap, pfx, plen)
-        b.uri_off = self.nsbuf_len
+        memcpy(self.nsbuf + self.nsbuf_len, pfx, plen)
+        b.uri_off = self.nsbuf_len + plen
         b.uri_len = ulen
-        _append(&self.nsbuf, &self.nsbuf_len, &self.nsbuf_cap, uri, ulen)
+        memcpy(self.nsbuf + b.uri_off, uri, ulen)
+        self.nsbuf_len += plen + ulen
         return 0
 
-    cdef int _stag_end(self, bint empty, Py_ssize_t off) except -1:
-        """A start tag is complete: check attributes and namespaces, open the element.
-
-        Returns the next state (S_ERROR after recording a failure).
-        """
+    cdef bint _dup_names(self) except -1:
+        """True when two attributes of the current tag have the same name as written."""
         cdef Py_ssize_t n = self.nattrs
-        cdef Py_ssize_t i, k, plen, ulen, llen
-        cdef Py_ssize_t ns_mark = self.nbinds
-        cdef Py_ssize_t nsb_mark = self.nsbuf_len
+        cdef Py_ssize_t i, j
+        cdef const uchar* ab = self.abuf
+        cdef Attr* x
+        cdef Attr* y
+        if n <= 12:
+            for i in range(1, n):
+                x = &self.attrs[i]
+                for j in range(i):
+                    y = &self.attrs[j]
+                    if (x.name_len == y.name_len and ab[x.name_off] == ab[y.name_off]
+                            and memcmp(ab + x.name_off, ab + y.name_off, x.name_len) == 0):
+                        return True
+            return False
+        if n > self.keys_cap:
+            _grow(<void**>&self.keys, &self.keys_cap, n, sizeof(Key))
+        for i in range(n):
+            self.keys[i].a = ab + self.attrs[i].name_off
+            self.keys[i].alen = self.attrs[i].name_len
+            self.keys[i].b = NULL
+            self.keys[i].blen = 0
+        return _has_dup(self.keys, n)
+
+    cdef int _declare(self, bint push, Py_ssize_t off) except -1:
+        """Check the tag's namespace declarations; bind them when *push*."""
+        cdef Py_ssize_t i, plen, ulen
         cdef Attr* a
         cdef const uchar* ab = self.abuf
         cdef const uchar* nm
         cdef const uchar* pfx
         cdef const uchar* uri
-        cdef const uchar* local
-        cdef const uchar* xml_ns = <const uchar*>PyBytes_AS_STRING(_XML_NS)
-        cdef Py_ssize_t xml_ns_len = PyBytes_GET_SIZE(_XML_NS)
-        cdef NsBind* b
-        cdef Elem* e
-        if n > self.keys_cap:
-            _grow(<void**>&self.keys, &self.keys_cap, n, sizeof(Key))
-        # 1. attribute names must be unique as written
-        if n > 1:
-            for i in range(n):
-                self.keys[i].a = ab + self.attrs[i].name_off
-                self.keys[i].alen = self.attrs[i].name_len
-                self.keys[i].b = NULL
-                self.keys[i].blen = 0
-            if _has_dup(self.keys, n):
-                return self._fail(NWF, "duplicate attribute", off)
-        # 2. namespace declarations
-        for i in range(n):
+        for i in range(self.nattrs):
             a = &self.attrs[i]
             if not a.is_decl:
                 continue
@@ -728,53 +768,32 @@ cdef class StreamFramer:
                     return self._fail(NWF, "reserved namespace bound to a prefix", off)
                 if ulen == 0:
                     return self._fail(NWF, "a prefix cannot be undeclared (xmlns:p='')", off)
-            if self._push_bind(pfx, plen, uri, ulen, off) == S_ERROR:
+            if push and self._push_bind(pfx, plen, uri, ulen, off) == S_ERROR:
                 return S_ERROR
-        # 3. the element's namespace
-        nm = self.names + self.el_off
-        if self.el_colon >= 0:
-            if _eq(nm, self.el_colon, <const uchar*>b"xmlns", 5):
-                return self._fail(NWF, "element prefix xmlns is reserved", off)
-            if _eq(nm, self.el_colon, <const uchar*>b"xml", 3):
-                uri = xml_ns
-                ulen = xml_ns_len
-            else:
-                i = self._lookup(nm, self.el_colon)
-                if i < 0:
-                    return self._fail(NWF, "unbound namespace prefix on element "
-                                      + _str(nm, self.el_len), off)
-                b = &self.binds[i]
-                uri = self.nsbuf + b.uri_off
-                ulen = b.uri_len
-            local = nm + self.el_colon + 1
-            llen = self.el_len - self.el_colon - 1
-        else:
-            local = nm
-            llen = self.el_len
-            i = self._lookup(nm, 0)
-            if i < 0:
-                uri = nm
-                ulen = 0
-            else:
-                b = &self.binds[i]
-                uri = self.nsbuf + b.uri_off
-                ulen = b.uri_len
-        # 4. prefixed attributes: bound, and unique as expanded names
-        k = 0
-        for i in range(n):
+        return 0
+
+    cdef int _prefixed_attrs(self, Py_ssize_t off) except -1:
+        """Resolve the prefixed attributes; expanded names must be unique."""
+        cdef Py_ssize_t i, k = 0, bi
+        cdef Attr* a
+        cdef const uchar* nm
+        cdef NsBind* b
+        if self.n_pfx > self.keys_cap:
+            _grow(<void**>&self.keys, &self.keys_cap, self.n_pfx, sizeof(Key))
+        for i in range(self.nattrs):
             a = &self.attrs[i]
             if a.is_decl or a.colon < 0:
                 continue
-            nm = ab + a.name_off
+            nm = self.abuf + a.name_off
             if _eq(nm, a.colon, <const uchar*>b"xml", 3):
-                a.uri = xml_ns
-                a.uri_len = xml_ns_len
+                a.uri = <const uchar*>PyBytes_AS_STRING(_XML_NS)
+                a.uri_len = PyBytes_GET_SIZE(_XML_NS)
             else:
-                plen = self._lookup(nm, a.colon)
-                if plen < 0:
+                bi = self._lookup(nm, a.colon)
+                if bi < 0:
                     return self._fail(NWF, "unbound namespace prefix on attribute "
                                       + _str(nm, a.name_len), off)
-                b = &self.binds[plen]
+                b = &self.binds[bi]
                 a.uri = self.nsbuf + b.uri_off
                 a.uri_len = b.uri_len
             self.keys[k].a = nm + a.colon + 1
@@ -784,27 +803,71 @@ cdef class StreamFramer:
             k += 1
         if k > 1 and _has_dup(self.keys, k):
             return self._fail(NWF, "duplicate attribute (same namespace and local name)", off)
-        # 5. what the element is
-        if self.depth == 0:
+        return 0
+
+    cdef int _stag_end(self, bint empty, Py_ssize_t off) except -1:
+        """A start tag is complete: check attributes and namespaces, open the element.
+
+        Returns the next state (S_ERROR after recording a failure).
+        """
+        cdef Py_ssize_t ns_mark = self.nbinds
+        cdef Py_ssize_t nsb_mark = self.nsbuf_len
+        cdef Py_ssize_t bi = -1, ulen = 0, llen
+        cdef const uchar* nm = self.names + self.el_off
+        cdef const uchar* uri = nm
+        cdef const uchar* local
+        cdef NsBind* b
+        cdef Elem* e
+        cdef Py_ssize_t depth = self.depth
+        cdef bint scoped = (not empty or self.el_colon >= 0 or self.n_pfx > 0 or depth < 2)
+        if self.nattrs > 1 and self._dup_names():
+            return self._fail(NWF, "duplicate attribute", off)
+        if self.n_decl and self._declare(scoped, off) == S_ERROR:
+            return S_ERROR
+        if self.el_colon >= 0:
+            local = nm + self.el_colon + 1
+            llen = self.el_len - self.el_colon - 1
+            if _eq(nm, self.el_colon, <const uchar*>b"xmlns", 5):
+                return self._fail(NWF, "element prefix xmlns is reserved", off)
+            if _eq(nm, self.el_colon, <const uchar*>b"xml", 3):
+                uri = <const uchar*>PyBytes_AS_STRING(_XML_NS)
+                ulen = PyBytes_GET_SIZE(_XML_NS)
+            else:
+                bi = self._lookup(nm, self.el_colon)
+                if bi < 0:
+                    return self._fail(NWF, "unbound namespace prefix on element "
+                                      + _str(nm, self.el_len), off)
+        else:
+            local = nm
+            llen = self.el_len
+            if depth < 2:
+                bi = self._lookup(nm, 0)
+        if bi >= 0:
+            b = &self.binds[bi]
+            uri = self.nsbuf + b.uri_off
+            ulen = b.uri_len
+        if self.n_pfx and self._prefixed_attrs(off) == S_ERROR:
+            return S_ERROR
+        if depth == 0:
             if self._open_stream(local, llen, uri, ulen, ns_mark, off) == S_ERROR:
                 return S_ERROR
             if empty:
                 self.events.append(_CLOSE)
                 return S_CLOSED
-        elif self.depth == 1:
-            self._stanza_head(local, llen, uri, ulen)
+        elif depth == 1:
+            self._stanza_head(local, llen, uri, ulen, bi)
         if empty:
             self.names_len = self.el_off
             self.nbinds = ns_mark
             self.nsbuf_len = nsb_mark
-            return S_STANZA_DONE if self.depth == 1 else S_TEXT
-        e = &self.elems[self.depth]
+            return S_STANZA_DONE if depth == 1 else S_TEXT
+        e = &self.elems[depth]
         e.name_off = self.el_off
         e.name_len = self.el_len
         e.ns_mark = ns_mark
         e.nsbuf_mark = nsb_mark
-        self.depth += 1
-        return S_STREAM if self.depth == 1 else S_TEXT
+        self.depth = depth + 1
+        return S_STREAM if depth == 0 else S_TEXT
 
     cdef int _open_stream(self, const uchar* local, Py_ssize_t llen, const uchar* uri,
                           Py_ssize_t ulen, Py_ssize_t ns_mark, Py_ssize_t off) except -1:
@@ -817,6 +880,7 @@ cdef class StreamFramer:
             return self._fail(INVALID_NS, "the stream root must be <stream> in " + STREAM_NS,
                               off)
         namespaces = {}
+        uris = []
         for i in range(ns_mark, self.nbinds):
             b = &self.binds[i]
             if b.pfx_len == 0:
@@ -825,8 +889,9 @@ cdef class StreamFramer:
                     return self._fail(INVALID_NS, "default namespace "
                                       + _str(self.nsbuf + b.uri_off, b.uri_len)
                                       + " is not " + self.default_ns, off)
-            namespaces[_str(self.nsbuf + b.pfx_off, b.pfx_len)] = _str(
-                self.nsbuf + b.uri_off, b.uri_len)
+            u = _str(self.nsbuf + b.uri_off, b.uri_len)
+            uris.append(u)
+            namespaces[_str(self.nsbuf + b.pfx_off, b.pfx_len)] = u
         if not found and self.default_ns:
             return self._fail(INVALID_NS, "the stream header declares no default namespace "
                               "(expected " + self.default_ns + ")", off)
@@ -841,18 +906,24 @@ cdef class StreamFramer:
         ev.attrs = attrs
         ev.namespaces = namespaces
         self.hdr_ns = namespaces
+        self.hdr_uris = uris
+        self.hdr_nb = self.nbinds
         self.events.append(ev)
         self.region_end = -1
         return 0
 
     cdef void _stanza_head(self, const uchar* local, Py_ssize_t llen, const uchar* uri,
-                           Py_ssize_t ulen):
-        cdef Py_ssize_t i, n
+                           Py_ssize_t ulen, Py_ssize_t bi):
+        """Make the Python values of a top-level element from its start tag."""
+        cdef Py_ssize_t i
         cdef Attr* a
         cdef const uchar* nm
         cdef const uchar* v
         self.cur_name = _str(local, llen)
-        self.cur_ns = _str(uri, ulen)
+        if 0 <= bi < self.hdr_nb:
+            self.cur_ns = self.hdr_uris[bi]
+        else:
+            self.cur_ns = _str(uri, ulen)
         self.cur_to = None
         self.cur_from = None
         self.cur_type = None
@@ -863,14 +934,13 @@ cdef class StreamFramer:
                 continue
             nm = self.abuf + a.name_off
             v = self.abuf + a.val_off
-            n = a.name_len
-            if n == 2:
+            if a.name_len == 2:
                 if nm[0] == 116:  # to
-                    self.cur_to = _str(v, a.val_len)
+                    self.cur_to = _jid(v, a.val_len)
                 else:
                     self.cur_id = PyUnicode_DecodeUTF8(<const char*>v, a.val_len, NULL)
             elif nm[0] == 102:  # from
-                self.cur_from = _str(v, a.val_len)
+                self.cur_from = _jid(v, a.val_len)
             else:
                 self.cur_type = _str(v, a.val_len)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from lxml import etree
 
-from s2sfast.config import Config, ListenS2S
+from s2sfast.config import Config, ListenS2S, S2SOptions
 from s2sfast.framing import Stanza
 from s2sfast.incoming import IncomingMachine
 from s2sfast.router import MAX_QUEUE, Router, stanza_from_bytes
@@ -198,6 +198,17 @@ class Node:
 
     def remove_local_domain(self, domain: str) -> None:
         self._router().remove_local_domain(domain)
+
+    def reload_policy(self, s2s: S2SOptions, host_s2s: dict[str, S2SOptions]) -> None:
+        """Apply new ``default_policy`` / ``host_policy`` (e.g. on SIGHUP).
+
+        Only the policies are taken from *s2s* / *host_s2s*. New stanzas and dialback requests
+        follow them at once; authenticated streams stay up, but a pair the new policy denies
+        gets its next outbound stanza bounced and its next inbound db:result refused.
+        """
+        router = self._router()
+        router.reload_policy(s2s, host_s2s)
+        self.config = router.config
 
     # --- internals -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from s2sfast.config import Config, S2SOptions
@@ -138,6 +139,24 @@ class Router:
             policy = self._policies[id(opts)] = Policy.from_options(opts)
         return policy.allows(remote)
 
+    def reload_policy(self, s2s: S2SOptions, host_s2s: dict[str, S2SOptions]) -> None:
+        """Take default_policy/host_policy from *s2s* and *host_s2s*; nothing else changes.
+
+        New stanzas and new dialback requests see the new policy; streams already
+        authenticated stay up (a denied pair's next outbound stanza bounces).
+        """
+
+        def policies(old: S2SOptions, new: S2SOptions) -> S2SOptions:
+            return replace(old, default_policy=new.default_policy, host_policy=new.host_policy)
+
+        host = {h: policies(self.config.s2s_for(h), new) for h, new in host_s2s.items()}
+        self.config = replace(
+            self.config,
+            s2s=policies(self.config.s2s, s2s),
+            host_s2s={**self.config.host_s2s, **host},
+        )
+        self._policies.clear()
+
     def add_local_domain(self, domain: str, parent: str) -> None:
         """Serve *domain* too, with the [s2s] options of local host *parent*."""
         domain = domain.lower()
@@ -177,8 +196,12 @@ class Router:
             return
         link = self.outbound.get((local, remote))
         if link is not None and link.established and link.stream is not None:
-            link.stream.write(raw)
-            return
+            if link.stream.writable:
+                link.stream.write(raw)
+                return
+            # closing (idle close, peer's </stream:stream>): a fresh stream takes over
+            del self.outbound[(local, remote)]
+            link = None
         if link is None:
             link = self._open(local, remote)
         if len(link.queue) >= self.max_queue:
@@ -363,7 +386,7 @@ class Router:
                 del self.inbound[stream.stream_id]
             return
         link = stream.link
-        if link is not None:
+        if link is not None and link.stream is stream:
             self._link_failed(link, "remote-server-not-found", "the stream closed")
 
     # --- shutdown ------------------------------------------------------------------------------

@@ -118,6 +118,11 @@ class XmlStream(asyncio.Protocol):
         return self._ssl is not None and not self._handshaking
 
     @property
+    def writable(self) -> bool:
+        """Whether stanzas written now will still reach the peer."""
+        return not (self._lost or self._close_sent or self.machine.closed)
+
+    @property
     def stream_id(self) -> str | None:
         return getattr(self.machine, "stream_id", None)
 

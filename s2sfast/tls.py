@@ -56,8 +56,11 @@ from .peercert import (
     peer_names,
     verify_peer,
 )
+from .policy import normalize_domain
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .config import ListenS2S, S2SOptions
 
 __all__ = [
@@ -226,8 +229,18 @@ def make_client_context(s2s: S2SOptions, cafile: str | None = None) -> ssl.SSLCo
     return ctx
 
 
-def make_server_context(s2s: S2SOptions, listen: ListenS2S) -> ssl.SSLContext | None:
+def make_server_context(
+    s2s: S2SOptions,
+    listen: ListenS2S,
+    *,
+    hosts: Mapping[str, S2SOptions] | None = None,
+) -> ssl.SSLContext | None:
     """The context for incoming S2S streams on *listen*, or None when ``use_starttls`` is false.
+
+    *hosts* (``Config.host_s2s``: local domain -> its effective options) gives each
+    ``[[host_config]]`` domain with its own certfile its own identity: a peer naming that domain
+    in SNI gets that certificate; anyone else gets *s2s*'s. (The peer's certificate is then
+    requested on the whole listener when any host's rule asks for it.)
 
     Our certfile is the server identity (required: ``[s2s] certfile``, else the listener's
     ``tls.certfile``); ``listen.tls.ciphers`` and ``listen.tls.dhfile`` apply when set. The
@@ -241,6 +254,53 @@ def make_server_context(s2s: S2SOptions, listen: ListenS2S) -> ssl.SSLContext | 
     Raises:
         ConfigError: missing/unreadable certfile or dhfile, or unusable ciphers.
     """
+    if not hosts:
+        return _server_context(s2s, listen, request=_wants_peer_cert(s2s, listen))
+    # OpenSSL keeps the first context's verify mode when SNI switches contexts, so every context
+    # of this listener asks for the peer's certificate if any host's rule needs it (harmless:
+    # the handshake never fails over it) and carries the accept-all callback.
+    request = any(_wants_peer_cert(o, listen) for o in (s2s, *hosts.values()))
+    base = _server_context(s2s, listen, request=request)
+    if base is None:
+        return None
+    default_cert = s2s.certfile or listen.tls.certfile
+    by_domain: dict[str, ssl.SSLContext] = {}
+    by_options: dict[tuple[str, str], ssl.SSLContext] = {}
+    for domain, opts in hosts.items():
+        certfile = opts.certfile
+        if opts.use_starttls == "false" or not certfile:
+            continue
+        if certfile == default_cert and opts.use_starttls == s2s.use_starttls:
+            continue
+        key = (certfile, opts.use_starttls)
+        if key not in by_options:
+            by_options[key] = _server_context(opts, listen, request=request)
+        by_domain[normalize_domain(domain)] = by_options[key]
+    if by_domain:
+        base.sni_callback = functools.partial(_pick_host_context, by_domain)
+    return base
+
+
+def _pick_host_context(
+    by_domain: dict[str, ssl.SSLContext],
+    sslobj: ssl.SSLObject,
+    server_name: str | None,
+    _ctx: ssl.SSLContext,
+) -> None:
+    if server_name:
+        chosen = by_domain.get(normalize_domain(server_name))
+        if chosen is not None:
+            sslobj.context = chosen
+    return None
+
+
+def _wants_peer_cert(s2s: S2SOptions, listen: ListenS2S) -> bool:
+    if s2s.use_starttls == "false":
+        return False
+    return listen.tls.verify_mode != "none" or s2s.use_starttls == "required_trusted"
+
+
+def _server_context(s2s: S2SOptions, listen: ListenS2S, *, request: bool) -> ssl.SSLContext | None:
     mode = s2s.use_starttls
     if mode == "false":
         return None
@@ -264,7 +324,7 @@ def make_server_context(s2s: S2SOptions, listen: ListenS2S) -> ssl.SSLContext | 
         except (ssl.SSLError, OSError) as e:
             msg = f"listen.s2s.tls.dhfile: cannot load {tls.dhfile!r} ({e})"
             raise _config_error(msg) from None
-    if tls.verify_mode != "none" or mode == "required_trusted":
+    if request:
         ctx.verify_mode = ssl.CERT_OPTIONAL
         if not _accept_any_peer_chain(ctx):
             ctx.verify_mode = ssl.CERT_NONE

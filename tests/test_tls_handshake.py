@@ -512,3 +512,48 @@ def test_peer_chain_falls_back_to_the_leaf(pki):
 def test_no_tls13_cipher_string_negotiates_tls12(pki):
     pair = Pair(client(pki, "optional", ciphers="TLSv1.2:!TLSv1.3"), server(pki, "optional")).ok()
     assert pair.client.version() == "TLSv1.2"
+
+
+def test_host_config_certificates_are_chosen_by_sni(pki, tmp_path):
+    ca_cert = make_ca("per-host CA")
+    cafile = ca_cert.write_pem(tmp_path)
+    c_file = ca_cert.issue(["c.test"]).write_pem(tmp_path, "c.pem")
+    d_file = ca_cert.issue(["d.test"]).write_pem(tmp_path, "d.pem")
+    default = ca_cert.issue(["b.test"]).write_pem(tmp_path, "default.pem")
+    s2s = S2SOptions(use_starttls="optional", certfile=default)
+    hosts = {
+        "c.test": S2SOptions(use_starttls="optional", certfile=c_file),
+        "D.test": S2SOptions(use_starttls="required_trusted", certfile=d_file),
+        "plain.test": S2SOptions(use_starttls="false"),
+        "same.test": s2s,
+    }
+    ctx = make_server_context(
+        s2s, ListenS2S(port=1, tls=ListenTls(verify_mode="none")), hosts=hosts
+    )
+    for sni, expected in [
+        ("c.test", "c.test"),
+        ("d.test", "d.test"),
+        ("b.test", "b.test"),
+        ("plain.test", "b.test"),
+        ("unknown.test", "b.test"),
+        (None, "b.test"),
+    ]:
+        pair = Pair(client(pki, "optional", cert="a_self"), ctx, sni=sni).ok()
+        status = verify_peer(peer_chain(pair.client), expected, cafile=cafile)
+        assert status.ok, (sni, status.reason)
+        # d.test is required_trusted, so the whole listener asks for the peer's certificate,
+        # and an untrusted one never breaks the handshake, whichever context SNI picked.
+        status = verify_peer(peer_chain(pair.server), "a.test", cafile=pki["cafile"])
+        assert status.reason == "the certificate is self-signed and not a trust anchor"
+
+
+def test_hosts_without_certificate_requests_keep_the_listener_quiet(pki):
+    s2s = S2SOptions(use_starttls="optional", certfile=pki["b"])
+    hosts = {"c.test": S2SOptions(use_starttls="required", certfile=pki["b_wild"])}
+    ctx = make_server_context(
+        s2s, ListenS2S(port=1, tls=ListenTls(verify_mode="none")), hosts=hosts
+    )
+    assert not requests_peer_certificate(ctx)
+    pair = Pair(client(pki, "optional"), ctx, sni="c.test").ok()
+    assert peer_chain(pair.server) == []
+    assert verify_peer(peer_chain(pair.client), "x.b.test", cafile=pki["cafile"]).ok

@@ -557,3 +557,16 @@ def test_hosts_without_certificate_requests_keep_the_listener_quiet(pki):
     pair = Pair(client(pki, "optional"), ctx, sni="c.test").ok()
     assert peer_chain(pair.server) == []
     assert verify_peer(peer_chain(pair.client), "x.b.test", cafile=pki["cafile"]).ok
+
+
+def test_without_the_callback_the_server_does_not_ask(pki, monkeypatch):
+    """If the accept-all callback cannot be installed, no certificate is requested at all, so
+    OpenSSL can never abort a handshake over one (required_trusted then sees no certificate)."""
+    import s2sfast.tls as tls_module
+
+    monkeypatch.setattr(tls_module, "_accept_any_peer_chain", lambda ctx: False)
+    ctx = server(pki, "required_trusted")
+    assert not requests_peer_certificate(ctx)
+    pair = Pair(client(pki, "optional", cert="a_self"), ctx).ok()
+    status = verify_peer(peer_chain(pair.server), "a.test", cafile=pki["cafile"])
+    assert status.reason == "the peer presented no certificate"

@@ -126,7 +126,7 @@ def check_ciphers(cipher_string: str) -> None:
 
 
 def _plan_and_check(cipher_string: str) -> tuple[str | None, bool | None]:
-    openssl_list, tls13_only = _plan_ciphers(cipher_string)
+    openssl_list, tls13 = _plan_ciphers(cipher_string)
     if openssl_list is not None:
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(openssl_list)
@@ -135,7 +135,7 @@ def _plan_and_check(cipher_string: str) -> tuple[str | None, bool | None]:
             raise ValueError(
                 f"cipher string {cipher_string!r} selects no cipher OpenSSL can use ({reason})"
             ) from None
-    return openssl_list, tls13_only
+    return openssl_list, tls13
 
 
 def apply_ciphers(ctx: ssl.SSLContext, cipher_string: str) -> None:
@@ -173,18 +173,25 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.options |= ssl.OP_NO_TICKET
 
 
-def _load_certfile(ctx: ssl.SSLContext, certfile: str | None, mode: str, *, needed: bool) -> None:
+def _load_certfile(
+    ctx: ssl.SSLContext,
+    certfile: str | None,
+    mode: str,
+    *,
+    needed: bool,
+    option: str = "s2s.certfile",
+) -> None:
     if certfile is None:
         if needed:
-            raise _config_error(f"s2s.certfile: required when use_starttls is {mode!r}")
+            raise _config_error(f"{option}: required when use_starttls is {mode!r}")
         return
     try:
         ctx.load_cert_chain(certfile)
     except FileNotFoundError:
-        raise _config_error(f"s2s.certfile: {certfile!r} does not exist") from None
+        raise _config_error(f"{option}: {certfile!r} does not exist") from None
     except (ssl.SSLError, OSError) as e:
         raise _config_error(
-            f"s2s.certfile: {certfile!r} is not a PEM file with a certificate and its "
+            f"{option}: {certfile!r} is not a PEM file with a certificate and its "
             f"unencrypted private key ({getattr(e, 'reason', None) or e})"
         ) from None
 
@@ -317,7 +324,12 @@ def _server_context(s2s: S2SOptions, listen: ListenS2S, *, request: bool) -> ssl
             apply_ciphers(ctx, tls.ciphers)
         except ValueError as e:
             raise _config_error(f"listen.s2s.tls.ciphers: {e}") from None
-    _load_certfile(ctx, s2s.certfile or listen.tls.certfile, mode, needed=True)
+    if s2s.certfile is None and listen.tls.certfile is not None:
+        _load_certfile(
+            ctx, listen.tls.certfile, mode, needed=True, option="listen.s2s.tls.certfile"
+        )
+    else:
+        _load_certfile(ctx, s2s.certfile, mode, needed=True)
     if tls.dhfile:
         try:
             ctx.load_dh_params(tls.dhfile)

@@ -88,9 +88,17 @@ def test_probe_of_a_running_peer_succeeds_with_dialback(tmp_path: Path) -> None:
             "dialback",
         ]
 
-        # without a configured secret the probe cannot prove dialback: exit 2
-        plain = _probe("b.test", "--from", "a.test", "--nameserver", "127.0.0.1:1")
-        assert plain.returncode == 1  # and without an address override DNS is asked (nothing)
+        # without a config (no secret, no address override): DNS SRV finds b, dialback is not
+        # tried, so success is not proven: exit 2
+        dnsserver = pytest.importorskip("dnsserver")
+        with dnsserver.DnsServer() as dns:
+            dns.add_srv("_xmpp-server._tcp.b.test", 0, 0, pb, "xmpp.b.test")
+            dns.add_a("xmpp.b.test", "127.0.0.1")
+            plain = _probe("b.test", "--from", "a.test", "--nameserver", dns.nameserver)
+        assert plain.returncode == 2, plain.stdout + plain.stderr
+        assert f"xmpp.b.test 127.0.0.1:{pb} (srv)" in plain.stdout
+        assert "[skip] dialback" in plain.stdout
+        assert plain.stdout.splitlines()[-1] == "federation a.test -> b.test: incomplete"
         assert a.stop() == 0 and b.stop() == 0
     finally:
         a.kill()

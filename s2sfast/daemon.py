@@ -134,11 +134,7 @@ class Daemon:
         except (ConfigError, OSError) as exc:
             log.error("reload of %s failed, keeping the running policy: %s", path, exc)
             return False
-        reload_policy = getattr(self.node, "reload_policy", None)
-        if reload_policy is None:
-            log.error("reload of %s: this Node cannot swap its policy at run time", path)
-            return False
-        reload_policy(new)
+        self.node.reload_policy(new.s2s, new.host_s2s)
         self.config = new
         log.info(
             "policy reloaded from %s: default_policy %s, %d host_policy entries",

@@ -151,10 +151,6 @@ async def test_components_exchange_messages_and_ping_across_s2s(tmp_path: Path) 
 
 
 async def test_sighup_applies_a_new_policy_without_dropping_streams(tmp_path: Path) -> None:
-    from s2sfast.node import Node
-
-    if not hasattr(Node, "reload_policy"):
-        pytest.skip("s2sfast.node.Node has no reload_policy yet (requested from core)")
     pair = Pair(tmp_path)
     pair.start()
     try:

@@ -153,3 +153,58 @@ def test_probe_of_an_unknown_domain_says_nxdomain() -> None:
     assert result.returncode == 1
     fail = [line for line in result.stdout.splitlines() if line.startswith("[FAIL]")]
     assert len(fail) == 1 and "resolve" in fail[0] and "nowhere.test" in fail[0]
+
+
+INTEROP = ROOT.parent / "shared" / "interop"
+
+
+@pytest.mark.interop
+def test_probe_of_prosody_negotiates_tls_and_dialback(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("prosody") is None or not (INTEROP / "prosody_peer.sh").exists():
+        pytest.skip("Prosody or ../shared/interop is not available")
+    from s2sfast.defaults import ensure_certificate
+
+    pa, pb, c2s = free_port(), free_port(), free_port()
+    certfile, _ = ensure_certificate(tmp_path, "a.test")
+    cfg_a = _config(
+        tmp_path / "a.toml",
+        "a.test",
+        pa,
+        {"b.test": pb},
+        starttls="optional",
+        certfile=str(certfile),
+    )
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        "PEER_DIR": str(tmp_path / "prosody"),
+        "S2S_TLS": "required",
+        "LOG_LEVEL": "info",
+    }
+    script = str(INTEROP / "prosody_peer.sh")
+    a = DaemonProcess("--config", str(cfg_a))
+    started = subprocess.run(
+        ["bash", script, "start", "b.test", str(c2s), str(pb), f"a.test=127.0.0.1:{pa}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        a.wait_ready()
+        result = _probe("b.test", "--config", str(cfg_a), "--json")
+        doc = json.loads(result.stdout)
+        steps = {s["step"]: s for s in doc["steps"] if s["status"] != "info"}
+        assert steps["tls"]["status"] == "ok", doc
+        assert steps["tls"]["data"]["version"].startswith("TLSv1.")
+        # Prosody's self-signed certificate names b.test but is not trusted here
+        assert steps["tls"]["data"]["name_matches"] is True
+        assert steps["tls"]["data"]["trusted"] is False
+        assert steps["dialback"]["status"] == "ok", doc
+        assert result.returncode == 0 and doc["result"] == "success"
+        assert a.stop() == 0
+    finally:
+        a.kill()
+        subprocess.run(["bash", script, "stop", "b.test"], env=env, capture_output=True, timeout=30)

@@ -186,3 +186,43 @@ async def test_sighup_with_a_broken_file_keeps_the_running_policy(tmp_path: Path
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+async def test_sigint_drains_and_exits_0(tmp_path: Path) -> None:
+    comp_port = free_port()
+    cfg = _config(tmp_path, "a.test", free_port(), comp_port)
+    daemon = DaemonProcess("--config", str(cfg))
+    try:
+        daemon.wait_ready()
+        comp, answer = await RawComponent.connect(comp_port, "a.test", "pw-a.test")
+        assert answer.name == "handshake"
+        daemon.signal(signal.SIGINT)
+        assert daemon.stop() == 0
+        assert (await comp.eof()).endswith(b"</stream:stream>")
+        comp.close()
+        assert "shutting down" in daemon.log() and "stopped" in daemon.log()
+    finally:
+        daemon.kill()
+
+
+def test_a_taken_port_is_a_clear_startup_failure(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        daemon = DaemonProcess(
+            "--data-dir",
+            str(tmp_path),
+            "--s2s-port",
+            str(port),
+            "--component-port",
+            str(free_port()),
+        )
+        try:
+            assert daemon.proc.wait(30) == 1
+        finally:
+            daemon.kill()
+    daemon.wait_for_log("cannot start")
+    assert str(port) in daemon.log()

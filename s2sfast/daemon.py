@@ -97,7 +97,7 @@ class Daemon:
             self.metrics = Metrics(self.node, self.registry)
             self.metric_servers = [MetricsServer(lp, self.metrics) for lp in listen_prometheus]
         #: remote domain -> queue of raw stanzas from components, sent in order by one task each
-        self._outbound: dict[str, asyncio.Queue[bytes | None]] = {}
+        self._outbound: dict[str, asyncio.Queue[tuple[bytes, str | None] | None]] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -195,41 +195,36 @@ class Daemon:
         if is_hosted(self.hosts, to_domain):
             self._deliver_local(route.raw, to_domain, component)
         else:
-            self._send_s2s(route.raw, component=component, to_domain=to_domain)
+            self._send_s2s(route.raw, to_domain=to_domain, component=component)
 
-    def _send_s2s(self, raw: bytes, *, component: str | None = None, to_domain: str = "") -> None:
-        """Queue *raw* for the Node, in order per remote domain."""
+    def _send_s2s(self, raw: bytes, *, to_domain: str = "", component: str | None = None) -> None:
+        """Queue *raw* for the Node, in order per remote domain (*component*: who sent it)."""
         key = to_domain or "*"
         queue = self._outbound.get(key)
         if queue is None:
             queue = self._outbound[key] = asyncio.Queue()
-            self._pumps[key] = asyncio.get_running_loop().create_task(self._pump(queue, component))
-        queue.put_nowait(raw)
+            self._pumps[key] = asyncio.get_running_loop().create_task(self._pump(queue))
+        queue.put_nowait((raw, component))
 
-    async def _pump(self, queue: asyncio.Queue[bytes | None], component: str | None) -> None:
+    async def _pump(self, queue: asyncio.Queue[tuple[bytes, str | None] | None]) -> None:
         while True:
-            raw = await queue.get()
-            if raw is None:
+            item = await queue.get()
+            if item is None:
                 return
+            raw, component = item
             try:
                 await self.node.send(raw)
                 if self.metrics is not None:
                     self.metrics.s2s_out(raw)
-            except Exception as exc:  # the Node's own failures: tell the sender, keep going
+            except Exception as exc:  # the Node refused it: tell the sender, keep going
                 log.warning("sending to S2S failed: %s", exc)
-                reply = builtin.error_reply(raw, "remote-server-not-found", str(exc))
-                sender = jid_domain(_attr_of(raw, "from"))
-                if reply is not None and self.registry.get(sender) is not None:
-                    self._reply(reply, sender)
-
-
-def _attr_of(raw: bytes, name: str) -> str:
-    from lxml import etree
-
-    try:
-        return etree.fromstring(raw).get(name) or ""
-    except etree.XMLSyntaxError:
-        return ""
+                # ValueError: not addressed from a local domain (check_from = false lets that in)
+                condition = (
+                    "not-allowed" if isinstance(exc, ValueError) else "internal-server-error"
+                )
+                reply = builtin.error_reply(raw, condition, str(exc))
+                if reply is not None and component is not None:
+                    self._reply(reply, component)
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -19,7 +19,9 @@ pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built"
 pytest.importorskip("s2sfast.node", reason="s2sfast.node is not there yet")
 
 
-def _config(tmp_path: Path, host: str, s2s_port: int, comp_port: int, extra: str = "") -> Path:
+def _config(
+    tmp_path: Path, host: str, s2s_port: int, comp_port: int, extra: str = "", service: str = ""
+) -> Path:
     path = tmp_path / f"{host}.toml"
     path.write_text(
         f"""
@@ -32,6 +34,7 @@ def _config(tmp_path: Path, host: str, s2s_port: int, comp_port: int, extra: str
   port = {comp_port}
   ip_address = "127.0.0.1"
   password = "pw-{host}"
+{service}
 [s2s]
   use_starttls = "false"
 {extra}
@@ -226,3 +229,28 @@ def test_a_taken_port_is_a_clear_startup_failure(tmp_path: Path) -> None:
             daemon.kill()
     daemon.wait_for_log("cannot start")
     assert str(port) in daemon.log()
+
+
+async def test_check_from_off_lets_foreign_from_in_but_the_node_refuses_to_send_it(
+    tmp_path: Path,
+) -> None:
+    comp_port = free_port()
+    cfg = _config(tmp_path, "a.test", free_port(), comp_port, service="  check_from = false")
+    daemon = DaemonProcess("--config", str(cfg))
+    try:
+        daemon.wait_ready()
+        comp, answer = await RawComponent.connect(comp_port, "bot.a.test", "pw-a.test")
+        assert answer.name == "handshake"
+        comp.send("<message id='f1' from='u@elsewhere.org' to='x@remote.test'><body/></message>")
+        reply = await comp.next_stanza()
+        assert (reply.name, reply.type, reply.id) == ("message", "error", "f1")
+        assert b"<not-allowed" in reply.raw
+        # the stream survives: builtin ping still answers
+        comp.send(
+            "<iq type='get' id='p' from='bot.a.test' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        assert (await comp.next_stanza()).type == "result"
+        comp.close()
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()

@@ -405,3 +405,27 @@ async def test_shutdown_mid_handshake_is_system_shutdown() -> None:
     assert b"<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in data
     assert await reader.read() == b""
     writer.close()
+
+
+async def test_shaped_component_still_delivers_everything_in_order() -> None:
+    # max_rate 2000 B/s against ~6 KB: reading pauses and resumes several times on the way
+    h = Harness(max_rate=2000)
+    await h.server.start()
+    try:
+        r, w, got = await _raw_component(h.port, "bot.localhost", PASSWORD)
+        assert got.endswith(b"<handshake/>")
+        body = "x" * 100
+        for i in range(40):
+            w.write(
+                f"<message id='{i}' to='u@remote.test' from='bot.localhost'><body>{body}</body>"
+                "</message>".encode()
+            )
+        for _ in range(1000):
+            if len(h.routed) == 40:
+                break
+            await asyncio.sleep(0.02)
+        ids = [re.search(rb"id='(\d+)'", route.raw).group(1) for _, route in h.routed]
+        assert ids == [str(i).encode() for i in range(40)]
+        w.close()
+    finally:
+        await h.server.close()

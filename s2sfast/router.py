@@ -386,8 +386,13 @@ class Router:
                 del self.inbound[stream.stream_id]
             return
         link = stream.link
-        if link is not None and link.stream is stream:
-            self._link_failed(link, "remote-server-not-found", "the stream closed")
+        if link is None or link.stream is not stream:
+            return
+        if link.established and not link.queue:
+            if self.outbound.get((link.local, link.remote)) is link:
+                del self.outbound[(link.local, link.remote)]
+            return
+        self._link_failed(link, "remote-server-not-found", "the stream closed")
 
     # --- shutdown ------------------------------------------------------------------------------
 

@@ -582,7 +582,10 @@ def config_from_dict(
     shared_generated = "shared" not in _table(raw.get("s2s", {}), "s2s")
     base = S2SOptions(shared=secrets.token_hex(_SHARED_BYTES))
     s2s = _s2s(raw.get("s2s", {}), "s2s", base)
-    host_s2s, host_paths = _host_configs(raw, hosts, s2s, ignored)
+    # As in MongooseIM 6.3 (mongoose_config_parser: only acl and access merge), a host's s2s
+    # table replaces [s2s] whole, defaults filled in. Only the dialback secret carries over, so
+    # that one node keys every host consistently when the host table names none.
+    host_s2s, host_paths = _host_configs(raw, hosts, S2SOptions(shared=s2s.shared), ignored)
     checked = {"": (s2s, "s2s")} | {h: (o, host_paths[h]) for h, o in host_s2s.items()}
     _cross_checks(listeners, checked)
 

@@ -520,7 +520,7 @@ def test_shaper_without_access_section():
 # ----------------------------------------------------------------------------- [[host_config]]
 
 
-def test_host_config_overrides_only_the_options_it_names():
+def test_host_config_s2s_replaces_the_global_section_as_mongooseim_does():
     data = doc(
         general={"hosts": ["localhost", "example.com"]},
         s2s={
@@ -541,11 +541,13 @@ def test_host_config_overrides_only_the_options_it_names():
     local = config.s2s_for("localhost")
     other = config.s2s_for("example.com")
     assert local is config.s2s and local.default_policy == "deny"
+    assert local.outgoing == OutgoingOptions(port=5270, ip_versions=(4, 6), connection_timeout=3000)
+    # What the host table does not name takes the documented default, not the global value...
     assert other.default_policy == "allow"
-    assert other.host_policy == local.host_policy
+    assert other.host_policy == ()
+    assert other.outgoing == OutgoingOptions(port=5269, ip_versions=(6,), connection_timeout=10_000)
+    # ...except the dialback secret, which one node keeps for all its hosts.
     assert other.shared == "global secret"
-    assert other.outgoing == OutgoingOptions(port=5270, ip_versions=(6,), connection_timeout=3000)
-    assert config.s2s.outgoing.ip_versions == (4, 6)
 
 
 def test_host_config_without_s2s_uses_global():

@@ -228,18 +228,31 @@ def test_host_config_required_also_needs_listener_ca(certfile):
     data = doc(
         s2s={"certfile": certfile},
         listen={"s2s": [{"port": 5269}]},
-        host_config=[{"host": "localhost", "s2s": {"use_starttls": "required"}}],
+        host_config=[
+            {"host": "localhost", "s2s": {"use_starttls": "required", "certfile": certfile}}
+        ],
     )
     rejects(data, "listen.s2s[0].tls.cacertfile", "host_config[0].s2s.use_starttls")
 
 
-def test_host_config_inherits_the_global_certfile(certfile):
+def test_host_config_does_not_inherit_the_global_certfile(certfile):
     data = doc(
         s2s={"certfile": certfile},
         host_config=[{"host": "localhost", "s2s": {"use_starttls": "optional"}}],
     )
+    message = rejects(data, "host_config[0].s2s.certfile")
+    assert "optional" in message or "use_starttls" in message, message
+
+
+def test_host_config_with_its_own_certfile(certfile):
+    data = doc(
+        host_config=[
+            {"host": "localhost", "s2s": {"use_starttls": "optional", "certfile": certfile}}
+        ],
+    )
     opts = config_from_dict(data).s2s_for("localhost")
     assert (opts.use_starttls, opts.certfile) == ("optional", certfile)
+    assert config_from_dict(data).s2s.use_starttls == "false"
 
 
 # ----------------------------------------------------------------------------- listener tls files

@@ -126,6 +126,7 @@ class IncomingMachine(Machine):
         #: (local, remote) pairs whose db:result awaits the authoritative server's verdict
         self.pending_results: set[tuple[str, str]] = set()
         self._starttls_offered = False
+        self._cert_verdicts: dict[str, Any] = {}
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -151,7 +152,9 @@ class IncomingMachine(Machine):
         """Record the peer certificate's verdict for *domain*; required_trusted enforces it."""
         status = None
         if self.tls_active and self.check_cert is not None:
-            status = self.check_cert(self.tls_chain, domain)
+            status = self._cert_verdicts.get(domain)
+            if status is None:  # one chain per stream: verify it once per claimed domain
+                status = self._cert_verdicts[domain] = self.check_cert(self.tls_chain, domain)
             self.peer_cert = status
         if self.mode != "required_trusted":
             return

@@ -117,3 +117,41 @@ async def test_no_address_bounces_remote_server_not_found(federation):
     bounce = await nodes["A"].inbox.get()
     assert bounce.id == "n1" and b"remote-server-not-found" in bounce.raw
     assert stanza_from_bytes(bounce.raw).type == "error"
+
+
+async def test_clean_close_both_directions(federation):
+    from test_e2e_tls import RecordingProxy
+
+    proxy = RecordingProxy()
+    proxy_port = await proxy.start()
+    nodes = await federation(
+        {
+            "B": {"hosts": ["b.test"]},
+            "A": {"hosts": ["a.test"], "addresses": {"b.test": proxy_port}},
+        }
+    )
+    proxy.target_port = nodes["B"].port
+    await nodes["A"].send(message("u@a.test", "v@b.test", "x", id="c1"))
+    await nodes["B"].inbox.get()
+    await nodes["B"].stop()  # B closes its inbound stream; A answers and closes its side
+    for _ in range(50):
+        if not [c for c in nodes["A"].connections() if c.direction == "out"]:
+            break
+        await asyncio.sleep(0.05)
+    assert not [c for c in nodes["A"].connections() if c.direction == "out"]
+    await proxy.stop()
+    assert bytes(proxy.a2c).endswith(b"</stream:stream>")
+    assert bytes(proxy.c2a).endswith(b"</stream:stream>")
+    assert b"stream:error" not in bytes(proxy.a2c) + bytes(proxy.c2a)
+
+
+async def test_stop_sends_system_shutdown_to_streams_still_negotiating(federation):
+    from test_e2e_dialback import RawPeer
+
+    nodes = await federation({"B": {"hosts": ["b.test"]}})
+    peer = await RawPeer.connect(nodes["B"].port)
+    await peer.open("a.test", "b.test")
+    await nodes["B"].stop()
+    error = await peer.next()
+    assert error.name == "error" and b"system-shutdown" in error.raw
+    await peer.close()

@@ -231,7 +231,3 @@ class Machine:
         """A clean close: ``</stream:stream>`` without an error."""
         self.state = "CLOSED"
         return [SetTimer(seconds=None), Close(condition=None, text=reason)]
-
-
-def log_unhandled(role: str, state: str, event: Any) -> None:  # pragma: no cover - debug aid
-    log.debug("%s: ignoring %s in %s", role, type(event).__name__, state)

@@ -217,6 +217,17 @@ async def test_header_errors_on_the_wire(federation):
     await peer.close()
 
 
+async def test_tls_client_hello_on_plain_stream_is_named(federation):
+    nodes = await federation({"B": {"hosts": ["b.test"]}})
+    peer = await RawPeer.connect(nodes["B"].port)
+    peer.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32)
+    header = await peer.next()
+    assert isinstance(header, StreamOpen)
+    error = await peer.next()
+    assert error.name == "error" and b"TLS record on a plaintext stream" in error.raw
+    await peer.close()
+
+
 async def test_state_timeout_gives_connection_timeout(federation):
     nodes = await federation({"B": {"hosts": ["b.test"], "state_timeout_ms": 300}})
     peer = await RawPeer.connect(nodes["B"].port)

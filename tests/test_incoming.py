@@ -311,3 +311,22 @@ def test_peer_close_is_answered():
     p.send(HEADER)
     acts = p.send(b"</stream:stream>")
     assert of(acts, Close) and of(acts, Close)[0].condition is None
+
+
+def test_missing_transition_names_role_state_and_event():
+    p = Peer("required", tls=True)
+    p.send(HEADER)
+    p.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert p.machine.state == "TLS_PENDING"
+    acts = p.event(
+        VerifyResult(receiving="b.test", originating="a.test", stream_id="x", type="valid")
+    )
+    assert of(acts, Drop)  # a late verify answer is legal here
+    acts = p.event(TimerFired())
+    assert close_condition(acts) == "connection-timeout"
+
+    p = Peer()
+    acts = p.event(TlsUp(chain=()))  # TLS cannot come up before the header
+    close = of(acts, Close)[-1]
+    assert close.condition == "undefined-condition"
+    assert "incoming" in close.text and "WAIT_HEADER" in close.text and "TlsUp" in close.text

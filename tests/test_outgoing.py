@@ -251,3 +251,15 @@ def test_features_in_either_order():
     )
     for f in (a, b):
         assert f.starttls and f.starttls_required and f.dialback
+
+
+def test_missing_transition_names_role_state_and_event():
+    s = Server()
+    acts = s.send(HEADER + PROCEED)  # <proceed/> while waiting for features
+    close = of(acts, Close)[-1]
+    assert close.condition == "unsupported-stanza-type"
+    s = Server()
+    acts = s.event(TlsUp(chain=()))
+    close = of(acts, Close)[-1]
+    assert "outgoing" in close.text and "WAIT_HEADER" in close.text and "TlsUp" in close.text
+    assert of(acts, AuthFailed)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from s2sfast.config import Config, S2SOptions
+from s2sfast.dialback import key_matches
 from s2sfast.errors import make_bounce
 from s2sfast.events import (
     Authenticated,
@@ -315,6 +316,20 @@ class Router:
 
     def _verify(self, action: VerifyKey) -> None:
         """Receiving role: ask the authoritative server over our stream to it."""
+        if action.originating in self.local_domains:
+            # we are the authoritative server ourselves: no connection to make
+            secret = self.options_for(action.originating).shared
+            valid = key_matches(
+                secret, action.receiving, action.originating, action.stream_id, action.key
+            )
+            self._answer_verify(
+                action.receiving,
+                action.originating,
+                action.stream_id,
+                "valid" if valid else "invalid",
+                None,
+            )
+            return
         req = VerifyRequest(
             receiving=action.receiving,
             originating=action.originating,

@@ -246,3 +246,22 @@ async def test_random_stream_ids(federation):
         ids.add(await peer.open("a.test", "b.test"))
         await peer.close()
     assert len(ids) == 3 and all(len(i) >= 16 for i in ids)
+
+
+async def test_claiming_one_of_our_own_domains(federation):
+    # b2.test is B's own domain: B answers the key itself, without connecting anywhere
+    nodes = await federation({"B": {"hosts": ["b.test", "b2.test"]}})
+    secret = nodes["B"].config.s2s.shared
+    peer = await RawPeer.connect(nodes["B"].port)
+    stream_id = await peer.open("b2.test", "b.test")
+    peer.send("<db:result from='b2.test' to='b.test'>" + "0" * 64 + "</db:result>")
+    assert b"type='invalid'" in (await peer.next()).raw
+    await peer.close()
+
+    peer = await RawPeer.connect(nodes["B"].port)
+    stream_id = await peer.open("b2.test", "b.test")
+    key = make_key(secret, "b.test", "b2.test", stream_id)
+    peer.send(f"<db:result from='b2.test' to='b.test'>{key}</db:result>")
+    assert b"type='valid'" in (await peer.next()).raw
+    assert [c for c in nodes["B"].connections() if c.direction == "out"] == []
+    await peer.close()

@@ -18,8 +18,19 @@ pytestmark = pytest.mark.slow
 
 
 def _write_config(
-    path: Path, host: str, s2s_port: int, comp_port: int, peer: str, peer_port: int, policy: str
+    path: Path,
+    host: str,
+    s2s_port: int,
+    comp_port: int,
+    peer: str,
+    peer_port: int,
+    policy: str,
+    tls: tuple[str, str, str] | None = None,
 ) -> Path:
+    """*tls*: (use_starttls, certfile, cafile) or None for plain TCP."""
+    starttls, certfile, cafile = tls or ("false", "", "")
+    listen_tls = f'  tls.cacertfile = "{cafile}"' if cafile else ""
+    cert = f'  certfile = "{certfile}"' if certfile else ""
     path.write_text(
         f"""
 [general]
@@ -27,12 +38,14 @@ def _write_config(
 [[listen.s2s]]
   port = {s2s_port}
   ip_address = "127.0.0.1"
+{listen_tls}
 [[listen.service]]
   port = {comp_port}
   ip_address = "127.0.0.1"
   password = "pw-{host}"
 [s2s]
-  use_starttls = "false"
+  use_starttls = "{starttls}"
+{cert}
   default_policy = "allow"
 {policy}
   [[s2s.address]]
@@ -51,8 +64,17 @@ def _write_config(
 class Pair:
     """Daemon A (a.test) and daemon B (b.test), each with a component listener."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, starttls: str = "false") -> None:
         self.tmp = tmp_path
+        self.tls: dict[str, tuple[str, str, str] | None] = {"a": None, "b": None}
+        if starttls != "false":
+            import certs
+
+            ca = certs.make_ca("federation test CA")
+            cafile = ca.write_pem(tmp_path, "ca.pem")
+            for side in ("a", "b"):
+                leaf = ca.issue([f"{side}.test", f"bot.{side}.test"])
+                self.tls[side] = (starttls, leaf.write_pem(tmp_path, f"{side}.pem"), cafile)
         self.s2s = {"a": free_port(), "b": free_port()}
         self.comp = {"a": free_port(), "b": free_port()}
         self.cfg = {
@@ -71,6 +93,7 @@ class Pair:
             f"{other}.test",
             self.s2s[other],
             policy,
+            self.tls[side],
         )
 
     def start(self) -> None:
@@ -101,8 +124,11 @@ async def _next(comp: RawComponent, name: str, timeout: float = 20.0) -> Any:
             return stanza
 
 
-async def test_components_exchange_messages_and_ping_across_s2s(tmp_path: Path) -> None:
-    pair = Pair(tmp_path)
+@pytest.mark.parametrize("starttls", ["false", "required_trusted"])
+async def test_components_exchange_messages_and_ping_across_s2s(
+    tmp_path: Path, starttls: str
+) -> None:
+    pair = Pair(tmp_path, starttls)
     pair.start()
     try:
         bot_a = await _component(pair.comp["a"], "bot.a.test", "pw-a.test")
@@ -139,6 +165,7 @@ async def test_components_exchange_messages_and_ping_across_s2s(tmp_path: Path) 
         # both daemons logged the S2S streams they hold
         for daemon in pair.daemons.values():
             assert "a.test" in daemon.log() and "b.test" in daemon.log()
+            assert ("TLS up (TLSv1.3)" in daemon.log()) == (starttls != "false")
 
         codes = pair.stop()
         assert codes == {"a": 0, "b": 0}

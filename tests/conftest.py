@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import socket
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from certs import *  # noqa: F401,F403  (registers tls_ca, tls_ca_file, tls_certfile)
-
-from s2sfast.config import (
-    AddressOverride,
-    Config,
-    HostPolicy,
-    ListenS2S,
-    ListenTls,
-    OutgoingOptions,
-    S2SOptions,
-)
-
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to 0, read, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+from core_helpers import Inbox, free_port, node_config
 
 
 @pytest.fixture
@@ -42,72 +20,6 @@ def free_ports():
         return sorted(ports)
 
     return make
-
-
-def node_config(
-    hosts: Iterable[str],
-    *,
-    port: int,
-    addresses: dict[str, int] | None = None,
-    mode: str = "false",
-    certfile: str | None = None,
-    cafile: str | None = None,
-    shared: str | None = None,
-    default_policy: str = "allow",
-    host_policy: dict[str, str] | None = None,
-    state_timeout_ms: int = 5000,
-    max_stanza_size: int | None = None,
-) -> Config:
-    """A Config for one test node listening on 127.0.0.1:*port*; *addresses* maps remote
-    domains to loopback ports ([s2s] address overrides)."""
-    s2s = S2SOptions(
-        default_policy=default_policy,
-        host_policy=tuple(HostPolicy(host=h, policy=p) for h, p in (host_policy or {}).items()),
-        use_starttls=mode,
-        certfile=certfile,
-        shared=shared or secrets.token_hex(10),
-        address=tuple(
-            AddressOverride(host=h, ip_address=LOOPBACK, port=p)
-            for h, p in (addresses or {}).items()
-        ),
-        outgoing=OutgoingOptions(connection_timeout=3000),
-    )
-    return Config(
-        hosts=tuple(hosts),
-        listen_s2s=(
-            ListenS2S(
-                port=port,
-                ip_address=LOOPBACK,
-                state_timeout=state_timeout_ms,
-                max_stanza_size=max_stanza_size,
-                tls=ListenTls(cacertfile=cafile),
-            ),
-        ),
-        s2s=s2s,
-    )
-
-
-class Inbox:
-    """A stanza handler that queues what it gets; ``await inbox.get()`` waits for the next."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.seen: list[Any] = []
-
-    def __call__(self, stanza: Any) -> None:
-        self.seen.append(stanza)
-        self.queue.put_nowait(stanza)
-
-    async def get(self, timeout: float = 10.0) -> Any:
-        return await asyncio.wait_for(self.queue.get(), timeout)
-
-    async def nothing(self, wait: float = 0.5) -> bool:
-        """True when nothing arrives within *wait* seconds."""
-        try:
-            await asyncio.wait_for(self.queue.get(), wait)
-        except TimeoutError:
-            return True
-        return False
 
 
 @pytest.fixture
@@ -150,10 +62,3 @@ async def federation():
     yield build
     for node in reversed(started):
         await node.stop(timeout=3)
-
-
-def message(frm: str, to: str, body: str, id: str = "m1") -> bytes:
-    """A chat message's bytes (jabber:server default namespace, no xmlns on the element)."""
-    return (
-        f"<message from='{frm}' to='{to}' type='chat' id='{id}'><body>{body}</body></message>"
-    ).encode()

@@ -2,61 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from conftest import LOOPBACK, free_port, message
+from core_helpers import HEADER, RawPeer, free_port, message
 
 from s2sfast.dialback import make_key
-from s2sfast.framing import Stanza, StreamClose, StreamFramer, StreamOpen
-
-HEADER = (
-    "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
-    "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
-    "from='{frm}' to='{to}' version='1.0'>"
-)
-
-
-class RawPeer:
-    """A minimal S2S initiator written out by hand, to say things our Node never would."""
-
-    def __init__(self, reader, writer):
-        self.reader, self.writer = reader, writer
-        self.framer = StreamFramer()
-        self.events: list = []
-        self.closed = False
-
-    @classmethod
-    async def connect(cls, port: int) -> RawPeer:
-        reader, writer = await asyncio.open_connection(LOOPBACK, port)
-        return cls(reader, writer)
-
-    def send(self, data: bytes | str) -> None:
-        self.writer.write(data.encode() if isinstance(data, str) else data)
-
-    async def next(self, timeout: float = 5.0):
-        while not self.events:
-            data = await asyncio.wait_for(self.reader.read(65536), timeout)
-            if not data:
-                self.closed = True
-                raise EOFError("peer closed the connection")
-            self.events.extend(self.framer.feed(data))
-        return self.events.pop(0)
-
-    async def open(self, frm: str, to: str) -> str:
-        """Send our header; return the peer's stream id after reading header and features."""
-        self.send(HEADER.format(frm=frm, to=to))
-        header = await self.next()
-        assert isinstance(header, StreamOpen)
-        features = await self.next()
-        assert isinstance(features, Stanza) and features.name == "features"
-        return header.attrs["id"]
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except ConnectionError:
-            pass
+from s2sfast.framing import StreamClose, StreamOpen
 
 
 async def test_correct_keys_piggybacked_domains_and_spoofed_from(federation):

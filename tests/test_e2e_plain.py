@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import message
+from core_helpers import message
 
 from s2sfast.router import stanza_from_bytes
 
@@ -120,7 +120,7 @@ async def test_no_address_bounces_remote_server_not_found(federation):
 
 
 async def test_clean_close_both_directions(federation):
-    from test_e2e_tls import RecordingProxy
+    from core_helpers import RecordingProxy
 
     proxy = RecordingProxy()
     proxy_port = await proxy.start()
@@ -146,7 +146,7 @@ async def test_clean_close_both_directions(federation):
 
 
 async def test_stop_sends_system_shutdown_to_streams_still_negotiating(federation):
-    from test_e2e_dialback import RawPeer
+    from core_helpers import RawPeer
 
     nodes = await federation({"B": {"hosts": ["b.test"]}})
     peer = await RawPeer.connect(nodes["B"].port)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, message, node_config
+from core_helpers import free_port, message, node_config
 
 from s2sfast import Node
 

@@ -8,8 +8,7 @@ import datetime as dt
 
 import pytest
 from certs import self_signed, utcnow
-from conftest import LOOPBACK, message
-from test_e2e_dialback import RawPeer
+from core_helpers import RawPeer, RecordingProxy, message
 
 MODES = ["false", "optional", "required", "required_trusted"]
 REQUIRES = {"required", "required_trusted"}
@@ -130,46 +129,6 @@ async def test_required_refuses_dialback_before_tls_inbound(federation, tls_cert
     error = await peer.next()
     assert error.name == "error" and b"policy-violation" in error.raw
     await peer.close()
-
-
-class RecordingProxy:
-    """A TCP proxy on 127.0.0.1 that forwards to *target_port* (set before the first
-    connection arrives) and records both directions."""
-
-    def __init__(self) -> None:
-        self.target_port: int | None = None
-        self.c2a = bytearray()  # initiator -> acceptor
-        self.a2c = bytearray()
-        self.server: asyncio.AbstractServer | None = None
-        self.tasks: list[asyncio.Task] = []
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, LOOPBACK, 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection(LOOPBACK, self.target_port)
-
-        async def pump(src, dst, record: bytearray) -> None:
-            try:
-                while data := await src.read(65536):
-                    record.extend(data)
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass
-            finally:
-                dst.close()
-
-        self.tasks += [
-            asyncio.ensure_future(pump(reader, up_writer, self.c2a)),
-            asyncio.ensure_future(pump(up_reader, writer, self.a2c)),
-        ]
-
-    async def stop(self) -> None:
-        self.server.close()
-        for task in self.tasks:
-            task.cancel()
 
 
 async def test_tls_is_really_on_the_wire(federation, tls_certfile, tls_ca_file):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import message, node_config
+from core_helpers import message, node_config
 
 from s2sfast import Node, load_config
 from s2sfast.config import HostPolicy, S2SOptions

@@ -115,8 +115,9 @@ class _NodeCollector(Collector):
             "S2S streams now open, by direction, negotiation state, TLS and authentication",
             labels=["direction", "state", "tls", "auth"],
         )
+        infos = list(self._node.connections())
         counts: dict[tuple[str, str, str, str], int] = {}
-        for info in self._node.connections():
+        for info in infos:
             key = (
                 str(info.direction),
                 str(info.state).lower(),
@@ -127,6 +128,20 @@ class _NodeCollector(Collector):
         for labels, value in sorted(counts.items()):
             conns.add_metric(list(labels), value)
         yield conns
+
+        verdicts = GaugeMetricFamily(
+            "s2sfast_tls_peer_certificates",
+            "open S2S streams by the RFC 6125 verdict on the peer's certificate",
+            labels=["verdict"],
+        )
+        tally: dict[str, int] = {}
+        for info in self._node.connections():
+            tally[_verdict(info.peer_certificate)] = (
+                tally.get(_verdict(info.peer_certificate), 0) + 1
+            )
+        for verdict, value in sorted(tally.items()):
+            verdicts.add_metric([verdict], value)
+        yield verdicts
 
         depth = GaugeMetricFamily(
             "s2sfast_queue_depth",
@@ -143,6 +158,14 @@ class _NodeCollector(Collector):
         )
         comps.add_metric([], len(self._components.domains()))
         yield comps
+
+
+def _verdict(status: Any) -> str:
+    if status is None:
+        return "not-checked"
+    if status.trusted and status.name_matches:
+        return "trusted"
+    return "untrusted" if not status.trusted else "name-mismatch"
 
 
 class Metrics:

@@ -152,3 +152,77 @@ async def test_metrics_endpoint_reflects_component_and_s2s_traffic(tmp_path: Pat
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+def _node_config(
+    path: Path, host: str, s2s: int, peer: str, peer_s2s: int, tls: tuple[str, str], extra: str
+) -> Path:
+    certfile, cafile = tls
+    path.write_text(
+        f"""
+[general]
+  hosts = ["{host}"]
+[[listen.s2s]]
+  port = {s2s}
+  ip_address = "127.0.0.1"
+  tls.cacertfile = "{cafile}"
+[s2s]
+  use_starttls = "required_trusted"
+  certfile = "{certfile}"
+  [[s2s.address]]
+    host = "{peer}"
+    ip_address = "127.0.0.1"
+    port = {peer_s2s}
+{extra}
+"""
+    )
+    return path
+
+
+@pytest.mark.slow
+async def test_metrics_show_tls_streams_and_their_certificate_verdicts(tmp_path: Path) -> None:
+    pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
+    certs = pytest.importorskip("certs")
+    ca = certs.make_ca("metrics test CA")
+    cafile = ca.write_pem(tmp_path, "ca.pem")
+    pa, pb, comp_port, http_port = free_port(), free_port(), free_port(), free_port()
+    extra_a = f"""
+[[listen.service]]
+  port = {comp_port}
+  ip_address = "127.0.0.1"
+  password = "pw"
+[[listen.http]]
+  port = {http_port}
+  ip_address = "127.0.0.1"
+  [[listen.http.handlers.mongoose_prometheus_handler]]
+    host = "_"
+    path = "/metrics"
+"""
+    tls_a = (ca.issue(["a.test", "bot.a.test"]).write_pem(tmp_path, "a.pem"), cafile)
+    tls_b = (ca.issue("b.test").write_pem(tmp_path, "b.pem"), cafile)
+    cfg_a = _node_config(tmp_path / "a.toml", "a.test", pa, "b.test", pb, tls_a, extra_a)
+    cfg_b = _node_config(tmp_path / "b.toml", "b.test", pb, "a.test", pa, tls_b, "")
+    a, b = DaemonProcess("--config", str(cfg_a)), DaemonProcess("--config", str(cfg_b))
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        comp, answer = await RawComponent.connect(comp_port, "a.test", "pw")
+        assert answer.name == "handshake"
+        comp.send(
+            "<iq type='get' id='p' from='a.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        reply = await comp.next_stanza(20)
+        assert reply.type == "result" and reply.from_ == "b.test"
+
+        _, text = await _get(http_port, "/metrics")
+        out = _value(text, "s2sfast_connections", direction="out", tls="yes", auth="dialback")
+        assert out >= 1, text
+        assert _value(text, "s2sfast_tls_peer_certificates", verdict="trusted") >= 1
+        assert _value(text, "s2sfast_tls_peer_certificates", verdict="untrusted") == 0
+        assert _value(text, "s2sfast_stanzas_total", direction="in", kind="iq") == 1
+        assert _value(text, "s2sfast_stanzas_total", direction="out", kind="iq") == 1
+        comp.close()
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        a.kill()
+        b.kill()

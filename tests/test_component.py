@@ -429,3 +429,22 @@ async def test_shaped_component_still_delivers_everything_in_order() -> None:
         w.close()
     finally:
         await h.server.close()
+
+
+async def test_oversized_stanza_is_policy_violation() -> None:
+    h = Harness(max_stanza_size=1000)
+    await h.server.start()
+    try:
+        r, w, got = await _raw_component(h.port, "bot.localhost", PASSWORD)
+        assert got.endswith(b"<handshake/>")
+        w.write(
+            b"<message to='u@remote.test' from='bot.localhost'><body>"
+            + b"x" * 2000
+            + b"</body></message>"
+        )
+        data = await _read_until(r, b"</stream:stream>")
+        assert b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in data
+        assert h.routed == []
+        w.close()
+    finally:
+        await h.server.close()

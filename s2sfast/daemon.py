@@ -1,8 +1,9 @@
 """``s2sfast run``: a federation node as a process, with its XEP-0114 component bridge.
 
 This is the thin layer users start: it loads the configuration (or the embedded defaults),
-starts a :class:`~s2sfast.node.Node`, opens the ``[[listen.service]]`` component listeners,
-routes stanzas between S2S, components and the built-in answers, and handles signals:
+starts a :class:`~s2sfast.node.Node`, opens the ``[[listen.service]]`` component listeners
+(and the ``[[listen.http]]`` Prometheus endpoint, see s2sfast.metrics), routes stanzas between
+S2S, components and the built-in answers, and handles signals:
 SIGINT/SIGTERM drain and exit 0, SIGHUP reloads the policy from the file without dropping streams.
 
 Routing, by the domain of a stanza's ``to``:
@@ -60,6 +61,7 @@ class Daemon:
     Args:
         config: the node's configuration.
         listen_service: the component listeners to open.
+        listen_prometheus: the Prometheus endpoints to serve (s2sfast.metrics.ListenPrometheus).
         node_factory: builds the Node (``s2sfast.node.Node`` by default).
     """
 

@@ -90,7 +90,7 @@ cdef enum:
 
 # Byte classes. Plain bytes are skipped by the inner loops without any other test.
 cdef uchar T_TEXT[256]    # plain character data: ASCII Char except < & ] >
-cdef uchar T_ATTR[256]    # plain attribute value: ASCII Char except < & ' "
+cdef uchar T_ATTR[256]    # plain attribute value: ASCII Char except < & ' " and S but ' '
 cdef uchar T_CDATA[256]   # plain CDATA content: ASCII Char except ] >
 cdef uchar T_WS[256]      # XML S
 cdef uchar T_NAME[256]    # 1 NameStartChar (not ':'), 2 NameChar only, 3 ':'
@@ -102,7 +102,7 @@ cdef void _init_tables():
     for c in range(256):
         ascii_char = c >= 0x20 and c < 0x80 or c in (9, 10, 13)
         T_TEXT[c] = ascii_char and c not in (CH_LT, CH_AMP, CH_RSQB, CH_GT)
-        T_ATTR[c] = ascii_char and c not in (CH_LT, CH_AMP, CH_SQ, CH_DQ)
+        T_ATTR[c] = ascii_char and c not in (CH_LT, CH_AMP, CH_SQ, CH_DQ, 9, 10, 13)
         T_CDATA[c] = ascii_char and c not in (CH_RSQB, CH_GT)
         T_WS[c] = c in (9, 10, 13, 32)
         if 65 <= c <= 90 or 97 <= c <= 122 or c == 95:
@@ -397,6 +397,7 @@ cdef class StreamFramer:
     cdef Py_ssize_t lit_len, lit_i
     cdef int rsqb                     # run of ']' just seen in text / CDATA
     cdef int quote
+    cdef bint attr_cr                 # the last attribute value character was a literal CR
     cdef bint capture
     cdef int ref_ret
     cdef uint32_t ref_val
@@ -1100,13 +1101,24 @@ cdef class StreamFramer:
                             return 1
                     else:
                         break
-                if self.capture and p != q:
-                    _append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
+                if p != q:
+                    self.attr_cr = False
+                    if self.capture:
+                        _append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
                 if cut:
                     break
                 if p >= lim:
                     continue
                 c = p[0]
+                if c == CH_LF or c == CH_TAB or c == CH_CR:
+                    # Attribute-value normalisation (XML 1.0 3.3.3 after 2.11): each literal
+                    # tab, LF, CR or CR LF becomes one space.
+                    if self.capture and not (c == CH_LF and self.attr_cr):
+                        _append(&self.abuf, &self.abuf_len, &self.abuf_cap, <const uchar*>b" ", 1)
+                    self.attr_cr = c == CH_CR
+                    p += 1
+                    continue
+                self.attr_cr = False
                 if c == self.quote:
                     p += 1
                     if self.capture:
@@ -1136,13 +1148,13 @@ cdef class StreamFramer:
                         _append(&self.names, &self.names_len, &self.names_cap, q, p - q)
                     else:
                         _append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
+                if r == -2:
+                    cut = True
+                    break
                 if r == -1 or (p < lim and self.nm_need):
                     self._fail(NWF, "invalid element name" if st == S_STAG_NAME
                                else "invalid attribute name", base + (p - data))
                     return 1
-                if r == -2:
-                    cut = True
-                    break
                 if p >= lim:
                     continue
                 c = p[0]
@@ -1228,6 +1240,7 @@ cdef class StreamFramer:
                     self._fail(NWF, "attribute value must be quoted", base + (p - data))
                     return 1
                 self.quote = c
+                self.attr_cr = False
                 p += 1
                 if self.capture:
                     self.attrs[self.nattrs - 1].val_off = self.abuf_len

@@ -207,3 +207,17 @@ def test_client_namespace_framer():
     data = HEADER.replace(b"jabber:server'", b"jabber:client'")
     (ev,) = feed_all(data, default_ns="jabber:client")
     assert ev.namespaces[""] == "jabber:client"
+
+
+def test_attribute_value_normalisation():
+    raw = b"<message to='a\tb\nc\r\nd\re' id='&#9;&#10;&#13;' type='x \r\r\ny'/>"
+    _, st = feed_all(HEADER + raw)
+    assert (st.to, st.id, st.type) == ("a b c d e", "\t\n\r", "x   y")
+    assert st.raw == raw
+
+
+def test_attribute_value_normalisation_across_chunks():
+    f = StreamFramer()
+    f.feed(HEADER + b"<message to='a\r")
+    (st,) = f.feed(b"\nb'/>")
+    assert st.to == "a b"

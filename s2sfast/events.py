@@ -50,9 +50,13 @@ class TimerFired:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionLost:
-    """The TCP connection is gone (or never came up); *reason* is for the log and bounces."""
+    """The TCP connection is gone (or never came up); *reason* is for the log and bounces.
+
+    *retry* is False when reconnecting cannot help soon (a failed TLS handshake).
+    """
 
     reason: str = "connection lost"
+    retry: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,12 +144,17 @@ class Authenticated:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthFailed:
-    """Outgoing: the stream cannot carry stanzas for (local, remote); bounce with *condition*."""
+    """Outgoing: the stream cannot carry stanzas for (local, remote); bounce with *condition*.
+
+    *retry*: a transient failure (time-out, connection lost, peer restarting), worth another
+    attempt after back-off; otherwise (dialback refused, TLS or policy mismatch) bounce now.
+    """
 
     local: str
     remote: str
     condition: str
     text: str | None = None
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

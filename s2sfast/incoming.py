@@ -261,6 +261,7 @@ class IncomingMachine(Machine):
 
     def _on_tls_up(self, ev: Any) -> list[Action]:
         self.tls_active = True
+        self.stream_id = new_stream_id()  # RFC 6120 4.3.3: a restarted stream gets a new id
         self.tls_chain = tuple(ev.chain)
         self.header_sent = False
         self.state = "WAIT_HEADER"

@@ -17,7 +17,9 @@ from typing import Any
 
 from lxml import etree
 
+from s2sfast.backoff import DEFAULT_INITIAL_DELAY, DEFAULT_PENDING_DEADLINE
 from s2sfast.config import Config, ListenS2S, S2SOptions
+from s2sfast.dns import Resolver
 from s2sfast.framing import Stanza
 from s2sfast.incoming import IncomingMachine
 from s2sfast.router import MAX_QUEUE, Router, stanza_from_bytes
@@ -56,14 +58,28 @@ class Node:
         config: the effective configuration (see s2sfast.config.load_config).
         keepalive: seconds of write silence before a whitespace keepalive.
         max_queue: stanzas held per (local, remote) pair while its stream negotiates.
+        resolver: DNS resolver for remote domains (default: from ``[s2s] dns``, the system's
+            nameservers); it is closed by :meth:`stop`.
+        retry_initial: first reconnect delay in seconds (doubles up to ``max_retry_delay``).
+        pending_deadline: seconds a queued stanza waits for its stream before bouncing.
     """
 
     def __init__(
-        self, config: Config, *, keepalive: float | None = 60.0, max_queue: int = MAX_QUEUE
+        self,
+        config: Config,
+        *,
+        keepalive: float | None = 60.0,
+        max_queue: int = MAX_QUEUE,
+        resolver: Resolver | None = None,
+        retry_initial: float = DEFAULT_INITIAL_DELAY,
+        pending_deadline: float = DEFAULT_PENDING_DEADLINE,
     ) -> None:
         self.config = config
         self.keepalive = keepalive
         self.max_queue = max_queue
+        self.resolver = resolver
+        self.retry_initial = retry_initial
+        self.pending_deadline = pending_deadline
         self._handlers: list[Handler] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._client_contexts: dict[int, ssl.SSLContext | None] = {}
@@ -101,11 +117,15 @@ class Node:
             keepalive=self.keepalive,
             state_timeout=(listen0.state_timeout / 1000) if listen0 else 5.0,
             max_stanza_size=listen0.max_stanza_size if listen0 else None,
+            resolver=self.resolver,
+            retry_initial=self.retry_initial,
+            pending_deadline=self.pending_deadline,
         )
+        self.resolver = self.router.resolver
         loop = asyncio.get_running_loop()
         try:
             for listen in self.config.listen_s2s:
-                ctx = make_server_context(self.config.s2s, listen)
+                ctx = make_server_context(self.config.s2s, listen, hosts=self.config.host_s2s)
                 server = await loop.create_server(
                     lambda listen=listen, ctx=ctx: self._incoming_stream(listen, ctx),
                     listen.ip_address,
@@ -167,6 +187,8 @@ class Node:
         self._servers.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        if self.resolver is not None:
+            await self.resolver.close()
 
     def connections(self) -> list[ConnectionInfo]:
         """Every live stream: direction, domains, TLS, certificate status, auth, stream id."""
@@ -199,15 +221,20 @@ class Node:
     def remove_local_domain(self, domain: str) -> None:
         self._router().remove_local_domain(domain)
 
-    def reload_policy(self, s2s: S2SOptions, host_s2s: dict[str, S2SOptions]) -> None:
+    def reload_policy(
+        self, s2s: Config | S2SOptions, host_s2s: dict[str, S2SOptions] | None = None
+    ) -> None:
         """Apply new ``default_policy`` / ``host_policy`` (e.g. on SIGHUP).
 
-        Only the policies are taken from *s2s* / *host_s2s*. New stanzas and dialback requests
-        follow them at once; authenticated streams stay up, but a pair the new policy denies
-        gets its next outbound stanza bounced and its next inbound db:result refused.
+        Pass a whole new Config, or its ``s2s`` and ``host_s2s``: only the policies are
+        taken. New stanzas and dialback requests follow them at once; authenticated streams
+        stay up, but a pair the new policy denies gets its next outbound stanza bounced and its
+        next inbound db:result refused.
         """
         router = self._router()
-        router.reload_policy(s2s, host_s2s)
+        if isinstance(s2s, Config):
+            s2s, host_s2s = s2s.s2s, s2s.host_s2s
+        router.reload_policy(s2s, host_s2s or {})
         self.config = router.config
 
     # --- internals -----------------------------------------------------------------------------

@@ -47,6 +47,17 @@ __all__ = ["OutgoingMachine", "parse_features", "Features"]
 log = logging.getLogger("s2sfast.outgoing")
 
 _REQUIRED = frozenset({"required", "required_trusted"})
+#: a peer closing with one of these may well accept us on a later attempt
+_TRANSIENT_STREAM_ERRORS = frozenset(
+    {
+        "connection-timeout",
+        "internal-server-error",
+        "remote-connection-failed",
+        "reset",
+        "resource-constraint",
+        "system-shutdown",
+    }
+)
 
 
 class Features:
@@ -184,10 +195,11 @@ class OutgoingMachine(Machine):
     # --- failure reporting --------------------------------------------------------------------
 
     def _on_failure(self, exc: StreamError) -> list[Action]:
-        condition = "remote-server-timeout" if exc.condition == "connection-timeout" else None
-        return self._fail_all(condition or "remote-server-not-found", exc.text or exc.condition)
+        timeout = exc.condition == "connection-timeout"
+        condition = "remote-server-timeout" if timeout else "remote-server-not-found"
+        return self._fail_all(condition, exc.text or exc.condition, retry=timeout)
 
-    def _fail_all(self, condition: str, text: str) -> list[Action]:
+    def _fail_all(self, condition: str, text: str, *, retry: bool = False) -> list[Action]:
         """Tell the owner that the pair and every pending verification failed (once)."""
         if self._failed_reported:
             return []
@@ -195,7 +207,13 @@ class OutgoingMachine(Machine):
         actions: list[Action] = []
         if self.state != "ESTABLISHED":
             actions.append(
-                AuthFailed(local=self.local, remote=self.remote, condition=condition, text=text)
+                AuthFailed(
+                    local=self.local,
+                    remote=self.remote,
+                    condition=condition,
+                    text=text,
+                    retry=retry,
+                )
             )
         for originating, receiving, stream_id in self.pending.drain():
             actions.append(
@@ -404,12 +422,14 @@ class OutgoingMachine(Machine):
                 else "remote-server-not-found"
             )
         )
-        actions = self._fail_all(condition, text)
+        actions = self._fail_all(condition, text, retry=cond in _TRANSIENT_STREAM_ERRORS)
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None), self._close(text)]
 
     def _on_peer_close(self, ev: Any) -> list[Action]:
-        actions = self._fail_all("remote-server-not-found", f"{self.remote} closed the stream")
+        actions = self._fail_all(
+            "remote-server-not-found", f"{self.remote} closed the stream", retry=True
+        )
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None), self._close("peer closed the stream")]
 
@@ -419,7 +439,7 @@ class OutgoingMachine(Machine):
         return [*actions, SetTimer(seconds=None), self._close("closed")]
 
     def _on_lost(self, ev: Any) -> list[Action]:
-        actions = self._fail_all("remote-server-not-found", ev.reason)
+        actions = self._fail_all("remote-server-not-found", ev.reason, retry=ev.retry)
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None)]
 

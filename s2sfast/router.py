@@ -10,13 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from s2sfast.backoff import (
+    DEFAULT_INITIAL_DELAY,
+    DEFAULT_PENDING_DEADLINE,
+    DEFAULT_PENDING_MAX_STANZAS,
+    Backoff,
+    PendingQueue,
+    QueueFull,
+)
 from s2sfast.config import Config, S2SOptions
+from s2sfast.connect import ConnectError, connect_first
 from s2sfast.dialback import key_matches
+from s2sfast.dns import Candidate, ResolutionError, Resolver
 from s2sfast.errors import make_bounce
 from s2sfast.events import (
     Authenticated,
@@ -38,9 +47,9 @@ __all__ = ["Router", "OutboundLink", "stanza_from_bytes", "MAX_QUEUE"]
 
 log = logging.getLogger("s2sfast.router")
 
-#: stanzas held per (local, remote) pair while its stream connects and authenticates; beyond
-#: this the sender gets resource-constraint (Prosody and ejabberd both bound this queue too)
-MAX_QUEUE = 1000
+#: stanzas held per (local, remote) pair while its stream connects, authenticates or backs off;
+#: beyond this the sender gets resource-constraint (rationale in s2sfast.backoff)
+MAX_QUEUE = DEFAULT_PENDING_MAX_STANZAS
 
 _HEADER = stream_header(from_=None, to=None)
 
@@ -71,18 +80,33 @@ class OutboundLink:
         "established",
         "done",
         "task",
+        "retry_timer",
+        "expiry_timer",
+        "last_condition",
+        "last_text",
     )
 
-    def __init__(self, local: str, remote: str) -> None:
+    def __init__(self, local: str, remote: str, queue: PendingQueue[bytes]) -> None:
         self.local = local
         self.remote = remote
         self.stream: XmlStream | None = None
-        self.queue: deque[bytes] = deque()
+        self.queue = queue
         self.verify_queue: list[VerifyRequest] = []
         self.established = False
         #: resolved when the link is established or has failed (stop() waits on it)
         self.done: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
         self.task: asyncio.Task[None] | None = None
+        self.retry_timer: asyncio.TimerHandle | None = None
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        #: why the last attempt failed: what expired stanzas bounce with
+        self.last_condition = "remote-server-timeout"
+        self.last_text: str | None = None
+
+    def cancel_timers(self) -> None:
+        for handle in (self.retry_timer, self.expiry_timer):
+            if handle is not None:
+                handle.cancel()
+        self.retry_timer = self.expiry_timer = None
 
 
 class Router:
@@ -96,6 +120,9 @@ class Router:
         max_queue: per-pair queue bound.
         keepalive: seconds of silence before a whitespace keepalive on authenticated streams.
         state_timeout: seconds per negotiation step on outbound streams.
+        resolver: DNS for remote domains (``[s2s] address`` overrides bypass it).
+        retry_initial: the first reconnect delay (doubling up to ``[s2s] max_retry_delay``).
+        pending_deadline: seconds a queued stanza waits for its stream before it bounces.
     """
 
     def __init__(
@@ -109,6 +136,9 @@ class Router:
         keepalive: float | None = 60.0,
         state_timeout: float | None = 5.0,
         max_stanza_size: int | None = None,
+        resolver: Resolver | None = None,
+        retry_initial: float = DEFAULT_INITIAL_DELAY,
+        pending_deadline: float = DEFAULT_PENDING_DEADLINE,
     ) -> None:
         self.config = config
         self.deliver = deliver
@@ -118,6 +148,11 @@ class Router:
         self.keepalive = keepalive
         self.state_timeout = state_timeout
         self.max_stanza_size = max_stanza_size
+        self.resolver = resolver or Resolver.from_options(config.s2s.dns)
+        self.retry_initial = retry_initial
+        self.pending_deadline = pending_deadline
+        #: remote domain -> reconnect back-off (outlives links)
+        self._backoff: dict[str, Backoff] = {}
         #: local domain -> the host whose [s2s] options it uses
         self.parent: dict[str, str] = {h.lower(): h for h in config.hosts}
         #: live set of local domains (incoming machines read it)
@@ -205,10 +240,12 @@ class Router:
             link = None
         if link is None:
             link = self._open(local, remote)
-        if len(link.queue) >= self.max_queue:
-            self.bounce(raw, local, "resource-constraint", f"queue to {remote} is full")
+        try:
+            link.queue.push(raw, self._now())
+        except QueueFull as exc:
+            self.bounce(raw, local, exc.condition, f"stanzas to {remote} wait: {exc}")
             return
-        link.queue.append(raw)
+        self._arm_expiry(link)
 
     def bounce(self, raw: bytes, local: str, condition: str, text: str | None) -> None:
         """Return *raw* to its local sender as an error stanza (when one is due)."""
@@ -222,51 +259,48 @@ class Router:
 
     # --- outbound links ------------------------------------------------------------------------
 
+    def _now(self) -> float:
+        return asyncio.get_event_loop().time()
+
     def _open(self, local: str, remote: str) -> OutboundLink:
-        link = OutboundLink(local, remote)
+        queue: PendingQueue[bytes] = PendingQueue(
+            max_stanzas=self.max_queue, deadline=self.pending_deadline
+        )
+        link = OutboundLink(local, remote, queue)
         self.outbound[(local, remote)] = link
-        link.task = asyncio.get_event_loop().create_task(self._connect(link))
+        self._start_attempt(link)
         return link
 
-    async def _resolve(self, local: str, remote: str) -> list[tuple[str, int]]:
-        """Where *remote*'s S2S service is: ``[s2s] address`` overrides only (DNS comes later).
+    def _start_attempt(self, link: OutboundLink) -> None:
+        link.retry_timer = None
+        link.task = asyncio.get_event_loop().create_task(self._connect(link))
+
+    async def _resolve(self, local: str, remote: str) -> list[Candidate]:
+        """Where *remote*'s S2S service is: ``[s2s] address`` overrides, else DNS (SRV, A/AAAA).
 
         Raises:
-            LookupError: no address known for *remote*.
+            ResolutionError: the domain cannot be resolved (``condition`` says how to bounce).
         """
-        opts = self.options_for(local)
-        found = [
-            (o.ip_address, o.port or opts.outgoing.port)
-            for o in opts.address
-            if o.host.lower() == remote
-        ]
-        if not found:
-            raise LookupError(f"no address known for {remote}")
-        return found
+        return await self.resolver.resolve(remote, self.options_for(local))
 
     async def _connect(self, link: OutboundLink) -> None:
         """Resolve and open the TCP connection; the XmlStream takes over from there."""
-        try:
-            addresses = await self._resolve(link.local, link.remote)
-        except LookupError as exc:
-            self._link_failed(link, "remote-server-not-found", str(exc))
-            return
         opts = self.options_for(link.local)
-        timeout = (opts.outgoing.connection_timeout or 0) / 1000 or None
-        loop = asyncio.get_event_loop()
-        errors: list[str] = []
-        for host, port in addresses:
-            try:
-                await asyncio.wait_for(
-                    loop.create_connection(lambda: self._outgoing_stream(link), host, port),
-                    timeout,
-                )
-                return
-            except (TimeoutError, OSError) as exc:
-                errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
-        self._link_failed(
-            link, "remote-server-not-found", f"cannot connect to {link.remote}: {'; '.join(errors)}"
-        )
+        try:
+            candidates = await self._resolve(link.local, link.remote)
+            await connect_first(
+                candidates,
+                lambda: self._outgoing_stream(link),
+                timeout_ms=opts.outgoing.connection_timeout,
+                domain=link.remote,
+            )
+        except ResolutionError as exc:
+            if exc.temporary:
+                self._link_retry(link, exc.condition, str(exc))
+            else:
+                self._link_failed(link, exc.condition, str(exc))
+        except ConnectError as exc:
+            self._link_retry(link, exc.condition, str(exc))
 
     def _outgoing_stream(self, link: OutboundLink) -> XmlStream:
         opts = self.options_for(link.local)
@@ -300,17 +334,77 @@ class Router:
         )
 
     def _link_failed(self, link: OutboundLink, condition: str, text: str | None) -> None:
+        """A failure retrying cannot mend: bounce everything queued, forget the link."""
         log.warning("stream %s -> %s failed: %s", link.local, link.remote, text)
+        link.cancel_timers()
+        link.stream = None
         if self.outbound.get((link.local, link.remote)) is link:
             del self.outbound[(link.local, link.remote)]
-        queued, link.queue = list(link.queue), deque()
-        for raw in queued:
+        for raw in link.queue.drain():
             self.bounce(raw, link.local, condition, text)
+        self._fail_verifies(link, text)
+        if not link.done.done():
+            link.done.set_result(False)
+
+    def _link_retry(self, link: OutboundLink, condition: str, text: str | None) -> None:
+        """A transient failure: keep the queue, try again after the domain's back-off."""
+        link.stream = None
+        link.last_condition, link.last_text = condition, text
+        # a peer waiting for a dialback verdict cannot wait for our back-off
+        self._fail_verifies(link, text)
+        if (
+            self.closing
+            or not link.queue
+            or self.outbound.get((link.local, link.remote)) is not link
+        ):
+            self._link_failed(link, condition, text)
+            return
+        backoff = self._backoff.get(link.remote)
+        if backoff is None:
+            max_delay = max(self.options_for(link.local).max_retry_delay, self.retry_initial)
+            backoff = self._backoff[link.remote] = Backoff(max_delay, initial=self.retry_initial)
+        delay = backoff.next_delay()
+        log.warning(
+            "stream %s -> %s failed (%s); retrying in %.1f s with %d stanza(s) queued",
+            link.local,
+            link.remote,
+            text,
+            delay,
+            len(link.queue),
+        )
+        link.retry_timer = asyncio.get_event_loop().call_later(delay, self._retry, link)
+
+    def _retry(self, link: OutboundLink) -> None:
+        link.retry_timer = None
+        if self.outbound.get((link.local, link.remote)) is not link:
+            return
+        if not link.queue:
+            del self.outbound[(link.local, link.remote)]
+            link.cancel_timers()
+            if not link.done.done():
+                link.done.set_result(False)
+            return
+        self._start_attempt(link)
+
+    def _arm_expiry(self, link: OutboundLink) -> None:
+        if link.expiry_timer is not None:
+            return
+        when = link.queue.next_expiry()
+        if when is not None:
+            link.expiry_timer = asyncio.get_event_loop().call_at(when, self._expire, link)
+
+    def _expire(self, link: OutboundLink) -> None:
+        """Bounce the stanzas that waited longer than the pending deadline."""
+        link.expiry_timer = None
+        text = link.last_text or f"no stream to {link.remote} within {self.pending_deadline:g} s"
+        for raw in link.queue.expired(self._now()):
+            self.bounce(raw, link.local, link.last_condition, text)
+        self._arm_expiry(link)
+
+    def _fail_verifies(self, link: OutboundLink, text: str | None) -> None:
         for req in link.verify_queue:
             self._answer_verify(req.receiving, req.originating, req.stream_id, "error", text)
         link.verify_queue.clear()
-        if not link.done.done():
-            link.done.set_result(False)
 
     # --- dialback brokering --------------------------------------------------------------------
 
@@ -372,6 +466,8 @@ class Router:
         if kind is Deliver:
             self.deliver(action.stanza)
         elif kind is VerifyKey:
+            # index under the id the key names (the id changes when TLS restarts the stream)
+            self.inbound[action.stream_id] = stream
             self._verify(action)
         elif kind is VerifyAnswered:
             self._answer_verify(
@@ -381,14 +477,25 @@ class Router:
             link = stream.link
             if stream.direction == "out" and link is not None:
                 link.established = True
+                if link.expiry_timer is not None:
+                    link.expiry_timer.cancel()
+                    link.expiry_timer = None
+                backoff = self._backoff.get(link.remote)
+                if backoff is not None:
+                    backoff.reset()
                 if link.queue:
-                    stream.write(b"".join(link.queue))
-                    link.queue.clear()
+                    stream.write(b"".join(link.queue.drain()))
                 if not link.done.done():
                     link.done.set_result(True)
+            elif stream.direction == "in":
+                self.inbound[stream.stream_id] = stream
         elif kind is AuthFailed:
-            if stream.link is not None:
-                self._link_failed(stream.link, action.condition, action.text)
+            link = stream.link
+            if link is not None and link.stream is stream:
+                if action.retry:
+                    self._link_retry(link, action.condition, action.text)
+                else:
+                    self._link_failed(link, action.condition, action.text)
         elif kind is Drop:
             log.info("dropped on %s: %s", stream.describe(), action.reason)
         else:  # pragma: no cover - a new action kind without routing is a bug
@@ -397,8 +504,8 @@ class Router:
     def stream_closed(self, stream: XmlStream) -> None:
         self.streams.discard(stream)
         if stream.direction == "in":
-            if self.inbound.get(stream.stream_id) is stream:
-                del self.inbound[stream.stream_id]
+            for key in [k for k, v in self.inbound.items() if v is stream]:
+                del self.inbound[key]
             return
         link = stream.link
         if link is None or link.stream is not stream:
@@ -407,7 +514,7 @@ class Router:
             if self.outbound.get((link.local, link.remote)) is link:
                 del self.outbound[(link.local, link.remote)]
             return
-        self._link_failed(link, "remote-server-not-found", "the stream closed")
+        self._link_retry(link, "remote-server-not-found", "the stream closed")
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -421,8 +528,10 @@ class Router:
         """Close every stream cleanly, then abort whatever has not closed within *timeout*."""
         self.closing = True
         for link in list(self.outbound.values()):
-            if link.task is not None and link.stream is None:
-                link.task.cancel()
+            link.cancel_timers()
+            if link.stream is None:
+                if link.task is not None:
+                    link.task.cancel()
                 self._link_failed(link, "service-unavailable", "the node is shutting down")
         streams = list(self.streams)
         for stream in streams:

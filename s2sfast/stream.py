@@ -389,7 +389,7 @@ class XmlStream(asyncio.Protocol):
             reason = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
             log.warning("%s on %s", reason, self.describe())
             self._handshaking = False
-            self._perform(self.machine.receive(ConnectionLost(reason=reason)))
+            self._perform(self.machine.receive(ConnectionLost(reason=reason, retry=False)))
             self.abort()
             return
         self._handshaking = False

@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 from certs import *  # noqa: F401,F403  (registers tls_ca, tls_ca_file, tls_certfile)
 from core_helpers import Inbox, free_port, node_config
+from dnsserver import dns_server  # noqa: F401  (fixture: a real DNS server on loopback)
+
+from s2sfast.dns import Resolver
 
 
 @pytest.fixture
@@ -23,14 +26,15 @@ def free_ports():
 
 
 @pytest.fixture
-async def federation():
+async def federation(dns_server):  # noqa: F811
     """Factory building and starting several nodes that know each other's ports.
 
     ``nodes = await federation({"A": {"hosts": ["a.test"], ...}, "B": {...}})``; each spec
-    takes node_config's keyword arguments plus ``addresses`` (extra/overriding domain -> port),
-    ``keepalive`` and ``max_queue``; an ``addresses`` value may name another node. Every node
-    gets ``.inbox`` (an Inbox handler) and
-    ``.port``. All nodes are stopped at the end of the test.
+    takes node_config's keyword arguments plus ``addresses`` (extra/overriding domain -> port,
+    or the name of another node), ``keepalive``, ``max_queue``, ``retry_initial`` and
+    ``pending_deadline``. Every node gets ``.inbox`` (an Inbox handler) and ``.port``, and
+    resolves names through the loopback DNS server (``dns_server``), never the machine's.
+    All nodes are stopped at the end of the test.
     """
     from s2sfast.node import Node
 
@@ -45,12 +49,17 @@ async def federation():
             hosts = o.pop("hosts")
             keepalive = o.pop("keepalive", 60.0)
             max_queue = o.pop("max_queue", 1000)
+            timing = {k: o.pop(k) for k in ("retry_initial", "pending_deadline") if k in o}
             addresses = {d: p for d, p in by_domain.items() if d not in hosts}
             for domain, where in o.pop("addresses", {}).items():
                 # a node name routes the domain to that node's port; an int is a port
                 addresses[domain] = ports[where] if isinstance(where, str) else where
             config = node_config(hosts, port=ports[name], addresses=addresses, **o)
-            node = Node(config, keepalive=keepalive, max_queue=max_queue)
+            # never the machine's resolver: unknown domains get NXDOMAIN from the test server
+            resolver = Resolver([dns_server.nameserver], timeout=1, retries=1)
+            node = Node(
+                config, keepalive=keepalive, max_queue=max_queue, resolver=resolver, **timing
+            )
             node.inbox = Inbox()
             node.on_stanza(node.inbox)
             await node.start()

@@ -330,3 +330,15 @@ def test_missing_transition_names_role_state_and_event():
     close = of(acts, Close)[-1]
     assert close.condition == "undefined-condition"
     assert "incoming" in close.text and "WAIT_HEADER" in close.text and "TlsUp" in close.text
+
+
+def test_stream_id_changes_when_tls_restarts_the_stream():
+    p = Peer("required", tls=True)
+    first = out(p.send(HEADER))
+    p.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    p.tls_up()
+    second = out(p.send(HEADER))
+    assert b"id='sid1'" in first and b"id='sid1'" not in second
+    assert f"id='{p.machine.stream_id}'".encode() in second
+    (vk,) = of(p.send(db_result()), VerifyKey)
+    assert vk.stream_id == p.machine.stream_id

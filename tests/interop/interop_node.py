@@ -37,6 +37,7 @@ def node_config(
     peer_port: int | None = None,
     default_policy: str = "allow",
     host_policy: dict[str, str] | None = None,
+    state_timeout_ms: int = 5000,
 ) -> Config:
     """s2sfast serving a.test on 127.0.0.1:*port*; b.test at *peer_port* (``[s2s] address``;
     None: resolve b.test through DNS)."""
@@ -49,7 +50,7 @@ def node_config(
             ListenS2S(
                 port=port,
                 ip_address=LOOPBACK,
-                state_timeout=5000,
+                state_timeout=state_timeout_ms,
                 tls=ListenTls(cacertfile=cafile),
             ),
         ),

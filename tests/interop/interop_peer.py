@@ -61,15 +61,25 @@ def missing_reason() -> str | None:
     return None
 
 
+#: ports handed out by this process: never hand one out twice (a port freed by one test's
+#: free_ports() call must not come back for the next Prosody or Node of the same test)
+_GIVEN: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    """*n* distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    """*n* distinct TCP ports on 127.0.0.1 that were free a moment ago and not given before."""
+    out: list[int] = []
     socks = []
     try:
-        for _ in range(n):
+        while len(out) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind((LOOPBACK, 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            port = s.getsockname()[1]
+            if port not in _GIVEN:
+                _GIVEN.add(port)
+                out.append(port)
+        return out
     finally:
         for s in socks:
             s.close()

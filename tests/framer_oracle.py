@@ -41,10 +41,11 @@ STREAM_NS = "http://etherx.jabber.org/streams"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 _PREDEFINED = {b"lt", b"gt", b"amp", b"quot", b"apos"}
 _WS = b" \t\r\n"
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark may precede the document (XML 1.0 F.1)
 
-# XML 1.0 section 2.8: XMLDecl with version 1.0, optional encoding and standalone.
+# XML 1.0 section 2.8: XMLDecl (a 1.0 processor takes any 1.x version), encoding, standalone.
 _XML_DECL = re.compile(
-    rb"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*(['\"])1\.0\1"
+    rb"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*(['\"])1\.[0-9]+\1"
     rb"(?:[ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*(['\"])([A-Za-z][A-Za-z0-9._-]*)\2)?"
     rb"(?:[ \t\r\n]+standalone[ \t\r\n]*=[ \t\r\n]*(['\"])(yes|no)\4)?"
     rb"[ \t\r\n]*\?>"
@@ -268,6 +269,41 @@ def _char_problem(data: bytes) -> tuple[_Problem | None, bool]:
     return None, truncated
 
 
+# libxml2 (2.14) reports namespace names that are not valid URIs at error level, yet names
+# them warnings; URI syntax is no well-formedness or namespace constraint, so they are ignored.
+_IGNORED = {"WAR_NS_URI", "WAR_NS_URI_RELATIVE"}
+# Errors libxml2 only reports because the input ended (wherever it places them).
+_EOF_ONLY = {
+    "ERR_TAG_NOT_FINISHED",
+    "ERR_DOCUMENT_EMPTY",
+    "ERR_CDATA_NOT_FINISHED",
+    "ERR_COMMENT_NOT_FINISHED",
+    "ERR_PI_NOT_FINISHED",
+}
+
+
+def _errors(exc: Any) -> list[Any]:
+    return [e for e in exc.error_log if e.level_name in ("ERROR", "FATAL")]
+
+
+def _ignorable_only(exc: Any) -> bool:
+    return all(e.type_name in _IGNORED for e in _errors(exc))
+
+
+def _first_error(data: bytes, exc: Any, tail: int) -> _Problem | None:
+    """The first real error libxml2 logged before *tail* (errors from there on are EOF)."""
+    for e in _errors(exc):
+        if e.type_name in _IGNORED:
+            continue
+        if e.type_name in _EOF_ONLY and tail <= len(data):
+            return None
+        off = _line_col_offset(data, e.line, e.column)
+        if off < tail:
+            return _Problem(off, "not-well-formed", e.message.strip())
+        return None
+    return None
+
+
 def _split(tag: Any) -> tuple[str | None, str]:
     """(namespace, local name) of an lxml tag; unbound prefixes stay in the local name."""
     tag = str(tag)
@@ -278,14 +314,15 @@ def _split(tag: Any) -> tuple[str | None, str]:
 
 
 def _line_col_offset(data: bytes, line: int, col: int) -> int:
-    """Byte offset of a libxml2 (line, column) position; columns count characters."""
+    """Byte offset of a libxml2 (line, column) position: only LF ends a line, and columns
+    count characters (CR included)."""
     if line < 1:  # some errors come without a position
         return len(data)
     pos = 0
-    for _ in range(max(line - 1, 0)):
+    for _ in range(line - 1):
         nl = data.find(b"\n", pos)
         if nl < 0:
-            break
+            return len(data)
         pos = nl + 1
     end = data.find(b"\n", pos)
     line_text = data[pos : len(data) if end < 0 else end].decode("utf-8", "replace")
@@ -324,10 +361,12 @@ def judge(data: bytes, default_ns: str = "jabber:server") -> Verdict:
         A :class:`Verdict`; ``elements`` holds the top-level elements libxml2 completed (all of
         them when accepted, with ``raw`` set; before the first error otherwise).
     """
-    if len(data) < 6 and b"<?xml ".startswith(data):
+    bom = 3 if data.startswith(_BOM) else 0
+    if _BOM.startswith(data) or (len(data) - bom < 6 and b"<?xml ".startswith(data[bom:])):
         return Verdict(accepted=False, definite=False, reason="truncated: XML declaration")
     problems: list[_Problem] = []
-    decl_len, decl_problem, decl_open = _decl_end(data)
+    decl_len, decl_problem, decl_open = _decl_end(data[bom:])
+    decl_len += bom
     if decl_problem:
         problems.append(decl_problem)
     char_problem, utf8_truncated = _char_problem(data)
@@ -342,23 +381,24 @@ def judge(data: bytes, default_ns: str = "jabber:server") -> Verdict:
     parser = strict_parser()
     fatal: _Problem | None = None
     eof_error: str | None = None
+    tail = 0 if decl_open else scan.tail
+    etree.clear_error_log()
     try:
         parser.feed(data)
     except etree.XMLSyntaxError as exc:
-        fatal = _Problem(_line_col_offset(data, *exc.position), "not-well-formed", exc.msg)
+        fatal = _first_error(data, exc, len(data) + 1)
     events = list(parser.read_events())
     if fatal is None:
         try:
             parser.close()
-            events += parser.read_events()  # only a successful end counts what it completed
         except etree.XMLSyntaxError as exc:
             # libxml2 defers namespace errors, and some others, to the end of the input; only
             # an error in the unfinished last token is truncation.
-            off = _line_col_offset(data, *exc.position)
-            if off < (0 if decl_open else scan.tail):
-                fatal = _Problem(off, "not-well-formed", exc.msg)
-            else:
+            fatal = _first_error(data, exc, tail)
+            if fatal is None and not _ignorable_only(exc):
                 eof_error = exc.msg
+        if fatal is None and eof_error is None:
+            events += parser.read_events()  # only a successful end counts what it completed
 
     depth = 0
     root = None

@@ -116,7 +116,9 @@ def xml_text(draw: Any, *, allow_cdata: bool = True, max_pieces: int = 6) -> str
             pieces.append(draw(st.sampled_from([">", "]]", "]", "\r", "\r\n", "\t", "\n"])))
         elif allow_cdata:
             body = draw(st.text(st.one_of(_CHARS, st.sampled_from("<&]>")), max_size=10))
-            pieces.append("<![CDATA[" + body.replace("]]>", "]]") + "]]>")
+            while "]]>" in body:  # one pass can create a new "]]>" ("]]]>>" -> "]]]>")
+                body = body.replace("]]>", "]]")
+            pieces.append("<![CDATA[" + body + "]]>")
     text = "".join(pieces)
     # ']]>' is not allowed in character data (XML 1.0 section 2.4) outside CDATA sections.
     return _fix_cdata_end(text)

@@ -1,0 +1,144 @@
+"""Stanzas end to end between a Prosody user (c2s) and the s2sfast Node handler, over TLS-required
+S2S on both sides: messages, presences and iq round trips, non-ASCII text, 1,000 stanzas in
+order with none lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from interop_c2s import local, text_of
+from interop_flow import error_of, is_message
+from interop_node import A, B, node_config, parse
+
+# Non-ASCII text incl. a 4-byte UTF-8 character, plus characters that must stay escaped
+TEXT = "grüße ☃ 日本語 😀 café æøå & <tag> \"q\" 's'"
+ESCAPED = TEXT.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+PING = "urn:xmpp:ping"
+
+
+@pytest.fixture
+async def linked(prosody, s2sfast_node, c2s, ports, tls_certfile):
+    """Prosody (S2S TLS required) and s2sfast (required) federating; bob logged in. The Node
+    answers iq pings to a.test and its users, as a server built on it would."""
+    (port,) = ports(1)
+    peer = prosody(tls="required", remotes={A: port})
+    node = await s2sfast_node(
+        node_config(port, mode="required", certfile=tls_certfile(A), peer_port=peer.s2s_port)
+    )
+
+    async def answer_pings(st) -> None:
+        if st.name == "iq" and st.type == "get" and PING.encode() in st.raw:
+            await node.send(
+                f"<iq type='result' from='{st.to}' to='{st.from_}' id='{st.id}'/>".encode()
+            )
+
+    node.on_stanza(answer_pings)
+    bob = await c2s(peer, "bob")
+    return peer, node, bob
+
+
+async def test_messages_with_non_ascii_text_both_ways(linked):
+    peer, node, bob = linked
+    bob.send(f"<message to='carol@{A}/x' id='u1' type='chat'><body>{ESCAPED}</body></message>")
+    got = await node.inbox.get(lambda s: s.id == "u1")
+    el = parse(got.raw)
+    assert (got.from_, got.to) == (bob.full_jid, f"carol@{A}/x")
+    assert text_of(el, "body") == TEXT
+
+    await node.send(
+        f"<message from='carol@{A}/x' to='{bob.full_jid}' id='u2' type='chat'>"
+        f"<body>{ESCAPED}</body><subject>ünïcødé</subject></message>".encode()
+    )
+    m = await bob.wait_for(lambda e: is_message(e, "u2"))
+    assert (m.get("from"), m.get("type")) == (f"carol@{A}/x", "chat")
+    assert text_of(m, "body") == TEXT and text_of(m, "subject") == "ünïcødé"
+    assert all(c.tls for c in node.connections())
+
+
+async def test_presences_both_ways(linked):
+    peer, node, bob = linked
+    # directed presence and a subscription request from bob
+    bob.send(f"<presence to='carol@{A}/x' id='pr1'><status>{ESCAPED}</status></presence>")
+    got = await node.inbox.get(lambda s: s.id == "pr1")
+    assert (got.name, got.type, got.from_) == ("presence", None, bob.full_jid)
+    assert text_of(parse(got.raw), "status") == TEXT
+    bob.send(f"<presence to='carol@{A}' type='subscribe' id='sub1'/>")
+    sub = await node.inbox.get(lambda s: s.name == "presence" and s.type == "subscribe")
+    assert (sub.to, sub.from_) == (f"carol@{A}", f"bob@{B}")  # Prosody sends the bare JID
+
+    # from s2sfast: directed presence to bob's resource, and a subscription request
+    show = "<show>away</show>"
+    await node.send(
+        f"<presence from='carol@{A}/x' to='{bob.full_jid}' id='pr2'>{show}</presence>".encode()
+    )
+    p = await bob.wait_for(lambda e: local(e.tag) == "presence" and e.get("id") == "pr2")
+    assert p.get("from") == f"carol@{A}/x" and text_of(p, "show") == "away"
+    await node.send(
+        f"<presence from='carol@{A}' to='bob@{B}' type='subscribe' id='sub2'/>".encode()
+    )
+    s = await bob.wait_for(lambda e: local(e.tag) == "presence" and e.get("type") == "subscribe")
+    assert s.get("from") == f"carol@{A}"
+
+
+async def test_iq_ping_round_trips(linked):
+    peer, node, bob = linked
+    # bob pings the s2sfast domain; the Node's handler answers
+    bob.send(f"<iq type='get' to='{A}' id='ping1'><ping xmlns='{PING}'/></iq>")
+    r = await bob.wait_for(lambda e: local(e.tag) == "iq" and e.get("id") == "ping1")
+    assert (r.get("type"), r.get("from")) == ("result", A)
+    # s2sfast pings Prosody's domain (mod_ping answers) ...
+    await node.send(
+        f"<iq type='get' from='{A}' to='{B}' id='ping2'><ping xmlns='{PING}'/></iq>".encode()
+    )
+    r2 = await node.inbox.get(lambda s: s.id == "ping2")
+    assert (r2.name, r2.type, r2.from_, r2.to) == ("iq", "result", B, A)
+    # ... and bob's resource, which answers itself
+    await node.send(
+        f"<iq type='get' from='carol@{A}/x' to='{bob.full_jid}' id='ping3'>"
+        f"<ping xmlns='{PING}'/></iq>".encode()
+    )
+    q = await bob.wait_for(lambda e: local(e.tag) == "iq" and e.get("id") == "ping3")
+    assert q.get("type") == "get" and q.get("from") == f"carol@{A}/x"
+    bob.send(f"<iq type='result' to='carol@{A}/x' id='ping3'/>")
+    r3 = await node.inbox.get(lambda s: s.id == "ping3")
+    assert (r3.type, r3.from_) == ("result", bob.full_jid)
+    # an iq to a resource that is not there comes back as an error from Prosody
+    await node.send(
+        f"<iq type='get' from='carol@{A}/x' to='bob@{B}/gone' id='ping4'>"
+        f"<ping xmlns='{PING}'/></iq>".encode()
+    )
+    e4 = await node.inbox.get(lambda s: s.id == "ping4")
+    assert e4.type == "error"
+    assert error_of(parse(e4.raw))[1] == "service-unavailable"
+
+
+async def test_thousand_stanzas_each_way_in_order(linked):
+    peer, node, bob = linked
+    n = 1000
+    batch = "".join(
+        f"<message to='carol@{A}/x' id='b{i}' type='chat'><body>{i} {ESCAPED}</body></message>"
+        for i in range(n)
+    )
+    bob.send(batch)
+    got = [await node.inbox.get(lambda s: s.id.startswith("b"), timeout=60) for _ in range(n)]
+    assert [s.id for s in got] == [f"b{i}" for i in range(n)]
+    assert text_of(parse(got[-1].raw), "body") == f"{n - 1} {TEXT}"
+
+    for i in range(n):
+        await node.send(
+            f"<message from='carol@{A}/x' to='{bob.full_jid}' id='n{i}' type='chat'>"
+            f"<body>{i} {ESCAPED}</body></message>".encode()
+        )
+
+    async def all_received() -> list[str]:
+        ids: list[str] = []
+        while len(ids) < n:
+            m = await bob.wait_for(lambda e: local(e.tag) == "message", 60)
+            ids.append(m.get("id"))
+            assert m.get("type") == "chat", m.attrib  # no bounce among them
+        return ids
+
+    ids = await asyncio.wait_for(all_received(), 90)
+    assert ids == [f"n{i}" for i in range(n)]
+    assert await node.inbox.nothing(lambda s: s.type == "error", 0.3)

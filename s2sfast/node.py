@@ -81,6 +81,7 @@ class Node:
         self.retry_initial = retry_initial
         self.pending_deadline = pending_deadline
         self._handlers: list[Handler] = []
+        self._observers: list[Callable[[str, dict[str, Any]], None]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._client_contexts: dict[int, ssl.SSLContext | None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -99,6 +100,18 @@ class Node:
         """
         self._handlers.append(handler)
         return handler
+
+    def on_event(self, observer: Callable[[str, dict[str, Any]], None]) -> None:
+        """Register *observer(kind, fields)* for outcomes, e.g. for metrics counters.
+
+        Kinds: ``stream-authenticated`` (direction, local, remote, method, tls, stream_id),
+        ``auth-failed`` (local, remote, condition, text, retry), ``tls-up`` (direction,
+        stream_id, version, cipher), ``tls-failed`` (direction, stream_id, reason) and
+        ``bounce`` (local, condition). Call it before or after :meth:`start`.
+        """
+        self._observers.append(observer)
+        if self.router is not None and observer not in self.router.observers:
+            self.router.observers.append(observer)
 
     async def start(self) -> None:
         """Open every ``[[listen.s2s]]`` listener (port 0 picks a free port).
@@ -122,6 +135,7 @@ class Node:
             pending_deadline=self.pending_deadline,
         )
         self.resolver = self.router.resolver
+        self.router.observers.extend(self._observers)
         loop = asyncio.get_running_loop()
         try:
             for listen in self.config.listen_s2s:

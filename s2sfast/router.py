@@ -153,6 +153,8 @@ class Router:
         self.pending_deadline = pending_deadline
         #: remote domain -> reconnect back-off (outlives links)
         self._backoff: dict[str, Backoff] = {}
+        #: observers of (kind, fields) outcome events (metrics); see Node.on_event
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         #: local domain -> the host whose [s2s] options it uses
         self.parent: dict[str, str] = {h.lower(): h for h in config.hosts}
         #: live set of local domains (incoming machines read it)
@@ -255,7 +257,16 @@ class Router:
             log.warning("cannot bounce a stanza: %s", exc)
             return
         if data is not None:
+            self.emit("bounce", local=local, condition=condition)
             self.deliver(stanza_from_bytes(data))
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Tell the observers about an outcome; an observer's failure is only logged."""
+        for observer in self.observers:
+            try:
+                observer(kind, fields)
+            except Exception:
+                log.exception("event observer failed on %s", kind)
 
     # --- outbound links ------------------------------------------------------------------------
 
@@ -474,6 +485,15 @@ class Router:
                 action.receiving, action.originating, action.stream_id, action.type, action.text
             )
         elif kind is Authenticated:
+            self.emit(
+                "stream-authenticated",
+                direction=stream.direction,
+                local=action.local,
+                remote=action.remote,
+                method=action.method,
+                tls=stream.tls,
+                stream_id=stream.stream_id,
+            )
             link = stream.link
             if stream.direction == "out" and link is not None:
                 link.established = True
@@ -490,6 +510,14 @@ class Router:
             elif stream.direction == "in":
                 self.inbound[stream.stream_id] = stream
         elif kind is AuthFailed:
+            self.emit(
+                "auth-failed",
+                local=action.local,
+                remote=action.remote,
+                condition=action.condition,
+                text=action.text,
+                retry=action.retry,
+            )
             link = stream.link
             if link is not None and link.stream is stream:
                 if action.retry:
@@ -500,6 +528,9 @@ class Router:
             log.info("dropped on %s: %s", stream.describe(), action.reason)
         else:  # pragma: no cover - a new action kind without routing is a bug
             raise TypeError(f"router cannot perform {kind.__name__}")
+
+    def stream_event(self, stream: XmlStream, kind: str, fields: dict[str, Any]) -> None:
+        self.emit(kind, direction=stream.direction, stream_id=stream.stream_id, **fields)
 
     def stream_closed(self, stream: XmlStream) -> None:
         self.streams.discard(stream)

@@ -57,6 +57,8 @@ class StreamOwner(Protocol):
 
     def stream_closed(self, stream: XmlStream) -> None: ...
 
+    def stream_event(self, stream: XmlStream, kind: str, fields: dict[str, Any]) -> None: ...
+
 
 class XmlStream(asyncio.Protocol):
     """One TCP connection carrying one XMPP S2S stream (incoming or outgoing).
@@ -388,6 +390,7 @@ class XmlStream(asyncio.Protocol):
             self._drain_bio()
             reason = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
             log.warning("%s on %s", reason, self.describe())
+            self.owner.stream_event(self, "tls-failed", {"reason": reason})
             self._handshaking = False
             self._perform(self.machine.receive(ConnectionLost(reason=reason, retry=False)))
             self.abort()
@@ -396,6 +399,12 @@ class XmlStream(asyncio.Protocol):
         self._drain_bio()
         chain = tuple(peer_chain(self._ssl))
         log.info("TLS up (%s) on %s", self._ssl.version(), self.describe())
+        cipher = self._ssl.cipher()
+        self.owner.stream_event(
+            self,
+            "tls-up",
+            {"version": self._ssl.version(), "cipher": cipher[0] if cipher else None},
+        )
         self._perform(self.machine.receive(TlsUp(chain=chain, version=self._ssl.version())))
 
     def _read_tls(self) -> None:

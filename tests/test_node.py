@@ -69,3 +69,30 @@ async def test_reload_policy_applies_to_new_stanzas(federation):
     await nodes["A"].send(message("u@a.test", "v@b.test", "2", id="2"))
     bounce = await nodes["A"].inbox.get()
     assert bounce.id == "2" and b"service-unavailable" in bounce.raw
+
+
+async def test_outcome_events_for_metrics(federation, tls_certfile, tls_ca_file):
+    spec = {"mode": "required", "cafile": tls_ca_file}
+    nodes = await federation(
+        {
+            "A": {"hosts": ["a.test"], "certfile": tls_certfile("a.test"), **spec},
+            "B": {
+                "hosts": ["b.test"],
+                "certfile": tls_certfile("b.test"),
+                "host_policy": {"c.test": "deny"},
+                **spec,
+            },
+        }
+    )
+    seen: list[tuple[str, dict]] = []
+    nodes["A"].on_event(lambda kind, fields: seen.append((kind, fields)))
+    await nodes["A"].send(message("u@a.test", "v@b.test", "x", id="e1"))
+    await nodes["B"].inbox.get()
+    kinds = [k for k, _ in seen]
+    assert "tls-up" in kinds
+    auth = [f for k, f in seen if k == "stream-authenticated" and f["direction"] == "out"]
+    assert auth and auth[0]["remote"] == "b.test" and auth[0]["tls"] is True
+    nodes["B"].on_event(lambda kind, fields: seen.append((kind, fields)))
+    await nodes["B"].send(message("v@b.test", "w@c.test", "denied", id="e2"))
+    await nodes["B"].inbox.get()
+    assert ("bounce", {"local": "b.test", "condition": "service-unavailable"}) in seen

@@ -94,6 +94,7 @@ cdef uchar T_ATTR[256]    # plain attribute value: ASCII Char except < & ' " and
 cdef uchar T_CDATA[256]   # plain CDATA content: ASCII Char except ] >
 cdef uchar T_WS[256]      # XML S
 cdef uchar T_NAME[256]    # 1 NameStartChar (not ':'), 2 NameChar only, 3 ':'
+cdef uchar T_NCHAR[256]   # ASCII NameChar other than ':'
 cdef int T_HEX[256]       # hex digit value or -1
 
 
@@ -113,6 +114,7 @@ cdef void _init_tables():
             T_NAME[c] = 3
         else:
             T_NAME[c] = 0
+        T_NCHAR[c] = T_NAME[c] == 1 or T_NAME[c] == 2
         if 48 <= c <= 57:
             T_HEX[c] = c - 48
         elif 65 <= c <= 70:
@@ -124,6 +126,62 @@ cdef void _init_tables():
 
 
 _init_tables()
+
+
+cdef extern from *:
+    """
+    /* Skip 16 bytes at a time while none needs a closer look: SSE2 is part of x86-64, other
+       targets fall back to the byte tables alone. Bytes >= 0x80 compare as negative, so the
+       signed "< 0x20" test catches them together with the control characters. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline const unsigned char* s2s_skip_text(const unsigned char* p,
+                                                     const unsigned char* end) {
+        const __m128i lt = _mm_set1_epi8('<'), amp = _mm_set1_epi8('&');
+        const __m128i rsqb = _mm_set1_epi8(']'), gt = _mm_set1_epi8('>');
+        const __m128i sp = _mm_set1_epi8(0x20);
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i*)p);
+            __m128i m = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, lt), _mm_cmpeq_epi8(v, amp)),
+                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, rsqb), _mm_cmpeq_epi8(v, gt)),
+                             _mm_cmplt_epi8(v, sp)));
+            int mask = _mm_movemask_epi8(m);
+            if (mask) return p + __builtin_ctz((unsigned)mask);
+            p += 16;
+        }
+        return p;
+    }
+    static inline const unsigned char* s2s_skip_attr(const unsigned char* p,
+                                                     const unsigned char* end, int quote) {
+        const __m128i lt = _mm_set1_epi8('<'), amp = _mm_set1_epi8('&');
+        const __m128i q = _mm_set1_epi8((char)quote), sp = _mm_set1_epi8(0x20);
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i*)p);
+            __m128i m = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, lt), _mm_cmpeq_epi8(v, amp)),
+                _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmplt_epi8(v, sp)));
+            int mask = _mm_movemask_epi8(m);
+            if (mask) return p + __builtin_ctz((unsigned)mask);
+            p += 16;
+        }
+        return p;
+    }
+    #else
+    static inline const unsigned char* s2s_skip_text(const unsigned char* p,
+                                                     const unsigned char* end) {
+        (void)end;
+        return p;
+    }
+    static inline const unsigned char* s2s_skip_attr(const unsigned char* p,
+                                                     const unsigned char* end, int quote) {
+        (void)end; (void)quote;
+        return p;
+    }
+    #endif
+    """
+    const uchar* s2s_skip_text(const uchar* p, const uchar* end) noexcept nogil
+    const uchar* s2s_skip_attr(const uchar* p, const uchar* end, int quote) noexcept nogil
 
 # Global caches of decoded strings, keyed by their bytes: names, namespaces and types repeat on
 # every stream, and so do the JIDs of active users; reusing the str saves a decode and an
@@ -247,6 +305,8 @@ cdef bint _has_dup(Key* keys, Py_ssize_t n) noexcept:
     return False
 
 
+@cython.final
+@cython.no_gc
 @cython.freelist(8)
 cdef class StreamOpen:
     """The stream header: ``<stream:stream ...>``.
@@ -281,6 +341,8 @@ cdef class StreamOpen:
         return hash((self.name, tuple(sorted(self.attrs.items()))))
 
 
+@cython.final
+@cython.no_gc
 @cython.freelist(64)
 cdef class Stanza:
     """One complete top-level element of the stream (a stanza, dialback or negotiation element).
@@ -330,6 +392,7 @@ cdef class Stanza:
         return hash(self.raw)
 
 
+@cython.final
 cdef class StreamClose:
     """The peer closed its stream: ``</stream:stream>``."""
 
@@ -362,6 +425,7 @@ cdef enum Ctx:
 
 
 
+@cython.final
 cdef class StreamFramer:
     """Frames one XMPP stream (one direction, from the header to ``</stream:stream>``).
 
@@ -592,23 +656,29 @@ cdef class StreamFramer:
         cdef int k
         cdef uint32_t cp
         cdef int r = 0
+        cdef bint need = self.nm_need
+        cdef Py_ssize_t colon = self.nm_colon
+        cdef Py_ssize_t start = self.nm_len
         while p < lim:
             c = p[0]
             t = T_NAME[c]
             if t == 1:
-                self.nm_need = False
+                need = False
                 p += 1
+                # the common case: a run of ASCII NameChars
+                while p < lim and T_NCHAR[p[0]]:
+                    p += 1
             elif t == 2:
-                if self.nm_need:
+                if need:
                     r = -1
                     break
                 p += 1
             elif t == 3:
-                if self.nm_colon >= 0 or self.nm_len + (p - q) == 0 or self.nm_need:
+                if colon >= 0 or need:
                     r = -1
                     break
-                self.nm_colon = self.nm_len + (p - q)
-                self.nm_need = True
+                colon = start + (p - q)
+                need = True
                 p += 1
             elif c >= 0x80:
                 k = u8dec(p, lim, &cp)
@@ -618,18 +688,20 @@ cdef class StreamFramer:
                 if k < 0:
                     r = -1
                     break
-                if self.nm_need:
+                if need:
                     if not name_start_cp(cp):
                         r = -1
                         break
-                    self.nm_need = False
+                    need = False
                 elif not name_cp(cp):
                     r = -1
                     break
                 p += k
             else:
                 break
-        self.nm_len += p - q
+        self.nm_need = need
+        self.nm_colon = colon
+        self.nm_len = start + (p - q)
         pp[0] = p
         return r
 
@@ -1030,15 +1102,17 @@ cdef class StreamFramer:
         cdef uchar c, t
         cdef uint32_t cp = 0
         cdef Py_ssize_t base = self.pos
+        cdef Py_ssize_t ei
         cdef Elem* e
         cdef Attr* a
         cdef uchar enc[4]
         while p < lim:
             if st == S_TEXT:
                 while True:
-                    q = p
-                    while p < lim and T_TEXT[p[0]]:
-                        p += 1
+                    q = s2s_skip_text(p, lim)
+                    while q < lim and T_TEXT[q[0]]:
+                        q += 1
+                    q, p = p, q
                     if p != q:
                         rsqb = 0
                     if p >= lim:
@@ -1085,6 +1159,9 @@ cdef class StreamFramer:
             elif st == S_ATTR_VAL:
                 q = p
                 while p < lim:
+                    p = s2s_skip_attr(p, lim, self.quote)
+                    if p >= lim:
+                        break
                     c = p[0]
                     if T_ATTR[c]:
                         p += 1
@@ -1272,16 +1349,18 @@ cdef class StreamFramer:
             elif st == S_ETAG_NAME:
                 e = &self.elems[self.depth - 1]
                 nm = self.names + e.name_off
-                while p < lim and self.em_i < e.name_len and p[0] == nm[self.em_i]:
+                ei = self.em_i
+                while p < lim and ei < e.name_len and p[0] == nm[ei]:
                     p += 1
-                    self.em_i += 1
+                    ei += 1
+                self.em_i = ei
                 if p >= lim:
                     continue
                 c = p[0]
-                if self.em_i == e.name_len and c == CH_GT:
+                if ei == e.name_len and c == CH_GT:
                     p += 1
                     etagend = True
-                elif self.em_i == e.name_len and T_WS[c]:
+                elif ei == e.name_len and T_WS[c]:
                     p += 1
                     st = S_ETAG_WS
                 else:

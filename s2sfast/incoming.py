@@ -139,6 +139,11 @@ class IncomingMachine(Machine):
         host = self.local or next(iter(sorted(self.hosts)), "")
         return self.options_for(host).use_starttls if host else "false"
 
+    def _step_timer(self) -> SetTimer:
+        """Negotiating streams get state_timeout per step; authenticated ones no timer at all
+        (a piggybacked db:result or a db:verify on them must not start a countdown)."""
+        return SetTimer(seconds=None) if self.authorised else self._arm()
+
     def _tls_missing(self) -> bool:
         return self.mode in _TLS_MODES_REQUIRED and not self.tls_active
 
@@ -300,7 +305,7 @@ class IncomingMachine(Machine):
         self.pending_results.add((local, remote))
         return [
             VerifyKey(receiving=local, originating=remote, stream_id=self.stream_id, key=db.key),
-            self._arm(),
+            self._step_timer(),
         ]
 
     def _deny(self, answer: bytes, text: str) -> list[Action]:
@@ -341,7 +346,7 @@ class IncomingMachine(Machine):
         log.info("dialback: verified key %s -> %s id=%s: %s", ours, asker, db.id, verdict)
         return [
             SendBytes(data=verify_bytes(from_=ours, to=asker, id=db.id, type=verdict)),
-            self._arm(),
+            self._step_timer(),
         ]
 
     def _on_verify_result(self, ev: VerifyResult) -> list[Action]:

@@ -15,6 +15,7 @@ from s2sfast.events import (
     Deliver,
     Drop,
     SendBytes,
+    SetTimer,
     StartTls,
     TimerFired,
     TlsUp,
@@ -342,3 +343,15 @@ def test_stream_id_changes_when_tls_restarts_the_stream():
     assert f"id='{p.machine.stream_id}'".encode() in second
     (vk,) = of(p.send(db_result()), VerifyKey)
     assert vk.stream_id == p.machine.stream_id
+
+
+def test_no_countdown_on_an_authenticated_stream():
+    p = Peer(hosts=("b.test", "b2.test"))
+    p.send(HEADER)
+    p.send(db_result())
+    p.event(VerifyResult(receiving="b.test", originating="a.test", stream_id="sid1", type="valid"))
+    key = make_key(SECRET, "a.test", "b.test", "their-id")
+    acts = p.send(f"<db:verify from='a.test' to='b.test' id='their-id'>{key}</db:verify>".encode())
+    acts += p.send(db_result("c.test", "b2.test"))
+    timers = [a.seconds for a in acts if isinstance(a, SetTimer)]
+    assert timers and all(t is None for t in timers)

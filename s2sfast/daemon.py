@@ -97,6 +97,7 @@ class Daemon:
             from s2sfast.metrics import Metrics, MetricsServer
 
             self.metrics = Metrics(self.node, self.registry)
+            self.node.on_event(self.metrics.observe)
             self.metric_servers = [MetricsServer(lp, self.metrics) for lp in listen_prometheus]
         #: remote domain -> queue of raw stanzas from components, sent in order by one task each
         self._outbound: dict[str, asyncio.Queue[tuple[bytes, str | None] | None]] = {}
@@ -136,7 +137,7 @@ class Daemon:
         except (ConfigError, OSError) as exc:
             log.error("reload of %s failed, keeping the running policy: %s", path, exc)
             return False
-        self.node.reload_policy(new.s2s, new.host_s2s)
+        self.node.reload_policy(new)
         self.config = new
         log.info(
             "policy reloaded from %s: default_policy %s, %d host_policy entries",

@@ -175,7 +175,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.stanzas = Counter(
             "s2sfast_stanzas",
-            "stanzas through S2S, by direction (in: for a local domain, out: to a remote one)",
+            "stanzas through S2S: in = received for a local domain, "
+            "out = handed to the router for a remote one",
             ["direction", "kind"],
             registry=self.registry,
         )
@@ -186,10 +187,29 @@ class Metrics:
             registry=self.registry,
         )
         self.errors = Counter(
-            "s2sfast_bounces",
-            "error stanzas delivered to local senders (the node's bounces and remote errors), "
+            "s2sfast_error_stanzas",
+            "error stanzas delivered to local domains (the node's bounces and remote errors), "
             "by RFC 6120 stanza-error condition",
             ["condition"],
+            registry=self.registry,
+        )
+        self.bounces = Counter(
+            "s2sfast_bounces",
+            "stanzas the node bounced back to a local sender, by stanza-error condition",
+            ["condition"],
+            registry=self.registry,
+        )
+        self.auth = Counter(
+            "s2sfast_stream_auth",
+            "S2S authentication outcomes: authenticated (by method and TLS) or failed "
+            "(by condition; retry says whether the link will be retried)",
+            ["direction", "outcome", "method", "tls", "condition", "retry"],
+            registry=self.registry,
+        )
+        self.tls = Counter(
+            "s2sfast_tls_handshakes",
+            "STARTTLS handshakes on S2S streams: up (by protocol version) or failed",
+            ["direction", "outcome", "version"],
             registry=self.registry,
         )
         self.component_stanzas = Counter(
@@ -199,6 +219,34 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_NodeCollector(node, components))
+
+    def observe(self, kind: str, fields: dict[str, Any]) -> None:
+        """The Node's outcome events (``Node.on_event``) -> counters."""
+        get = fields.get
+        if kind == "bounce":
+            self.bounces.labels(str(get("condition") or "undefined-condition")).inc()
+        elif kind == "stream-authenticated":
+            self.auth.labels(
+                str(get("direction") or "?"),
+                "authenticated",
+                str(get("method") or "?"),
+                "yes" if get("tls") else "no",
+                "",
+                "",
+            ).inc()
+        elif kind == "auth-failed":
+            self.auth.labels(
+                str(get("direction") or "out"),
+                "failed",
+                "",
+                "",
+                str(get("condition") or "undefined-condition"),
+                "yes" if get("retry") else "no",
+            ).inc()
+        elif kind == "tls-up":
+            self.tls.labels(str(get("direction") or "?"), "up", str(get("version") or "?")).inc()
+        elif kind == "tls-failed":
+            self.tls.labels(str(get("direction") or "?"), "failed", "").inc()
 
     def s2s_in(self, stanza: Any) -> None:
         raw = stanza.raw

@@ -108,6 +108,7 @@ async def test_metrics_endpoint_reflects_component_and_s2s_traffic(tmp_path: Pat
     path = "/metrics"
 [s2s]
   use_starttls = "false"
+  host_policy = [{{host = "denied.test", policy = "deny"}}]
 """
     )
     daemon = DaemonProcess("--config", str(cfg))
@@ -125,8 +126,8 @@ async def test_metrics_endpoint_reflects_component_and_s2s_traffic(tmp_path: Pat
                 "<ping xmlns='urn:xmpp:ping'/></iq>"
             )
             assert (await comp.next_stanza()).type == "result"
-        # a remote domain with no known address: queued, then bounced back to the component
-        comp.send("<message id='m1' from='x@bot.a.test' to='y@nowhere.test'><body/></message>")
+        # a remote domain the policy denies: bounced back to the component at once
+        comp.send("<message id='m1' from='x@bot.a.test' to='y@denied.test'><body/></message>")
         bounce = await comp.next_stanza(20)
         assert bounce.type == "error" and bounce.id == "m1"
 
@@ -219,6 +220,12 @@ async def test_metrics_show_tls_streams_and_their_certificate_verdicts(tmp_path:
         assert out >= 1, text
         assert _value(text, "s2sfast_tls_peer_certificates", verdict="trusted") >= 1
         assert _value(text, "s2sfast_tls_peer_certificates", verdict="untrusted") == 0
+        assert _value(text, "s2sfast_tls_handshakes_total", outcome="up", version="TLSv1.3") >= 1
+        authed = _value(
+            text, "s2sfast_stream_auth_total", outcome="authenticated", method="dialback", tls="yes"
+        )
+        assert authed >= 1
+        assert _value(text, "s2sfast_stream_auth_total", outcome="failed") == 0
         assert _value(text, "s2sfast_stanzas_total", direction="in", kind="iq") == 1
         assert _value(text, "s2sfast_stanzas_total", direction="out", kind="iq") == 1
         comp.close()

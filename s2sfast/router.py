@@ -435,6 +435,11 @@ class Router:
                 None,
             )
             return
+        if self.closing:
+            self._answer_verify(
+                action.receiving, action.originating, action.stream_id, "error", "shutting down"
+            )
+            return
         req = VerifyRequest(
             receiving=action.receiving,
             originating=action.originating,

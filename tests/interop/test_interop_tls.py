@@ -150,3 +150,38 @@ async def test_required_trusted_refuses_prosodys_self_signed_certificate(
     )
     # Prosody saw s2sfast abort the handshake on its certificate
     assert "tlsv1 alert unknown ca" in peer.log()
+
+
+async def test_mutual_trust_prosody_offers_sasl_external_and_dialback_is_used(
+    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
+):
+    """Prosody trusting s2sfast's CA (``s2s_ssl.cafile``) validates our certificate and offers
+    SASL EXTERNAL beside dialback; s2sfast (required_trusted, pinning Prosody's certificate)
+    authenticates with dialback, which Prosody still completes with a dial-back."""
+    (port,) = ports(1)
+    peer = prosody(
+        tls="required", remotes={A: port}, extra_cfg=f's2s_ssl = {{ cafile = "{tls_ca_file}" }}'
+    )
+    config = node_config(
+        port,
+        mode="required_trusted",
+        certfile=tls_certfile(A),
+        cafile=str(peer.cert_path),
+        peer_port=peer.s2s_port,
+    )
+    node = await s2sfast_node(config)
+    bob = await c2s(peer, "bob")
+    await bob_to_node(bob, node, "t1", "trusted both ways")
+    await node_to_bob(node, bob, "t2", "and back")
+    log = peer.log()
+    assert "Offering SASL EXTERNAL" in log
+    assert "<mechanism>EXTERNAL</mechanism>" in log
+    sessions = completed_sessions(log, "in") + completed_sessions(log, "out")
+    assert len(sessions) == 2
+    for s in sessions:
+        assert s.encrypted
+        assert "certificate chain validation result: valid" in s.lines
+        assert "certificate identity validation result: valid" in s.lines
+    for c in node.connections():
+        assert c.tls and c.auth_method == "dialback"
+        assert c.peer_certificate.trusted and c.peer_certificate.name_matches

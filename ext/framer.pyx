@@ -32,14 +32,18 @@ from s2sfast.errors import FramingError
 
 __all__ = ["StreamFramer", "StreamOpen", "Stanza", "StreamClose"]
 
-#: The header (and the stream's closing tag) is bounded even when stanzas are not:
-#: Prosody and ejabberd default to limits of this order for unauthenticated streams.
-DEFAULT_HEADER_LIMIT = 65536
-#: In-scope namespace declarations are bounded so that prefix lookups stay cheap; real
-#: streams use fewer than ten.
-MAX_NS_BINDINGS = 512
-#: A buffer grown past this for one big stanza is freed afterwards (memory per idle stream).
-_KEEP_BUFFER = 65536
+cdef enum:
+    # The header (and the stream's closing tag) is bounded even when stanzas are not:
+    # Prosody and ejabberd default to limits of this order for unauthenticated streams.
+    C_DEFAULT_HEADER_LIMIT = 65536
+    # In-scope namespace declarations are bounded so that prefix lookups stay cheap; real
+    # streams use fewer than ten.
+    C_MAX_NS_BINDINGS = 512
+    # A buffer grown past this for one big stanza is freed afterwards (memory per idle stream).
+    C_KEEP_BUFFER = 65536
+
+DEFAULT_HEADER_LIMIT = C_DEFAULT_HEADER_LIMIT
+MAX_NS_BINDINGS = C_MAX_NS_BINDINGS
 
 STREAM_NS = "http://etherx.jabber.org/streams"
 cdef bytes _XML_NS = b"http://www.w3.org/XML/1998/namespace"
@@ -210,9 +214,20 @@ cdef inline object _cached(CacheEntry* tab, list objs, uint32_t mask, const ucha
         return ""
     if n > CACHE_W:
         return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
-    for i in range(n):
-        h = (h ^ s[i]) * 16777619u
-    h = (h ^ (h >> 16)) & mask
+    cdef uint32_t w0, w1, w2, w3
+    if n < 8:
+        for i in range(n):
+            h = (h ^ s[i]) * 16777619u
+    else:
+        # four 32-bit samples spread over the value: cheap for long JIDs, and a collision
+        # costs only a miss (the bytes are compared before a hit is used)
+        memcpy(&w0, s, 4)
+        memcpy(&w1, s + (n >> 2), 4)
+        memcpy(&w2, s + (n >> 1), 4)
+        memcpy(&w3, s + n - 4, 4)
+        h = (w0 * 0x9E3779B1u) ^ (w1 * 0x85EBCA77u) ^ (w2 * 0xC2B2AE3Du) ^ (w3 * 0x27D4EB2Fu)
+        h ^= <uint32_t>n * 0x165667B1u
+    h = (h ^ (h >> 15) ^ (h >> 7)) & mask
     e = &tab[h]
     if e.len == n and memcmp(e.data, s, n) == 0:
         return objs[h]
@@ -262,9 +277,16 @@ cdef int _grow(void** buf, Py_ssize_t* cap, Py_ssize_t need, Py_ssize_t item) ex
 
 cdef inline int _append(uchar** buf, Py_ssize_t* length, Py_ssize_t* cap,
                         const uchar* src, Py_ssize_t n) except -1:
+    cdef uchar* dst
+    cdef Py_ssize_t i
     if length[0] + n > cap[0]:
         _grow(<void**>buf, cap, length[0] + n, 1)
-    memcpy(buf[0] + length[0], src, n)
+    dst = buf[0] + length[0]
+    if n <= 16:
+        for i in range(n):  # names and short values: cheaper than a call to memcpy
+            dst[i] = src[i]
+    else:
+        memcpy(dst, src, n)
     length[0] += n
     return 0
 
@@ -520,7 +542,7 @@ cdef class StreamFramer:
             self.header_limit = self.max_size
         else:
             self.max_size = -1
-            self.header_limit = DEFAULT_HEADER_LIMIT
+            self.header_limit = C_DEFAULT_HEADER_LIMIT
         if int(max_depth) < 1:
             raise ValueError("max_depth must be at least 1")
         if not isinstance(default_ns, str):
@@ -765,7 +787,7 @@ cdef class StreamFramer:
     cdef int _push_bind(self, const uchar* pfx, Py_ssize_t plen, const uchar* uri,
                         Py_ssize_t ulen, Py_ssize_t off) except -1:
         cdef NsBind* b
-        if self.nbinds >= MAX_NS_BINDINGS:
+        if self.nbinds >= C_MAX_NS_BINDINGS:
             return self._fail(POLICY, "too many namespace declarations in scope", off)
         if self.nbinds >= self.binds_cap:
             _grow(<void**>&self.binds, &self.binds_cap, self.nbinds + 1, sizeof(NsBind))
@@ -1028,7 +1050,7 @@ cdef class StreamFramer:
             memcpy(out, self.buf, self.buf_len)
             memcpy(out + self.buf_len, tok, n2)
             self.buf_len = 0
-            if self.buf_cap > _KEEP_BUFFER:
+            if self.buf_cap > C_KEEP_BUFFER:
                 free(self.buf)
                 self.buf = NULL
                 self.buf_cap = 0
@@ -1119,9 +1141,14 @@ cdef class StreamFramer:
                         break
                     c = p[0]
                     if c >= 0x80:
-                        k = u8dec(p, lim, &cp)
-                        if k > 0:
+                        while True:  # a run of non-ASCII characters
+                            k = u8dec(p, lim, &cp)
+                            if k <= 0:
+                                break
                             p += k
+                            if p >= lim or p[0] < 0x80:
+                                break
+                        if k > 0:
                             rsqb = 0
                             continue
                         if k == 0:
@@ -1201,7 +1228,17 @@ cdef class StreamFramer:
                     if self.capture:
                         a = &self.attrs[self.nattrs - 1]
                         a.val_len = self.abuf_len - a.val_off
-                    st = S_STAG_AFTERVAL
+                    if p < lim and T_WS[p[0]]:  # the usual: whitespace, then the next name
+                        p += 1
+                        while p < lim and T_WS[p[0]]:
+                            p += 1
+                        if p < lim and T_NAME[p[0]] == 1:
+                            self._attr_begin()
+                            st = S_ATTR_NAME
+                        else:
+                            st = S_STAG_WS
+                    else:
+                        st = S_STAG_AFTERVAL
                 elif c == CH_SQ or c == CH_DQ:
                     if self.capture:
                         _append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, 1)
@@ -1219,7 +1256,16 @@ cdef class StreamFramer:
                     return 1
             elif st == S_STAG_NAME or st == S_ATTR_NAME:
                 q = p
-                r = self._scan_name(&p, lim)
+                r = 0
+                if self.nm_len == 0 and T_NAME[p[0]] == 1:
+                    # the usual case, inline: a name starting with an ASCII letter
+                    p += 1
+                    while p < lim and T_NCHAR[p[0]]:
+                        p += 1
+                    self.nm_len = p - q
+                    self.nm_need = False
+                if p < lim and (p[0] >= 0x80 or T_NAME[p[0]]):
+                    r = self._scan_name(&p, lim)
                 if p != q:
                     if st == S_STAG_NAME:
                         _append(&self.names, &self.names_len, &self.names_cap, q, p - q)
@@ -1240,7 +1286,11 @@ cdef class StreamFramer:
                     self.el_colon = self.nm_colon
                     if T_WS[c]:
                         p += 1
-                        st = S_STAG_WS
+                        if p < lim and T_NAME[p[0]] == 1:  # the usual: one space, a name
+                            self._attr_begin()
+                            st = S_ATTR_NAME
+                        else:
+                            st = S_STAG_WS
                     elif c == CH_GT:
                         p += 1
                         tagend = 1
@@ -1254,7 +1304,15 @@ cdef class StreamFramer:
                     self._attr_named()
                     if c == CH_EQ:
                         p += 1
-                        st = S_ATTR_Q
+                        if p < lim and (p[0] == CH_SQ or p[0] == CH_DQ):  # the usual a='v'
+                            self.quote = p[0]
+                            self.attr_cr = False
+                            p += 1
+                            if self.capture:
+                                self.attrs[self.nattrs - 1].val_off = self.abuf_len
+                            st = S_ATTR_VAL
+                        else:
+                            st = S_ATTR_Q
                     elif T_WS[c]:
                         p += 1
                         st = S_ATTR_EQ

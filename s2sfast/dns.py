@@ -42,6 +42,7 @@ from .config import DnsOptions, S2SOptions
 
 __all__ = [
     "SRV_PREFIX",
+    "DEFAULT_MAX_CONCURRENT_QUERIES",
     "Candidate",
     "SrvRecord",
     "Resolver",
@@ -65,6 +66,10 @@ _QTYPE = {socket.AF_INET: "A", socket.AF_INET6: "AAAA"}
 _RECORD_TYPE = {"A": pycares.QUERY_TYPE_A, "AAAA": pycares.QUERY_TYPE_AAAA}
 #: c-ares's per-query timeout relative to ours: longer, so our own bound decides
 _CARES_TIMEOUT_FACTOR = 1.5
+#: DNS queries in flight per resolver. Each holds a c-ares channel with its own event thread;
+#: a node restarting with thousands of peers must not start thousands of threads at once.
+#: Waiting for a slot does not count against ``dns.timeout``.
+DEFAULT_MAX_CONCURRENT_QUERIES = 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +220,7 @@ class Resolver:
         timeout: seconds each query attempt may take (``dns.timeout``).
         retries: attempts per query (``dns.retries``), at least 1.
         rng: random source for SRV weight selection (seed it in tests).
+        max_concurrent: DNS queries in flight at once (more wait for a slot).
     """
 
     def __init__(
@@ -224,6 +230,7 @@ class Resolver:
         timeout: float = 10,
         retries: int = 2,
         rng: random.Random | None = None,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT_QUERIES,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"dns timeout must be positive, got {timeout!r}")
@@ -233,6 +240,9 @@ class Resolver:
         self.timeout = float(timeout)
         self.retries = retries
         self.rng = rng or random.Random()
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent!r}")
+        self._slots = asyncio.Semaphore(max_concurrent)
         #: c-ares channels of the queries in flight (one per attempt)
         self._open: set[aiodns.DNSResolver] = set()
 
@@ -426,34 +436,41 @@ class Resolver:
         for attempt in range(1, self.retries + 1):
             # a fresh channel per attempt: c-ares has no latency history, so it waits exactly
             # its configured timeout (see module doc), and closing it cancels an abandoned query
-            channel = aiodns.DNSResolver(
-                nameservers=self.nameservers,
-                loop=asyncio.get_running_loop(),
-                timeout=self.timeout * _CARES_TIMEOUT_FACTOR,
-                tries=1,
-            )
-            self._open.add(channel)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    result = await channel.query_dns(name, qtype)
-            except TimeoutError:
-                log.debug("DNS %s %s: attempt %d/%d timed out", name, qtype, attempt, self.retries)
-                continue
-            except aiodns.error.DNSError as e:
-                errno = e.args[0] if e.args else None
-                if errno == aiodns.error.ARES_ENOTFOUND:
-                    return _Answer([], [], "nxdomain")
-                if errno == aiodns.error.ARES_ENODATA:
-                    return _Answer([], [], "nodata")
-                if errno == aiodns.error.ARES_ETIMEOUT:
-                    continue
-                detail = e.args[1] if len(e.args) > 1 else str(e)
-                raise _QueryFailed(detail) from None
-            finally:
-                self._open.discard(channel)
-                await channel.close()
-            return _parse(result, code)
+            async with self._slots:
+                answer = await self._attempt(name, qtype, code)
+            if answer is not None:
+                return answer
+            log.debug("DNS %s %s: attempt %d/%d timed out", name, qtype, attempt, self.retries)
         raise _QueryTimeout()
+
+    async def _attempt(self, name: str, qtype: str, code: int) -> _Answer | None:
+        """One attempt on its own c-ares channel; None when it timed out."""
+        channel = aiodns.DNSResolver(
+            nameservers=self.nameservers,
+            loop=asyncio.get_running_loop(),
+            timeout=self.timeout * _CARES_TIMEOUT_FACTOR,
+            tries=1,
+        )
+        self._open.add(channel)
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await channel.query_dns(name, qtype)
+        except TimeoutError:
+            return None
+        except aiodns.error.DNSError as e:
+            errno = e.args[0] if e.args else None
+            if errno == aiodns.error.ARES_ENOTFOUND:
+                return _Answer([], [], "nxdomain")
+            if errno == aiodns.error.ARES_ENODATA:
+                return _Answer([], [], "nodata")
+            if errno == aiodns.error.ARES_ETIMEOUT:
+                return None
+            detail = e.args[1] if len(e.args) > 1 else str(e)
+            raise _QueryFailed(detail) from None
+        finally:
+            self._open.discard(channel)
+            await channel.close()
+        return _parse(result, code)
 
 
 def _parse(result: pycares.DNSResult, code: int) -> _Answer:

@@ -63,6 +63,9 @@ class DnsServer:
         self.truncate_udp = False
         #: seconds to wait before sending each answer (a slow recursive resolver)
         self.delay = 0.0
+        #: with ``delay``: the most UDP queries received and not yet answered at one time
+        self.max_unanswered = 0
+        self._late = 0
         #: when True, SRV answers carry the targets' A/AAAA records in the additional section
         self.glue = False
         self._records: dict[str, list[RR]] = {}
@@ -221,6 +224,9 @@ class DnsServer:
             if reply is None:
                 continue
             if self.delay > 0:
+                with self._lock:
+                    self._late += 1
+                    self.max_unanswered = max(self.max_unanswered, self._late)
                 timer = threading.Timer(self.delay, self._send_late, (reply, addr))
                 timer.daemon = True
                 timer.start()
@@ -228,6 +234,8 @@ class DnsServer:
                 self._udp.sendto(reply, addr)
 
     def _send_late(self, reply: bytes, addr: tuple) -> None:
+        with self._lock:
+            self._late -= 1
         if not self._stop.is_set():
             try:
                 self._udp.sendto(reply, addr)

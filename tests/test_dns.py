@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from collections import Counter
@@ -388,3 +389,23 @@ def test_order_srv_is_a_priority_sorted_permutation(recs, seed):
     ordered = order_srv(records, random.Random(seed))
     assert sorted(ordered, key=lambda r: r.target) == sorted(records, key=lambda r: r.target)
     assert [r.priority for r in ordered] == sorted(r.priority for r in records)
+
+
+async def test_queries_in_flight_are_bounded(dns_server):
+    """A burst of lookups (a node restarting with many peers) keeps at most max_concurrent
+    queries, and so c-ares channels and threads, in flight; the others wait their turn."""
+    for i in range(8):
+        dns_server.add_a(f"p{i}.test", "127.0.0.1")
+    dns_server.delay = 0.05
+    async with Resolver([dns_server.nameserver], timeout=5, retries=1, max_concurrent=2) as r:
+        results = await asyncio.gather(
+            *(r.resolve(f"p{i}.test", opts(ip_versions=(4,))) for i in range(8))
+        )
+    assert all([c.ip for c in cands] == ["127.0.0.1"] for cands in results)
+    assert dns_server.count() == 16  # SRV + A for each
+    assert dns_server.max_unanswered == 2
+
+
+def test_resolver_rejects_zero_concurrency():
+    with pytest.raises(ValueError, match="max_concurrent"):
+        Resolver(["127.0.0.1:53"], max_concurrent=0)

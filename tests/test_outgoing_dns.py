@@ -61,9 +61,18 @@ async def make_node(dns: DnsServer):
         shared: str | None = None,
         max_queue: int = 1000,
         state_timeout_ms: int = 5000,
+        mode: str = "false",
+        certfile: str | None = None,
+        cafile: str | None = None,
     ) -> Node:
         config = node_config(
-            hosts, port=port or free_port(), shared=shared, state_timeout_ms=state_timeout_ms
+            hosts,
+            port=port or free_port(),
+            shared=shared,
+            state_timeout_ms=state_timeout_ms,
+            mode=mode,
+            certfile=certfile,
+            cafile=cafile,
         )
         s2s = replace(
             config.s2s,
@@ -285,3 +294,33 @@ async def test_peer_that_accepts_but_never_negotiates_bounces_remote_server_time
             w.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_tls_checks_the_domain_not_the_srv_target(dns, make_node, tls_certfile, tls_ca_file):
+    """RFC 6120 13.7.2.1 / RFC 6125: the reference identity is the XMPP domain, so a certificate
+    for b.test is right even though DNS sent us to host.elsewhere.test."""
+    tls = dict(mode="required_trusted", cafile=tls_ca_file)
+    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), **tls)
+    b = await make_node(["b.test"], certfile=tls_certfile("b.test"), **tls)
+    publish(dns, "a.test", a.port, target="host.elsewhere.test")
+    publish(dns, "b.test", b.port, target="host.elsewhere.test")
+    await a.send(message("u@a.test", "v@b.test", "over TLS", id="tls1"))
+    assert (await b.inbox.get()).id == "tls1"
+    out = [c for c in a.connections() if c.direction == "out"]
+    assert out and out[0].tls and out[0].peer_certificate.ok
+
+
+async def test_tls_refuses_a_certificate_for_the_srv_target_only(
+    dns, make_node, tls_certfile, tls_ca_file
+):
+    """The converse: a certificate naming only the SRV target does not prove b.test."""
+    tls = dict(mode="required_trusted", cafile=tls_ca_file)
+    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), **tls)
+    b = await make_node(["b.test"], certfile=tls_certfile("xmpp.b.test"), **tls)
+    publish(dns, "a.test", a.port)
+    publish(dns, "b.test", b.port)  # target xmpp.b.test, the name in B's certificate
+    await a.send(message("u@a.test", "v@b.test", "should not go", id="tls2"))
+    got = await a.inbox.get(10)
+    assert bounce_of(got) == ("tls2", "cancel", "remote-server-not-found")
+    assert b"does not name b.test" in got.raw  # rejected for the name, not for DNS
+    assert b.inbox.seen == []

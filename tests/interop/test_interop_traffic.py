@@ -5,16 +5,19 @@ order with none lost."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from interop_c2s import local, text_of
 from interop_flow import error_of, is_message
 from interop_node import A, B, node_config, parse
+from interop_peer import completed_sessions
 
 # Non-ASCII text incl. a 4-byte UTF-8 character, plus characters that must stay escaped
 TEXT = "grüße ☃ 日本語 😀 café æøå & <tag> \"q\" 's'"
 ESCAPED = TEXT.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 PING = "urn:xmpp:ping"
+A2 = "a2.test"  # a second domain served by the same node
 
 
 @pytest.fixture
@@ -111,6 +114,51 @@ async def test_iq_ping_round_trips(linked):
     e4 = await node.inbox.get(lambda s: s.id == "ping4")
     assert e4.type == "error"
     assert error_of(parse(e4.raw))[1] == "service-unavailable"
+
+
+async def test_large_stanzas_both_ways(linked):
+    """200 KB of 2-byte UTF-8 text: many TLS records, many reads, one stanza (Prosody's own
+    limits are 256 KB for c2s and 512 KB for s2s stanzas)."""
+    peer, node, bob = linked
+    big = "é" * 100_000
+    await node.send(
+        f"<message from='carol@{A}/x' to='{bob.full_jid}' id='big1' type='chat'>"
+        f"<body>{big}</body></message>".encode()
+    )
+    m = await bob.wait_for(lambda e: is_message(e, "big1"), 30)
+    assert text_of(m, "body") == big
+    bob.send(f"<message to='carol@{A}/x' id='big2' type='chat'><body>{big}</body></message>")
+    st = await node.inbox.get(lambda s: s.id == "big2", 30)
+    assert text_of(parse(st.raw), "body") == big
+
+
+async def test_two_local_domains_each_authenticated_with_prosody(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """s2sfast serving a.test and a2.test: each domain pair is dialback-authenticated on its own,
+    in both directions, and Prosody delivers to and from both."""
+    (port,) = ports(1)
+    peer = prosody(tls="optional", remotes={A: port, A2: port})
+    config = node_config(
+        port, mode="optional", certfile=tls_certfile(A, A2), peer_port=peer.s2s_port
+    )
+    node = await s2sfast_node(dataclasses.replace(config, hosts=(A, A2)))
+    bob = await c2s(peer, "bob")
+    for frm in (f"carol@{A}/x", f"dave@{A2}/y"):
+        await node.send(
+            f"<message from='{frm}' to='{bob.full_jid}' id='{frm}' type='chat'>"
+            f"<body>hi</body></message>".encode()
+        )
+        m = await bob.wait_for(lambda e, frm=frm: is_message(e, frm))
+        assert m.get("from") == frm
+        bob.send(f"<message to='{frm}' id='re-{frm}' type='chat'><body>re</body></message>")
+        got = await node.inbox.get(lambda s, frm=frm: s.id == f"re-{frm}")
+        assert got.to == frm
+    log = peer.log()
+    assert sorted(s.completed[0] for s in completed_sessions(log, "out")) == [(B, A), (B, A2)]
+    assert sorted(s.completed[0] for s in completed_sessions(log, "in")) == [(A, B), (A2, B)]
+    pairs = {p for c in node.connections() for p in c.pairs}
+    assert pairs == {(A, B), (A2, B)}
 
 
 async def test_thousand_stanzas_each_way_in_order(linked):

@@ -171,7 +171,32 @@ cdef extern from *:
         }
         return p;
     }
+    /* ASCII NameChars other than ':' ([A-Za-z0-9._-]), 16 at a time. */
+    static inline __m128i s2s_in_range(__m128i v, char lo, char hi) {
+        __m128i t = _mm_sub_epi8(v, _mm_set1_epi8(lo));
+        return _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8((char)(hi - lo))), t);
+    }
+    static inline const unsigned char* s2s_skip_nchar(const unsigned char* p,
+                                                      const unsigned char* end) {
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i*)p);
+            __m128i ok = _mm_or_si128(
+                _mm_or_si128(s2s_in_range(_mm_or_si128(v, _mm_set1_epi8(0x20)), 'a', 'z'),
+                             s2s_in_range(v, '-', '9')),   /* - . / 0-9 */
+                _mm_cmpeq_epi8(v, _mm_set1_epi8('_')));
+            ok = _mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('/')), ok);
+            int mask = (~_mm_movemask_epi8(ok)) & 0xFFFF;
+            if (mask) return p + __builtin_ctz((unsigned)mask);
+            p += 16;
+        }
+        return p;
+    }
     #else
+    static inline const unsigned char* s2s_skip_nchar(const unsigned char* p,
+                                                      const unsigned char* end) {
+        (void)end;
+        return p;
+    }
     static inline const unsigned char* s2s_skip_text(const unsigned char* p,
                                                      const unsigned char* end) {
         (void)end;
@@ -185,6 +210,7 @@ cdef extern from *:
     #endif
     """
     const uchar* s2s_skip_text(const uchar* p, const uchar* end) noexcept nogil
+    const uchar* s2s_skip_nchar(const uchar* p, const uchar* end) noexcept nogil
     const uchar* s2s_skip_attr(const uchar* p, const uchar* end, int quote) noexcept nogil
 
 # Global caches of decoded strings, keyed by their bytes: names, namespaces and types repeat on
@@ -1259,7 +1285,7 @@ cdef class StreamFramer:
                 r = 0
                 if self.nm_len == 0 and T_NAME[p[0]] == 1:
                     # the usual case, inline: a name starting with an ASCII letter
-                    p += 1
+                    p = s2s_skip_nchar(p + 1, lim)
                     while p < lim and T_NCHAR[p[0]]:
                         p += 1
                     self.nm_len = p - q
@@ -1408,6 +1434,9 @@ cdef class StreamFramer:
                 e = &self.elems[self.depth - 1]
                 nm = self.names + e.name_off
                 ei = self.em_i
+                if ei == 0 and lim - p > e.name_len and memcmp(p, nm, e.name_len) == 0:
+                    p += e.name_len
+                    ei = e.name_len
                 while p < lim and ei < e.name_len and p[0] == nm[ei]:
                     p += 1
                     ei += 1

@@ -1,0 +1,92 @@
+"""Stream life with Prosody: idle streams kept up by whitespace keepalives, a clean shutdown of
+either side, and federation resuming when Prosody comes back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from interop_flow import bob_to_node, error_of, is_message, node_to_bob
+from interop_node import A, B, node_config
+from interop_peer import completed_sessions
+
+
+async def _linked(prosody, s2sfast_node, c2s, ports, tls_certfile, *, extra_cfg="", keepalive=60.0):
+    (port,) = ports(1)
+    peer = prosody(tls="optional", remotes={A: port}, extra_cfg=extra_cfg)
+    node = await s2sfast_node(
+        node_config(port, mode="optional", certfile=tls_certfile(A), peer_port=peer.s2s_port),
+        keepalive=keepalive,
+    )
+    bob = await c2s(peer, "bob")
+    await bob_to_node(bob, node, "l1", "link in")
+    await node_to_bob(node, bob, "l2", "link out")
+    return peer, node, bob
+
+
+async def test_idle_streams_survive_whitespace_keepalives(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """Prosody (read_timeout = 1 s) and s2sfast (keepalive = 0.5 s) both send single spaces on
+    their idle streams; the streams stay up and keep carrying stanzas."""
+    peer, node, bob = await _linked(
+        prosody,
+        s2sfast_node,
+        c2s,
+        ports,
+        tls_certfile,
+        extra_cfg="network_settings = { read_timeout = 1 }",
+        keepalive=0.5,
+    )
+    before = {(c.direction, c.stream_id) for c in node.connections()}
+    await asyncio.sleep(3)
+    await bob_to_node(bob, node, "l3", "still here")
+    await node_to_bob(node, bob, "l4", "me too")
+    assert {(c.direction, c.stream_id) for c in node.connections()} == before
+    log = peer.log()
+    assert len(completed_sessions(log, "in")) == 1 and len(completed_sessions(log, "out")) == 1
+    assert "closed" not in "".join(
+        t for s in completed_sessions(log, "in") + completed_sessions(log, "out") for t in s.lines
+    )
+
+
+async def test_node_stop_closes_cleanly_and_prosody_bounces_afterwards(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    peer, node, bob = await _linked(prosody, s2sfast_node, c2s, ports, tls_certfile)
+    await node.stop()
+    assert node.connections() == []
+    await asyncio.sleep(0.3)
+    log = peer.log()
+    # Prosody saw both streams end with a clean </stream:stream>, no stream error
+    (s_in,) = completed_sessions(log, "in")
+    (s_out,) = completed_sessions(log, "out")
+    assert f"Incoming s2s stream {A}->{B} closed: stream closed" in s_in.lines
+    assert f"Outgoing s2s stream {B}->{A} closed: stream closed" in s_out.lines
+    assert "Session closed by remote with error" not in log
+    # a.test is gone: bob's next stanza comes back as an error
+    bob.send(f"<message to='carol@{A}/x' id='gone' type='chat'><body>?</body></message>")
+    back = await bob.wait_for(lambda e: is_message(e, "gone"))
+    assert back.get("type") == "error"
+    assert error_of(back) == (
+        "cancel",
+        "remote-server-not-found",
+        "Server-to-server connection failed: connection refused",
+    )
+
+
+async def test_prosody_restart_then_federation_resumes(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    peer, node, bob = await _linked(prosody, s2sfast_node, c2s, ports, tls_certfile)
+    await bob.close()
+    peer.stop()  # SIGTERM: Prosody closes its streams with <system-shutdown/>
+    for _ in range(50):
+        if not node.connections():
+            break
+        await asyncio.sleep(0.1)
+    assert node.connections() == []
+    peer.start()  # same ports, same certificate and users
+    bob = await c2s(peer, "bob")
+    await node_to_bob(node, bob, "r1", "after the restart")
+    await bob_to_node(bob, node, "r2", "and back")
+    assert {c.direction for c in node.connections() if (A, B) in c.pairs} == {"in", "out"}

@@ -197,6 +197,10 @@ class _QueryFailed(Exception):
     pass
 
 
+class _BadName(Exception):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class _Answer:
     """A query's outcome: values (SrvRecord or IP strings), or why there are none.
@@ -258,7 +262,7 @@ class Resolver:
         return cls(nameservers, timeout=dns.timeout, retries=dns.retries, rng=rng)
 
     async def close(self) -> None:
-        """Cancel outstanding queries and release the c-ares channel."""
+        """Cancel the queries in flight and release their c-ares channels."""
         for channel in list(self._open):
             self._open.discard(channel)
             await channel.close()
@@ -288,9 +292,20 @@ class Resolver:
             if _norm(override.host) == domain:
                 return [self._override(domain, override.ip_address, override.port, s2s)]
         families = [_FAMILY[v] for v in s2s.outgoing.ip_versions]
+        literal = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else domain
+        family = _ip_family(literal)
+        if family is not None:  # an IP-literal domain (RFC 6120 allows them): nothing to look up
+            if family not in families:
+                raise DomainNotFound(domain, f"{domain} is an address of a disabled IP version")
+            port = s2s.outgoing.port
+            return [
+                Candidate(ip=literal, port=port, family=family, host=literal, source="fallback")
+            ]
         srv_name = SRV_PREFIX + domain
         try:
             srv = await self._query(srv_name, "SRV")
+        except _BadName:
+            raise DomainNotFound(domain, f"{domain!r} is not a valid DNS name") from None
         except _QueryTimeout:
             raise DnsTimeout(domain, f"DNS timeout for {srv_name} ({self._budget()})") from None
         except _QueryFailed as e:
@@ -403,6 +418,9 @@ class Resolver:
             elif isinstance(res, _QueryFailed):
                 failed = True
                 notes.append(f"DNS failure for {qtype}: {res}")
+            elif isinstance(res, _BadName):
+                notes.append("not a valid DNS name")
+                break
             elif isinstance(res, BaseException):
                 raise res
             elif res.status == "ok":
@@ -431,6 +449,7 @@ class Resolver:
         Raises:
             _QueryTimeout: every attempt timed out.
             _QueryFailed: the server answered with an error (message says which).
+            _BadName: *name* cannot be a DNS name (nothing was sent).
         """
         code = pycares.QUERY_TYPE_SRV if qtype == "SRV" else _RECORD_TYPE[qtype]
         for attempt in range(1, self.retries + 1):
@@ -465,6 +484,8 @@ class Resolver:
                 return _Answer([], [], "nodata")
             if errno == aiodns.error.ARES_ETIMEOUT:
                 return None
+            if errno == aiodns.error.ARES_EBADNAME:
+                raise _BadName() from None
             detail = e.args[1] if len(e.args) > 1 else str(e)
             raise _QueryFailed(detail) from None
         finally:

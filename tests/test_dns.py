@@ -409,3 +409,40 @@ async def test_queries_in_flight_are_bounded(dns_server):
 def test_resolver_rejects_zero_concurrency():
     with pytest.raises(ValueError, match="max_concurrent"):
         Resolver(["127.0.0.1:53"], max_concurrent=0)
+
+
+@pytest.mark.parametrize("domain", ["a..b.test", "x" * 64 + ".test", "sp ace.test"])
+async def test_invalid_dns_name_is_domain_not_found_without_a_query(dns_server, resolver, domain):
+    with pytest.raises(DomainNotFound, match="not a valid DNS name") as info:
+        await resolver.resolve(domain, opts())
+    assert not info.value.temporary  # no point retrying
+    assert dns_server.queries == []
+
+
+async def test_srv_target_with_an_invalid_name_is_skipped(dns_server, resolver):
+    dns_server.add_srv(SRV + "bt.test", 0, 0, 5269, "sp ace.bt.test")
+    with pytest.raises(DomainNotFound, match="not a valid DNS name"):
+        await resolver.resolve("bt.test", opts())
+    dns_server.add_srv(SRV + "bt.test", 1, 0, 5270, "ok.bt.test")
+    dns_server.add_a("ok.bt.test", "127.0.0.4")
+    cands = await resolver.resolve("bt.test", opts())
+    assert [(c.host, c.port) for c in cands] == [("ok.bt.test", 5270)]
+    assert {q.name for q in dns_server.queries} == {SRV + "bt.test", "ok.bt.test"}
+
+
+@pytest.mark.parametrize(
+    "domain, versions, expected",
+    [
+        ("127.0.0.1", (4, 6), ("127.0.0.1", socket.AF_INET)),
+        ("[::1]", (6,), ("::1", socket.AF_INET6)),
+    ],
+)
+async def test_ip_literal_domain_needs_no_dns(dns_server, resolver, domain, versions, expected):
+    cands = await resolver.resolve(domain, opts(port=5999, ip_versions=versions))
+    assert [(c.ip, c.family, c.port, c.source) for c in cands] == [(*expected, 5999, "fallback")]
+    assert dns_server.queries == []
+
+
+async def test_ip_literal_domain_of_a_disabled_version(dns_server, resolver):
+    with pytest.raises(DomainNotFound, match="disabled IP version"):
+        await resolver.resolve("[::1]", opts(ip_versions=(4,)))

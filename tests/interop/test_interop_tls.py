@@ -185,3 +185,61 @@ async def test_mutual_trust_prosody_offers_sasl_external_and_dialback_is_used(
     for c in node.connections():
         assert c.tls and c.auth_method == "dialback"
         assert c.peer_certificate.trusted and c.peer_certificate.name_matches
+
+
+def _secure_domain_cfg(cafile: str) -> str:
+    """Prosody insisting on a trusted certificate from a.test (``s2s_secure_domains``)."""
+    return f's2s_secure_domains = {{ "{A}" }}\ns2s_ssl = {{ cafile = "{cafile}" }}'
+
+
+async def test_prosody_requiring_a_trusted_certificate_federates_with_a_trusted_node(
+    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
+):
+    (port,) = ports(1)
+    peer = prosody(tls="required", remotes={A: port}, extra_cfg=_secure_domain_cfg(tls_ca_file))
+    node = await s2sfast_node(
+        node_config(port, mode="required", certfile=tls_certfile(A), peer_port=peer.s2s_port)
+    )
+    bob = await c2s(peer, "bob")
+    await bob_to_node(bob, node, "v1", "certificate checked")
+    await node_to_bob(node, bob, "v2", "both ways")
+    log = peer.log()
+    assert "Forbidding insecure connection" not in log
+    for s in completed_sessions(log, "in") + completed_sessions(log, "out"):
+        assert "certificate chain validation result: valid" in s.lines
+
+
+async def test_prosody_requiring_a_trusted_certificate_refuses_a_self_signed_node(
+    prosody, s2sfast_node, c2s, ports, tls_ca_file, tmp_path
+):
+    """Prosody closes both streams with not-authorized "Your server's certificate is not
+    trusted"; both senders get an error back."""
+    import certs
+
+    (port,) = ports(1)
+    peer = prosody(tls="required", remotes={A: port}, extra_cfg=_secure_domain_cfg(tls_ca_file))
+    certfile = certs.self_signed(A).write_pem(tmp_path)
+    node = await s2sfast_node(
+        node_config(port, mode="required", certfile=certfile, peer_port=peer.s2s_port)
+    )
+    bob = await c2s(peer, "bob")
+    bob.send(f"<message to='carol@{A}/x' id='p1' type='chat'><body>hi</body></message>")
+    await node.send(
+        f"<message from='carol@{A}/x' to='{bob.full_jid}' id='s1' type='chat'>"
+        f"<body>hi</body></message>".encode()
+    )
+    bounce, back = await asyncio.gather(
+        node.inbox.get(lambda s: s.id == "s1"),
+        bob.wait_for(lambda e: is_message(e, "p1")),
+    )
+    etype, cond, text = stanza_error(bounce)
+    assert (bounce.type, etype, cond) == ("error", "cancel", "remote-server-not-found")
+    assert text.startswith("b.test sent stream error not-authorized"), text
+    assert error_of(back) == (
+        "wait",
+        "remote-server-timeout",
+        "Server-to-server connection failed: Remote server's certificate is not trusted",
+    )
+    log = peer.log()
+    assert log.count("Forbidding insecure connection to/from a.test") == 2  # s2sin and s2sout
+    assert not completed_sessions(log, "in") and not completed_sessions(log, "out")

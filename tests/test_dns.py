@@ -446,3 +446,15 @@ async def test_ip_literal_domain_needs_no_dns(dns_server, resolver, domain, vers
 async def test_ip_literal_domain_of_a_disabled_version(dns_server, resolver):
     with pytest.raises(DomainNotFound, match="disabled IP version"):
         await resolver.resolve("[::1]", opts(ip_versions=(4,)))
+
+
+async def test_close_cancels_lookups_in_flight(dns_server):
+    dns_server.blackhole = True
+    r = Resolver([dns_server.nameserver], timeout=30, retries=3)
+    task = asyncio.create_task(r.resolve("pending.test", opts()))
+    while dns_server.count() == 0:
+        await asyncio.sleep(0.01)
+    await r.close()
+    with pytest.raises(DnsFailure, match="_xmpp-server._tcp.pending.test"):
+        await asyncio.wait_for(task, 5)  # ends now, not after 3 x 30 s
+    assert dns_server.count() == 1

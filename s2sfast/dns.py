@@ -66,10 +66,12 @@ _QTYPE = {socket.AF_INET: "A", socket.AF_INET6: "AAAA"}
 _RECORD_TYPE = {"A": pycares.QUERY_TYPE_A, "AAAA": pycares.QUERY_TYPE_AAAA}
 #: c-ares's per-query timeout relative to ours: longer, so our own bound decides
 _CARES_TIMEOUT_FACTOR = 1.5
-#: DNS queries in flight per resolver. Each holds a c-ares channel with its own event thread;
-#: a node restarting with thousands of peers must not start thousands of threads at once.
-#: Waiting for a slot does not count against ``dns.timeout``.
-DEFAULT_MAX_CONCURRENT_QUERIES = 32
+#: DNS queries in flight per resolver. Each holds a c-ares channel with its own event thread,
+#: two pipe fds and an inotify instance (Linux allows 128 per user by default); a node restarting
+#: with thousands of peers must not open thousands at once. 16 lookups of a few milliseconds
+#: each still resolve a thousand domains in seconds. Waiting for a slot does not count against
+#: ``dns.timeout``.
+DEFAULT_MAX_CONCURRENT_QUERIES = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,132 @@
+"""Limits that keep one hostile peer from costing a node more than a bounded share.
+
+Every limit here is a named default with its rationale (STYLE rule 8). The ones MongooseIM has
+an option for come from the config instead (``[[listen.s2s]] max_stanza_size``,
+``state_timeout``, ``max_connections``, the shaper); these are the ones it has none for.
+:class:`ConnectionLimiter` is the sans-IO bookkeeping for the connection caps: it decides,
+the asyncio layer (node.py) acts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+__all__ = [
+    "PRE_AUTH_MAX_STANZA",
+    "IDLE_TIMEOUT",
+    "MAX_NEGOTIATING_PER_ADDRESS",
+    "MAX_PENDING_RESULTS_PER_STREAM",
+    "MAX_PENDING_VERIFICATIONS",
+    "MAX_WRITE_BUFFER",
+    "pre_auth_limit",
+    "Refusal",
+    "ConnectionLimiter",
+]
+
+#: bytes per top-level element until the stream has an authorised domain pair. The largest
+#: honest pre-auth elements are stream features (a few hundred bytes) and a db:result or
+#: db:verify with two domains (RFC 7622: at most 1023 octets each) and a 64-digit key, so
+#: 10 KiB has ample headroom while an unauthenticated peer costs at most this much buffer
+#: (Prosody and ejabberd apply their stanza limits before auth too; MongooseIM's
+#: max_stanza_size defaults to infinity, which is why this exists).
+PRE_AUTH_MAX_STANZA = 10 * 1024
+
+#: seconds an authenticated stream may stay silent inbound (whitespace keepalives count as
+#: traffic) before we close it with connection-timeout. ejabberd's s2s_timeout defaults to
+#: one hour; peers keep streams alive with keepalives far more often (ours: 60 s).
+IDLE_TIMEOUT = 3600.0
+
+#: connections from one source address that may be negotiating (not yet authenticated) at
+#: once. An honest server opens one stream per (its domain, our domain) pair plus short
+#: dialback verify streams, and negotiates them in milliseconds; a large hosting provider
+#: with many domains behind one address stays far below this. Authenticated streams do not
+#: count: only max_connections bounds those.
+MAX_NEGOTIATING_PER_ADDRESS = 64
+
+#: db:result claims on one incoming stream awaiting the authoritative server's verdict.
+#: Piggybacking (XEP-0220 section 2.5) carries one claim per (from, to) pair; honest peers
+#: have a handful in flight. Each claim costs us a DNS lookup and possibly an outbound
+#: connection, so the bound is what stops a db:result flood from fanning out.
+MAX_PENDING_RESULTS_PER_STREAM = 16
+
+#: dialback verifications in flight on the whole node (every stream's claims together);
+#: beyond it new claims are answered type='error' (resource-constraint) at once.
+MAX_PENDING_VERIFICATIONS = 1024
+
+#: bytes queued for one peer that does not read; beyond it the stream is closed (and its
+#: queued stanzas bounce) instead of growing without bound. 1 MiB is ~1,000 typical stanzas.
+MAX_WRITE_BUFFER = 1024 * 1024
+
+
+def pre_auth_limit(max_stanza_size: int | None) -> int:
+    """The framer limit for a stream that has no authorised pair yet.
+
+    The smaller of :data:`PRE_AUTH_MAX_STANZA` and the configured ``max_stanza_size``
+    (``None`` = infinity); the configured limit applies once the stream is authenticated.
+    """
+    if max_stanza_size is None:
+        return PRE_AUTH_MAX_STANZA
+    return min(PRE_AUTH_MAX_STANZA, max_stanza_size)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    """Why a new connection is refused: the stream error to send, and its text."""
+
+    condition: str
+    text: str
+
+
+class ConnectionLimiter:
+    """Counts a listener's connections: all of them, and the negotiating ones per address.
+
+    Args:
+        max_connections: ``[[listen.s2s]] max_connections`` (None: infinity).
+        per_address: negotiating connections allowed per source address (None: no cap).
+    """
+
+    def __init__(
+        self,
+        max_connections: int | None,
+        per_address: int | None = MAX_NEGOTIATING_PER_ADDRESS,
+    ) -> None:
+        self.max_connections = max_connections
+        self.per_address = per_address
+        self.total = 0
+        self._negotiating: Counter[str] = Counter()
+
+    def admit(self, address: str) -> Refusal | None:
+        """Count a new connection from *address*; a Refusal (not counted) when over a cap."""
+        if self.max_connections is not None and self.total >= self.max_connections:
+            return Refusal(
+                condition="resource-constraint",
+                text=f"listener is at max_connections ({self.max_connections})",
+            )
+        if self.per_address is not None and self._negotiating[address] >= self.per_address:
+            return Refusal(
+                condition="policy-violation",
+                text=f"too many unauthenticated connections from {address}",
+            )
+        self.total += 1
+        self._negotiating[address] += 1
+        return None
+
+    def authenticated(self, address: str) -> None:
+        """The connection from *address* authenticated: it no longer counts per address."""
+        self._forget(address)
+
+    def closed(self, address: str, *, was_authenticated: bool) -> None:
+        """A counted connection closed."""
+        self.total = max(0, self.total - 1)
+        if not was_authenticated:
+            self._forget(address)
+
+    def negotiating(self, address: str) -> int:
+        return self._negotiating[address]
+
+    def _forget(self, address: str) -> None:
+        if self._negotiating[address] <= 1:
+            self._negotiating.pop(address, None)
+        else:
+            self._negotiating[address] -= 1

@@ -110,27 +110,35 @@ def _unavailable(reason: str) -> Callable[[argparse.Namespace], int]:
     return report
 
 
-def _add_run(subparsers: Any) -> None:
-    """``run`` belongs to s2sfast.daemon; if that cannot be imported, say why when used."""
-    if importlib.util.find_spec("s2sfast.daemon") is None:
-        reason = "s2sfast.daemon is missing from this installation"
-    else:
-        try:
-            from s2sfast.daemon import add_run_parser
-        except ImportError as exc:  # e.g. the compiled framer is not built
-            reason = str(exc)
+def _lazy_command(name: str, module: str, adder: str, summary: str) -> Callable[[Any], None]:
+    """A subcommand that lives in *module* (which needs the compiled framer): if the module
+    cannot be imported, the subcommand still exists and says why when used."""
+
+    def add(subparsers: Any) -> None:
+        if importlib.util.find_spec(module) is None:
+            reason = f"{module} is missing from this installation"
         else:
-            add_run_parser(subparsers)
-            return
-    parser = subparsers.add_parser("run", help="run a federation node (unavailable here)")
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parser.set_defaults(func=_unavailable(reason))
+            try:
+                add_parser = getattr(importlib.import_module(module), adder)
+            except ImportError as exc:  # e.g. the compiled framer is not built
+                reason = str(exc)
+            else:
+                add_parser(subparsers)
+                return
+        parser = subparsers.add_parser(name, help=f"{summary} (unavailable here)")
+        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        parser.set_defaults(func=_unavailable(reason))
+
+    return add
 
 
 #: Subcommand name -> function adding it to the subparsers (it sets ``func``).
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "check-config": _add_check_config,
-    "run": _add_run,
+    "run": _lazy_command("run", "s2sfast.daemon", "add_run_parser", "run a federation node"),
+    "probe": _lazy_command(
+        "probe", "s2sfast.probe", "add_probe_parser", "check federation with a remote domain"
+    ),
 }
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def _probe(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "s2sfast.probe", *args],
+        [sys.executable, "-m", "s2sfast", "probe", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -6,6 +6,7 @@ the fixture stops it (by the PID the shared script recorded) when the test ends.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from interop_peer import Prosody, free_ports, missing_reason
 from s2sfast.config import Config
 
 PASSWORD = "pw"
+#: seconds a background stop may take (the script itself escalates to SIGKILL after 5 s)
+_STOP_WAIT = 15
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
@@ -28,6 +31,22 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
             item.add_marker(pytest.mark.interop)
             if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=f"interop: {reason}"))
+
+
+#: Prosody instances being stopped in the background (waited for at the end of the session)
+_STOPPING: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prosody_stops_finish():
+    """Every Prosody stopped by a test's teardown has exited before the session ends."""
+    yield
+    for proc in _STOPPING:
+        try:
+            proc.wait(_STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
@@ -51,7 +70,9 @@ def prosody(tmp_path: Path):
 
     yield make
     for p in started:
-        p.stop()
+        proc = p.stop_nowait()  # SIGTERM now; the script waits for the exit in the background
+        if proc is not None:
+            _STOPPING.append(proc)
 
 
 @pytest.fixture

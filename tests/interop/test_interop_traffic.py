@@ -190,3 +190,83 @@ async def test_thousand_stanzas_each_way_in_order(linked):
     ids = await asyncio.wait_for(all_received(), 90)
     assert ids == [f"n{i}" for i in range(n)]
     assert await node.inbox.nothing(lambda s: s.type == "error", 0.3)
+
+
+async def test_extension_payloads_keep_their_namespaces(linked):
+    """Children in other namespaces (default and prefixed) survive Prosody's re-serialisation
+    and s2sfast's raw forwarding, both ways."""
+    peer, node, bob = linked
+    payload = (
+        "<x xmlns='jabber:x:oob'><url>https://example.test/ü</url></x>"
+        "<foo:bar xmlns:foo='urn:example:foo' foo:attr='v'><foo:baz>z</foo:baz></foo:bar>"
+    )
+    bob.send(f"<message to='carol@{A}/x' id='ns1' type='chat'><body>b</body>{payload}</message>")
+    got = parse((await node.inbox.get(lambda s: s.id == "ns1")).raw)
+    _check_payload(got)
+    await node.send(
+        f"<message from='carol@{A}/x' to='{bob.full_jid}' id='ns2' type='chat'><body>b</body>"
+        f"{payload}</message>".encode()
+    )
+    _check_payload(await bob.wait_for(lambda e: is_message(e, "ns2")))
+
+
+def _check_payload(el) -> None:
+    url = el.find("{jabber:x:oob}x/{jabber:x:oob}url")
+    assert url is not None and url.text == "https://example.test/ü"
+    bar = el.find("{urn:example:foo}bar")
+    assert bar is not None and bar.get("{urn:example:foo}attr") == "v"
+    assert bar.find("{urn:example:foo}baz").text == "z"
+
+
+async def test_error_from_prosody_reaches_the_handler_and_is_not_bounced_back(linked):
+    """A message to a user Prosody does not have comes back as an error stanza; s2sfast hands it
+    to the handler and never answers an error with an error (no loop)."""
+    peer, node, bob = linked
+    await node.send(
+        f"<message from='carol@{A}/x' to='nobody@{B}' id='e1' type='chat'>"
+        f"<body>anyone?</body></message>".encode()
+    )
+    err = await node.inbox.get(lambda s: s.id == "e1")
+    assert (err.type, err.from_, err.to) == ("error", f"nobody@{B}", f"carol@{A}/x")
+    assert error_of(parse(err.raw))[1] == "service-unavailable"
+    await asyncio.sleep(0.5)
+    assert [s.id for s in node.inbox.seen if s.id == "e1"] == ["e1"]
+    log = peer.log()
+    assert not [
+        line
+        for line in log.splitlines()
+        if "Received[s2sin]" in line and "e1" in line and "type='error'" in line
+    ]
+
+
+async def test_simultaneous_first_contact_queues_both_ways(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """Before any stream exists, both sides send 200 stanzas at the same moment: each queues
+    while TLS and the crossing dialback exchanges complete, then delivers all, in order."""
+    (port,) = ports(1)
+    peer = prosody(tls="required", remotes={A: port})
+    node = await s2sfast_node(
+        node_config(port, mode="optional", certfile=tls_certfile(A), peer_port=peer.s2s_port)
+    )
+    bob = await c2s(peer, "bob")
+    n = 200
+    bob.send(
+        "".join(
+            f"<message to='carol@{A}/x' id='q{i}' type='chat'><body>{i}</body></message>"
+            for i in range(n)
+        )
+    )
+    for i in range(n):
+        await node.send(
+            f"<message from='carol@{A}/x' to='{bob.full_jid}' id='w{i}' type='chat'>"
+            f"<body>{i}</body></message>".encode()
+        )
+    got = [await node.inbox.get(lambda s: s.id.startswith("q")) for _ in range(n)]
+    assert [s.id for s in got] == [f"q{i}" for i in range(n)]
+    ids = []
+    while len(ids) < n:
+        m = await bob.wait_for(lambda e: local(e.tag) == "message")
+        ids.append(m.get("id"))
+    assert ids == [f"w{i}" for i in range(n)]
+    assert not [s for s in node.inbox.seen if s.type == "error"]

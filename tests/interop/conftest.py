@@ -52,16 +52,20 @@ def _prosody_stops_finish():
 @pytest.fixture
 def prosody(tmp_path: Path):
     """Factory: ``prosody(tls="optional", remotes={"a.test": port})`` -> a started Prosody
-    serving b.test with users bob and alice (password "pw"); stopped at teardown."""
+    serving b.test with users bob and alice (password "pw"); stopped at teardown.
+    ``certificate=`` (a tests/certs.py IssuedCert) replaces its self-signed certificate."""
     started: list[Prosody] = []
 
     def make(
         tls: str = "required",
         remotes: dict[str, int] | None = None,
         users: tuple[str, ...] = ("bob", "alice"),
+        certificate: Any = None,
         **kw: Any,
     ) -> Prosody:
         p = Prosody(B, tmp_path / f"prosody-{len(started)}", remotes or {}, tls=tls, **kw)
+        if certificate is not None:  # a tests/certs.py IssuedCert
+            p.install_certificate(certificate.cert_pem(), certificate.key_pem())
         started.append(p)
         p.start()
         for user in users:

@@ -163,6 +163,14 @@ class Prosody:
             )
         return proc.stdout
 
+    def install_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Use this certificate instead of the self-signed one the script would make."""
+        self.peer_dir.mkdir(parents=True, exist_ok=True)
+        self.cert_path.write_bytes(cert_pem)
+        key = self.peer_dir / f"{self.domain}.key"
+        key.write_bytes(key_pem)
+        key.chmod(0o600)
+
     def start(self) -> None:
         """Start Prosody; the script returns once both ports accept connections."""
         self.peer_dir.mkdir(parents=True, exist_ok=True)

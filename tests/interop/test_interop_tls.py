@@ -13,7 +13,7 @@ import pytest
 from interop_c2s import local
 from interop_flow import bob_to_node, error_of, is_message, node_to_bob, stanza_error
 from interop_node import A, B, node_config
-from interop_peer import completed_sessions
+from interop_peer import completed_sessions, s2s_sessions
 
 MODES = ("false", "optional", "required", "required_trusted")
 PROSODY_TLS = ("required", "optional", "off")
@@ -243,3 +243,68 @@ async def test_prosody_requiring_a_trusted_certificate_refuses_a_self_signed_nod
     log = peer.log()
     assert log.count("Forbidding insecure connection to/from a.test") == 2  # s2sin and s2sout
     assert not completed_sessions(log, "in") and not completed_sessions(log, "out")
+
+
+async def test_required_trusted_with_prosodys_certificate_from_a_trusted_ca(
+    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file
+):
+    """A CA-issued certificate for b.test (not pinned: the chain is verified), both ways."""
+    (port,) = ports(1)
+    peer = prosody(
+        tls="required",
+        remotes={A: port},
+        certificate=tls_ca.issue([B]),
+        extra_cfg=f's2s_ssl = {{ cafile = "{tls_ca_file}" }}',
+    )
+    node = await s2sfast_node(
+        node_config(
+            port,
+            mode="required_trusted",
+            certfile=tls_certfile(A),
+            cafile=tls_ca_file,
+            peer_port=peer.s2s_port,
+        )
+    )
+    bob = await c2s(peer, "bob")
+    await bob_to_node(bob, node, "ca1", "chain verified")
+    await node_to_bob(node, bob, "ca2", "both ways")
+    conns = node.connections()
+    assert {c.direction for c in conns} == {"in", "out"}
+    for c in conns:
+        assert c.peer_certificate.trusted and c.peer_certificate.names.dns_names == (B,)
+
+
+async def test_required_trusted_refuses_a_certificate_naming_another_domain(
+    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file
+):
+    """Prosody presents a trusted certificate for wrong.test: refused in both directions with the
+    reason, sent as a proper stream error (after a stream header) that Prosody can read."""
+    (port,) = ports(1)
+    peer = prosody(tls="required", remotes={A: port}, certificate=tls_ca.issue(["wrong.test"]))
+    node = await s2sfast_node(
+        node_config(
+            port,
+            mode="required_trusted",
+            certfile=tls_certfile(A),
+            cafile=tls_ca_file,
+            peer_port=peer.s2s_port,
+        )
+    )
+    bob = await c2s(peer, "bob")
+    reason = (
+        "certificate of b.test rejected: the certificate does not name b.test "
+        "(it names DNS:wrong.test)"
+    )
+    await _refused_both_ways(peer, node, bob, reason, f"policy-violation ({reason})")
+    log = peer.log()
+    # s2sfast's outgoing stream (Prosody's s2sin) is refused after TLS: the stream error must
+    # follow a fresh stream header, or Prosody reads it as not-well-formed (unbound prefix)
+    assert "Received invalid XML" not in log, [
+        line for line in log.splitlines() if "invalid XML" in line
+    ]
+    incoming = [s for s in s2s_sessions(log).values() if s.direction == "in" and s.encrypted]
+    assert incoming and any(
+        t == f"Session closed by remote with error: policy-violation ({reason})"
+        for s in incoming
+        for t in s.lines
+    ), [t for s in incoming for t in s.lines if "closed" in t]

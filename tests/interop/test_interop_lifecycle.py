@@ -90,3 +90,25 @@ async def test_prosody_restart_then_federation_resumes(
     await node_to_bob(node, bob, "r1", "after the restart")
     await bob_to_node(bob, node, "r2", "and back")
     assert {c.direction for c in node.connections() if (A, B) in c.pairs} == {"in", "out"}
+
+
+async def test_node_restart_on_the_same_port_then_prosody_reconnects(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """s2sfast goes away cleanly and comes back (a new secret: keys of the old run are void);
+    Prosody opens fresh streams on the next stanza, in both directions."""
+    (port,) = ports(1)
+    peer = prosody(tls="optional", remotes={A: port})
+    config = node_config(port, mode="optional", certfile=tls_certfile(A), peer_port=peer.s2s_port)
+    node = await s2sfast_node(config)
+    bob = await c2s(peer, "bob")
+    await bob_to_node(bob, node, "n1", "first run")
+    await node_to_bob(node, bob, "n2", "first run")
+    await node.stop()
+    again = await s2sfast_node(
+        node_config(port, mode="optional", certfile=tls_certfile(A), peer_port=peer.s2s_port)
+    )
+    await bob_to_node(bob, again, "n3", "second run")
+    await node_to_bob(again, bob, "n4", "second run")
+    log = peer.log()
+    assert len(completed_sessions(log, "in")) == 2 and len(completed_sessions(log, "out")) == 2

@@ -597,6 +597,25 @@ cdef class StreamFramer:
         free(self.elems)
 
     @property
+    def max_stanza_size(self):
+        """The byte limit of one top-level element (None: unlimited).
+
+        Settable, e.g. raised once a stream is authenticated; a new value applies from the next
+        top-level element on (the element being read keeps the limit it started with). The
+        header limit fixed at construction does not change.
+        """
+        return None if self.max_size < 0 else self.max_size
+
+    @max_stanza_size.setter
+    def max_stanza_size(self, value):
+        if value is None:
+            self.max_size = -1
+        elif int(value) < 1:
+            raise ValueError("max_stanza_size must be a positive number of bytes or None")
+        else:
+            self.max_size = int(value)
+
+    @property
     def offset(self):
         """Bytes consumed so far (a held-back partial UTF-8 sequence not included)."""
         return self.pos

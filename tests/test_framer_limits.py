@@ -171,3 +171,28 @@ def test_too_many_namespace_declarations():
     with pytest.raises(FramingError) as exc:
         open_framer().feed(b"<message" + decls + b"/>")
     assert exc.value.condition == "policy-violation"
+
+
+def test_max_stanza_size_is_settable_from_the_next_stanza_on():
+    f = open_framer(max_stanza_size=100)
+    assert f.max_stanza_size == 100
+    f.feed(b"<message><body>")
+    f.max_stanza_size = 1000  # the element being read keeps its limit
+    with pytest.raises(FramingError) as exc:
+        f.feed(b"x" * 200)
+    assert exc.value.condition == "policy-violation"
+
+    f = open_framer(max_stanza_size=100)
+    f.max_stanza_size = None
+    assert f.max_stanza_size is None
+    (st,) = f.feed(stanza_of_size(5000))
+    assert len(st.raw) == 5000
+    f.max_stanza_size = 200
+    with pytest.raises(FramingError):
+        f.feed(stanza_of_size(201))
+
+
+def test_max_stanza_size_setter_validates():
+    f = StreamFramer()
+    with pytest.raises(ValueError):
+        f.max_stanza_size = 0

@@ -640,7 +640,9 @@ cdef class StreamFramer:
             A list of StreamOpen, Stanza and StreamClose events (empty when nothing completed).
 
         Raises:
-            FramingError: the stream is not acceptable (sticky: every later call raises again).
+            FramingError: the stream is not acceptable (sticky: every later call raises again
+                with the same condition). Events this call had completed before the error are
+                discarded with it; events returned by earlier calls stand.
         """
         cdef Py_buffer view
         cdef const uchar* ptr
@@ -1101,6 +1103,11 @@ cdef class StreamFramer:
                 self.buf_cap = 0
         else:
             raw = PyBytes_FromStringAndSize(<const char*>tok, n2)
+        if self.abuf_cap > C_KEEP_BUFFER:  # a huge captured attribute: give the memory back
+            free(self.abuf)
+            self.abuf = NULL
+            self.abuf_cap = 0
+            self.abuf_len = 0
         s = Stanza.__new__(Stanza)
         s.raw = raw
         s.name = self.cur_name

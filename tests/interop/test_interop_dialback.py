@@ -12,7 +12,7 @@ import asyncio
 import re
 
 from interop_c2s import local
-from interop_flow import bob_to_node, node_to_bob, stanza_error
+from interop_flow import bob_to_node, error_of, is_message, node_to_bob, stanza_error
 from interop_node import A, B, node_config
 from interop_peer import completed_sessions, s2s_sessions
 from interop_raw import RawS2S
@@ -185,3 +185,24 @@ async def test_db_verify_on_an_authenticated_stream_does_not_time_it_out(
     assert "connection-timeout" not in peer.log()
     got = await bob_to_node(bob, node, "k3", "same stream")
     assert got.id == "k3"
+
+
+async def test_unreachable_authoritative_server_gives_prosody_a_dialback_error(
+    prosody, s2sfast_node, c2s, ports
+):
+    """s2sfast cannot reach b.test to verify Prosody's key (its route to b.test is a closed port):
+    it answers db:result type='error' at once, and Prosody bounces bob's stanza."""
+    port, closed = ports(2)
+    peer = prosody(tls="off", remotes={A: port})
+    node = await s2sfast_node(node_config(port, peer_port=closed))
+    bob = await c2s(peer, "bob")
+    bob.send(f"<message to='carol@{A}/x' id='u1' type='chat'><body>hi</body></message>")
+    back = await bob.wait_for(lambda e: is_message(e, "u1"))
+    assert back.get("type") == "error"
+    assert error_of(back) == (
+        "wait",
+        "remote-server-timeout",
+        "Server-to-server connection failed: dialback authentication failed",
+    )
+    assert any("type='error'" in t for t in _sent(peer.log(), "Received[s2sout_unauthed]: <result"))
+    assert await node.inbox.nothing(lambda s: s.id == "u1", 0.2)

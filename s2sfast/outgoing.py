@@ -190,7 +190,9 @@ class OutgoingMachine(Machine):
         return stream_header(from_=self.local, to=self.remote)
 
     def _error_header(self) -> list[Action]:
-        return []  # we always open first
+        # after a TLS restart a stream error must follow a fresh header of ours
+        self.header_sent = True
+        return [SendBytes(data=self._header())]
 
     # --- failure reporting --------------------------------------------------------------------
 
@@ -302,6 +304,7 @@ class OutgoingMachine(Machine):
 
     def _on_tls_up(self, ev: Any) -> list[Action]:
         self.tls_active = True
+        self.header_sent = False
         if self.check_cert is not None:
             self.peer_cert = self.check_cert(tuple(ev.chain), self.remote)
         if self.mode == "required_trusted":
@@ -312,6 +315,7 @@ class OutgoingMachine(Machine):
                     "policy-violation", f"certificate of {self.remote} rejected: {reason}"
                 )
         self.state = "WAIT_HEADER"
+        self.header_sent = True
         return [SendBytes(data=self._header()), self._arm()]
 
     def _on_stanza(self, st: Any) -> list[Action]:

@@ -188,6 +188,8 @@ def test_required_trusted_rejects_bad_certificate():
     acts = s.tls_up()
     assert of(acts, Close)[-1].condition == "policy-violation"
     assert "name mismatch" in of(acts, AuthFailed)[0].text
+    # the stream error goes out after a fresh header on the new (TLS) stream
+    assert out(acts) == out(s.opening)
 
 
 def test_verify_requests_queue_until_ready_and_answers_must_match():

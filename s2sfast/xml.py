@@ -30,6 +30,8 @@ SERVER_NS = "jabber:server"
 DIALBACK_NS = "jabber:server:dialback"
 _STREAM_NS = "http://etherx.jabber.org/streams"
 _SERVER_DECL = b' xmlns="jabber:server"'
+# The prefix serialize() writes a top-level element's namespace with (None: unprefixed).
+_PREFIXES = {DIALBACK_NS: "db", _STREAM_NS: "stream"}
 
 #: The namespace declarations of an s2sfast stream header (prefix -> URI, '' = default).
 S2S_NAMESPACES: dict[str, str] = {"": SERVER_NS, "db": DIALBACK_NS, "stream": _STREAM_NS}
@@ -170,15 +172,16 @@ def serialize(element: etree._Element) -> bytes:
 
     A jabber:server element is written unprefixed without ``xmlns='jabber:server'`` (it
     inherits the stream's default namespace); a dialback element is written with the ``db:``
-    prefix (keeping its ``xmlns:db`` declaration, which is harmless and makes the bytes
-    self-contained). Any other element is written as lxml writes it, with its declarations.
-    Children keep their own namespaces. The tail is never written.
+    prefix and a stream-namespace element with ``stream:`` (each keeping its own declaration,
+    which is harmless and makes the bytes self-contained); an element in any other namespace
+    is written unprefixed with its ``xmlns``. Children keep their namespaces. UTF-8, no XML
+    declaration, never the tail. The element must be namespaced (an element in no namespace
+    would be read as jabber:server on the stream).
     """
     uri = etree.QName(element).namespace
-    if uri == SERVER_NS and element.prefix is not None:
-        element = _renamespaced(element, None)
-    elif uri == DIALBACK_NS and element.prefix != "db":
-        element = _renamespaced(element, "db")
+    prefix = _PREFIXES.get(uri)
+    if uri is not None and element.prefix != prefix:
+        element = _renamespaced(element, prefix)
     data = etree.tostring(element, encoding="utf-8", xml_declaration=False, with_tail=False)
     if uri == SERVER_NS:
         # lxml escapes '>' and '"' in attribute values, so the first '>' ends the start tag

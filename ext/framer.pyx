@@ -803,8 +803,8 @@ cdef class StreamFramer:
         a.colon = self.nm_colon
         a.val_off = -1
         a.val_len = 0
-        a.is_decl = ((a.colon < 0 and n == 5 and memcmp(nm, b"xmlns", 5) == 0)
-                     or (a.colon == 5 and memcmp(nm, b"xmlns", 5) == 0))
+        a.is_decl = (nm[0] == 120 and (n == 5 or a.colon == 5) and (a.colon < 0 or a.colon == 5)
+                     and nm[1] == 109 and nm[2] == 108 and nm[3] == 110 and nm[4] == 115)
         if a.is_decl:
             self.n_decl += 1
             self.capture = True
@@ -815,7 +815,9 @@ cdef class StreamFramer:
             self.capture = True
         elif self.depth == 1 and a.colon < 0 and (
                 (n == 2 and ((nm[0] == 116 and nm[1] == 111) or (nm[0] == 105 and nm[1] == 100)))
-                or (n == 4 and (memcmp(nm, b"from", 4) == 0 or memcmp(nm, b"type", 4) == 0))):
+                or (n == 4 and ((nm[0] == 102 and nm[1] == 114 and nm[2] == 111 and nm[3] == 109)
+                                or (nm[0] == 116 and nm[1] == 121 and nm[2] == 112
+                                    and nm[3] == 101)))):
             self.capture = True
         else:
             self.capture = False

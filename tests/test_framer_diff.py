@@ -235,3 +235,28 @@ def _capture_docs() -> list[bytes]:
 def test_mutated_captures_match_the_oracle(data):
     """Real Prosody/ejabberd streams, damaged byte-wise and with restricted constructs."""
     _check_mutation(data, data.draw(st.sampled_from(_capture_docs())))
+
+
+@pytest.mark.parametrize(
+    "uri, valid",
+    [
+        (b"urn:x:p", True),
+        (b"http://jabber.org/protocol/caps", True),
+        (b"foo", True),
+        (b"%41b", True),
+        (b"http://[::1]/x", True),
+        (b"a b", False),
+        (b":x:ns2", False),
+        (b"%zz", False),
+        (b"a]b", False),
+        (b"1a:b", False),
+        (b"\xc3\xa4", False),
+    ],
+)
+def test_namespace_names_must_be_uri_references(uri, valid):
+    """lxml (hence parse_stanza) refuses other namespace names, so the framer must too."""
+    for decl in (b"xmlns", b"xmlns:p"):
+        data = HEADER + b"<message " + decl + b"='" + uri + b"'><body/></message>" + CLOSE
+        verdict = judge(data)
+        assert verdict.accepted == valid and verdict.definite != valid
+        check_run(data, verdict, run_framer([data]))

@@ -30,6 +30,7 @@ __all__ = [
     "MemoryProbe",
     "rss_bytes",
     "MiB",
+    "solo_node",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -272,6 +273,10 @@ class HostilePeer:
             transport.abort()
 
 
+class _StopReading(Exception):
+    """FakeServer("deaf") stops reading its connection."""
+
+
 class FakeServer:
     """A hand-written remote S2S server on 127.0.0.1 that the node under attack connects to.
 
@@ -280,6 +285,8 @@ class FakeServer:
     silence; ``"strip-tls"``: header and dialback-only features (a STARTTLS-stripping
     attacker); ``"authoritative"``: header and features, and ``type='valid'`` for every
     db:verify (the attacker controls the domain, so its keys are "valid").
+    ``"deaf"``: header and features, ``type='valid'`` for the node's own db:result, then it
+    never reads again (a peer that lets our writes pile up).
     Everything the node sends is kept in :attr:`received`, per connection.
     """
 
@@ -291,6 +298,7 @@ class FakeServer:
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
+        self._closed = asyncio.Event()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, LOOPBACK, 0)
@@ -316,6 +324,8 @@ class FakeServer:
                     continue
                 for ev in framer.feed(data):
                     self._answer(ev, writer)
+        except _StopReading:
+            await self._closed.wait()
         except (ConnectionError, FramingError):
             pass
         finally:
@@ -337,8 +347,18 @@ class FakeServer:
             writer.write(
                 f"<db:verify from='{ev.to}' to='{ev.from_}' id='{ev.id}' type='valid'/>".encode()
             )
+        elif (
+            self.behaviour == "deaf"
+            and isinstance(ev, Stanza)
+            and ev.name == "result"
+            and ev.type is None
+        ):
+            # accept the node's dialback claim, then never read again
+            writer.write(f"<db:result from='{ev.to}' to='{ev.from_}' type='valid'/>".encode())
+            raise _StopReading
 
     async def stop(self) -> None:
+        self._closed.set()
         if self.server is not None:
             self.server.close()
         for w in self._writers:
@@ -562,3 +582,42 @@ def arena_factory(federation: Any, tls_certfile: Any, tls_ca_file: str):
         return Arena(nodes["V"], nodes["H"], traffic, nodes["V"].port)
 
     return build
+
+
+@contextlib.asynccontextmanager
+async def solo_node(
+    dns_server: Any,
+    hosts: list[str],
+    *,
+    listen: dict[str, Any] | None = None,
+    node_options: dict[str, Any] | None = None,
+    **config: Any,
+):
+    """One started Node (with ``.inbox`` and ``.port``) for tests that need listener options
+    the ``federation`` fixture does not take (max_connections, shaper, ...).
+
+    *listen* replaces fields of its ``[[listen.s2s]]``; *config* goes to node_config.
+    """
+    from dataclasses import replace
+
+    from core_helpers import Inbox, free_port, node_config
+
+    from s2sfast.dns import Resolver
+    from s2sfast.node import Node
+
+    cfg = node_config(hosts, port=free_port(), **config)
+    if listen:
+        cfg = replace(cfg, listen_s2s=(replace(cfg.listen_s2s[0], **listen),))
+    node = Node(
+        cfg,
+        resolver=Resolver([dns_server.nameserver], timeout=1, retries=1),
+        **(node_options or {}),
+    )
+    node.inbox = Inbox()
+    node.on_stanza(node.inbox)
+    await node.start()
+    node.port = node.listen_addresses()[0][1]
+    try:
+        yield node
+    finally:
+        await node.stop(timeout=3)

@@ -507,6 +507,19 @@ cdef class StreamFramer:
             (``invalid-namespace`` otherwise, also when the header declares none).
 
     After STARTTLS or any stream restart, make a new framer.
+
+    Decisions beyond XML 1.0 + Namespaces (RFC 6120 restricted XML):
+        * ``<?xml ...?>`` only at offset 0 (or right after a UTF-8 BOM); any other ``<?``
+          (PI or late declaration), a completed ``<!--`` or ``<!DOCTYPE``, and entity references
+          other than the five predefined are ``restricted-xml``; an encoding other than UTF-8
+          in the declaration is ``unsupported-encoding``.
+        * The root must be ``stream`` in the streams namespace and declare ``default_ns`` as
+          its default namespace (``invalid-namespace``); an unbound root prefix is
+          ``not-well-formed``, as any unbound prefix.
+        * Between top-level elements only literal whitespace is allowed (no CDATA, no
+          references); after ``</stream:stream>`` only whitespace.
+        * Attribute values are unescaped and normalised (XML 1.0 3.3.3: literal TAB/LF/CR and
+          CR LF become one space); ``raw`` is always the bytes as received.
     """
 
     # limits and configuration

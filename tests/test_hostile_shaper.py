@@ -108,50 +108,39 @@ async def test_shaper_caps_a_fast_sender_without_losing_anything(dns_server):
     to 256 KiB/s: every stanza arrives, in order, and it takes at least
     (bytes - burst - one read) / rate seconds (a lower bound on behaviour, not a speed test)."""
     import time
-    from dataclasses import replace
 
-    from core_helpers import Inbox, free_port, node_config
-    from hostile_helpers import FakeServer, HostilePeer, authenticate_as
+    from hostile_helpers import FakeServer, HostilePeer, authenticate_as, solo_node
 
-    from s2sfast.dns import Resolver
-    from s2sfast.node import Node
     from s2sfast.shaper import DEFAULT_BURST_SECONDS
 
     fake = FakeServer("authoritative")
     await fake.start()
-    config = node_config(["v.test"], port=free_port(), addresses={"evil.test": fake.port})
-    listen = replace(
-        config.listen_s2s[0], shaper="s2s_shaper", shaper_name="slow", max_rate=SHAPED_RATE
-    )
-    node = Node(
-        replace(config, listen_s2s=(listen,)),
-        resolver=Resolver([dns_server.nameserver], timeout=1, retries=1),
-    )
-    inbox = Inbox()
-    node.on_stanza(inbox)
-    await node.start()
+    listen = {"shaper": "s2s_shaper", "shaper_name": "slow", "max_rate": SHAPED_RATE}
     try:
-        peer = await HostilePeer.connect(node.listen_addresses()[0][1])
-        await authenticate_as(peer, domain="evil.test", victim="v.test")
-        pad = "y" * 4000
-        stanzas = [
-            f"<message from='m@evil.test' to='bob@v.test' id='s{i}'><body>{pad}</body></message>"
-            for i in range(256)
-        ]
-        data = "".join(stanzas).encode()
-        start = time.monotonic()
-        peer.send(data)
-        await peer.drain()
-        while len(inbox.seen) < len(stanzas):
-            await inbox.get(timeout=30)
-        elapsed = time.monotonic() - start
-        assert [s.id for s in inbox.seen] == [f"s{i}" for i in range(256)]
-        assert b"".join(s.raw for s in inbox.seen) == data  # nothing dropped or altered
-        burst = SHAPED_RATE * DEFAULT_BURST_SECONDS
-        largest_read = 256 * 1024  # asyncio's selector transport reads at most this much
-        bound = (len(data) - burst - largest_read) / SHAPED_RATE
-        assert elapsed >= bound, f"{len(data)} bytes in {elapsed:.2f} s: not shaped"
-        await peer.close()
+        async with solo_node(
+            dns_server, ["v.test"], listen=listen, addresses={"evil.test": fake.port}
+        ) as node:
+            peer = await HostilePeer.connect(node.port)
+            await authenticate_as(peer, domain="evil.test", victim="v.test")
+            pad = "y" * 4000
+            stanzas = [
+                f"<message from='m@evil.test' to='bob@v.test' id='s{i}'><body>{pad}</body>"
+                "</message>"
+                for i in range(256)
+            ]
+            data = "".join(stanzas).encode()
+            start = time.monotonic()
+            peer.send(data)
+            await peer.drain()
+            while len(node.inbox.seen) < len(stanzas):
+                await node.inbox.get(timeout=30)
+            elapsed = time.monotonic() - start
+            assert [s.id for s in node.inbox.seen] == [f"s{i}" for i in range(256)]
+            assert b"".join(s.raw for s in node.inbox.seen) == data  # nothing dropped/altered
+            burst = SHAPED_RATE * DEFAULT_BURST_SECONDS
+            largest_read = 256 * 1024  # asyncio's selector transport reads at most this much
+            bound = (len(data) - burst - largest_read) / SHAPED_RATE
+            assert elapsed >= bound, f"{len(data)} bytes in {elapsed:.2f} s: not shaped"
+            await peer.close()
     finally:
-        await node.stop(timeout=3)
         await fake.stop()

@@ -19,6 +19,7 @@ earlier in the failing ``feed()`` call are discarded with it: the stream is dead
 
 cimport cython
 from framer_defs cimport *  # structs, UTF-8 and Name helpers (ext/framer_defs.pxd)
+from framer_uri cimport valid_uri_reference  # ext/framer_uri.pxd
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -943,6 +944,9 @@ cdef class StreamFramer:
                     return self._fail(NWF, "reserved namespace bound to a prefix", off)
                 if ulen == 0:
                     return self._fail(NWF, "a prefix cannot be undeclared (xmlns:p='')", off)
+            if ulen and not valid_uri_reference(uri, ulen):
+                return self._fail(NWF, "namespace name is not a URI reference: "
+                                  + PyUnicode_DecodeUTF8(<const char*>uri, ulen, NULL), off)
             if push and self._push_bind(pfx, plen, uri, ulen, off) == S_ERROR:
                 return S_ERROR
         return 0

@@ -268,3 +268,43 @@ def test_missing_default_namespace_is_invalid_namespace():
 def test_stanza_in_other_namespace_than_default_accepted():
     (st,) = stanzas(b"<message xmlns='jabber:client'/>")
     assert st.ns == "jabber:client"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        b"urn:x:w Mq",
+        b":x:ns2",
+        b"1a:b",
+        b"urn:\xc3\xa9",
+        b"a%zz",
+        b"a#b#c",
+        b"urn:[x]",
+        b"http://a:/p",
+        b"a{b}",
+        b"a|b",
+        b"urn:x&#10;y",
+    ],
+)
+def test_namespace_name_must_be_a_uri_reference(uri):
+    assert condition(ROOT + b"<message xmlns:p='" + uri + b"'/>") == "not-well-formed"
+    assert condition(ROOT + b"<message xmlns='" + uri + b"'/>") == "not-well-formed"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        b"urn:x",
+        b"x",
+        b"//a",
+        b"./a",
+        b"#x",
+        b"?x",
+        b"http://[::1]:5222/p?q#f[1]",
+        b"mailto:a@b",
+        b"a%41b",
+        b"http://jabber.org/protocol/disco#info",
+    ],
+)
+def test_uri_reference_namespace_names_accepted(uri):
+    assert len(stanzas(b"<message xmlns:p='" + uri + b"' xmlns='" + uri + b"'/>")) == 1

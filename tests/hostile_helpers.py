@@ -525,6 +525,9 @@ HONEST = "h.test"
 STATE_TIMEOUT_MS = 1500
 #: the victim's max_stanza_size in the hostile tests (bytes)
 MAX_STANZA = 16 * 1024
+#: RSS growth allowed for a whole arena test: generous (two nodes, hundreds of honest
+#: stanzas, pytest's log capture), but far below what holding an attacker's flood would cost
+ARENA_MEMORY_BOUND = 48 * MiB
 
 
 @dataclass
@@ -535,10 +538,21 @@ class Arena:
     honest: Any
     traffic: HonestTraffic
     port: int
+    #: RSS growth of the whole test (attack + honest traffic), sampled from the start
+    memory: MemoryProbe | None = None
 
     @property
     def state_timeout(self) -> float:
         return self.victim.config.listen_s2s[0].state_timeout / 1000
+
+    async def finish(self, bound: int = ARENA_MEMORY_BOUND) -> int:
+        """End of the test: the honest federation delivered everything (see
+        :meth:`HonestTraffic.finish`) and the process grew by less than *bound* bytes."""
+        delivered = await self.traffic.finish()
+        if self.memory is not None:
+            await self.memory.__aexit__(None, None, None)
+            self.memory.assert_below(bound, "attack and honest traffic together")
+        return delivered
 
 
 def arena_factory(federation: Any, tls_certfile: Any, tls_ca_file: str):
@@ -569,6 +583,8 @@ def arena_factory(federation: Any, tls_certfile: Any, tls_ca_file: str):
         if mode != "false":
             victim.update(certfile=tls_certfile(VICTIM), cafile=tls_ca_file)
             honest.update(certfile=tls_certfile(HONEST), cafile=tls_ca_file)
+        memory = MemoryProbe()
+        await memory.__aenter__()
         nodes = await federation({"V": victim, "H": honest})
         traffic = HonestTraffic(
             nodes["V"], nodes["H"], a_domain=VICTIM, b_domain=HONEST, interval=interval
@@ -579,7 +595,7 @@ def arena_factory(federation: Any, tls_certfile: Any, tls_ca_file: str):
             if traffic._ids(nodes["H"], "ab") and traffic._ids(nodes["V"], "ba"):
                 break
             await asyncio.sleep(0.02)
-        return Arena(nodes["V"], nodes["H"], traffic, nodes["V"].port)
+        return Arena(nodes["V"], nodes["H"], traffic, nodes["V"].port, memory)
 
     return build
 

@@ -72,7 +72,7 @@ async def test_garbage_before_the_header(arena):
     peer = await HostilePeer.connect(a.port)
     peer.send(b"GET / HTTP/1.1\r\nHost: v.test\r\n\r\n")
     assert_stream_error(await peer.outcome(), "not-well-formed")
-    await a.traffic.finish()
+    await a.finish()
 
 
 RESTRICTED = {
@@ -96,7 +96,7 @@ async def test_restricted_xml(arena, kind):
     # (CDATA between stanzas) is not-well-formed
     want = "not-well-formed" if kind == "cdata-between-stanzas" else "restricted-xml"
     assert_stream_error(out, want)
-    await a.traffic.finish()
+    await a.finish()
 
 
 LAUGHS = (
@@ -122,7 +122,7 @@ async def test_billion_laughs(arena, where):
     assert_stream_error(out, "restricted-xml")
     mem.assert_below(16 * MiB, "billion laughs")
     assert b"lollol" not in out.data
-    await a.traffic.finish()
+    await a.finish()
 
 
 XXE_DTD = b"<?xml version='1.0'?><!DOCTYPE m [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]>"
@@ -146,7 +146,7 @@ async def test_external_entity(arena, fakes, where):
     assert_stream_error(out, "restricted-xml")
     assert b"root:" not in out.data
     assert delivered_ids(a.victim, "xxe") == []
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_endless_attribute_is_cut_at_max_stanza_size(arena):
@@ -161,7 +161,7 @@ async def test_endless_attribute_is_cut_at_max_stanza_size(arena):
     assert_stream_error(peer.out, "policy-violation")
     assert sent < 32 * MiB, "the node read 32 MiB of one attribute without closing"
     mem.assert_below(16 * MiB, "endless attribute")
-    await a.traffic.finish()
+    await a.finish()
 
 
 @pytest.mark.xfail(
@@ -185,7 +185,7 @@ async def test_endless_attribute_before_auth_without_max_stanza_size(arena):
         mem.assert_below(4 * MiB, "endless attribute before authentication")
     finally:
         await peer.close()
-        await a.traffic.finish()
+        await a.finish()
 
 
 async def test_endless_stanza_in_one_byte_chunks(arena, fakes):
@@ -202,7 +202,7 @@ async def test_endless_stanza_in_one_byte_chunks(arena, fakes):
     assert MAX_STANZA - 200 < sent < 2 * MAX_STANZA, sent
     mem.assert_below(16 * MiB, "endless stanza")
     assert delivered_ids(a.victim, "big") == []
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_deep_nesting(arena):
@@ -213,7 +213,7 @@ async def test_deep_nesting(arena):
         out = await peer.outcome()
     assert_stream_error(out, "policy-violation")
     mem.assert_below(16 * MiB, "deep nesting")
-    await a.traffic.finish()
+    await a.finish()
 
 
 BAD_UTF8 = {
@@ -231,7 +231,7 @@ async def test_invalid_utf8(arena, kind):
     peer = await HostilePeer.connect(a.port)
     peer.send(header("evil.test", VICTIM) + b"<message><body>" + BAD_UTF8[kind] + b"</body>")
     assert_stream_error(await peer.outcome(), "not-well-formed")
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_invalid_utf8_in_the_header(arena):
@@ -239,7 +239,7 @@ async def test_invalid_utf8_in_the_header(arena):
     peer = await HostilePeer.connect(a.port)
     peer.send(header("evil.test", VICTIM).replace(b"evil.test", b"evil\xff.test"))
     assert_stream_error(await peer.outcome(), "not-well-formed")
-    await a.traffic.finish()
+    await a.finish()
 
 
 # --- stalls ------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ async def test_stall_is_closed_with_connection_timeout(arena, step):
     peer.send(STALLS[step])
     out = await peer.outcome()
     assert_stream_error(out, "connection-timeout")
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_stall_in_dialback_authoritative_server_never_answers(arena, fakes):
@@ -285,7 +285,7 @@ async def test_stall_in_dialback_authoritative_server_never_answers(arena, fakes
             break
         await asyncio.sleep(0.05)
     assert b"connection-timeout" in fake.everything()
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_stall_in_dialback_receiving_server_never_answers(arena, fakes):
@@ -301,7 +301,7 @@ async def test_stall_in_dialback_receiving_server_never_answers(arena, fakes):
     seen = fake.everything()
     assert b"<db:result" in seen and b"connection-timeout" in seen
     assert b"to-mute" not in seen, "a stanza went out before dialback succeeded"
-    await a.traffic.finish()
+    await a.finish()
 
 
 # --- dialback abuse ----------------------------------------------------------------------------
@@ -334,7 +334,7 @@ async def test_flood_of_db_result_for_many_domains(arena, fakes):
     assert fake.connections <= limits.MAX_PENDING_RESULTS_PER_STREAM + 1, fake.connections
     assert out.error in ("policy-violation", "resource-constraint"), out.error
     mem.assert_below(32 * MiB, "db:result flood")
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_db_verify_answers_nobody_asked_for(arena):
@@ -351,7 +351,7 @@ async def test_db_verify_answers_nobody_asked_for(arena):
     assert not out.named("verify") and not out.named("result"), "the node answered an answer"
     assert out.error in ("not-authorized", "connection-timeout"), out.error
     assert out.eof
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_db_verify_answer_on_the_victims_outbound_stream(arena, fakes):
@@ -372,7 +372,7 @@ async def test_db_verify_answer_on_the_victims_outbound_stream(arena, fakes):
     assert delivered_ids(a.victim, "via-verify") == []
     assert delivered_ids(a.victim, "legit-evil") == ["legit-evil"]
     await peer.close()
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_dialback_claim_for_an_honest_domain_with_a_forged_key(arena):
@@ -387,7 +387,7 @@ async def test_dialback_claim_for_an_honest_domain_with_a_forged_key(arena):
     assert out.error == "not-authorized"
     assert out.stream_closed and out.eof
     assert delivered_ids(a.victim, "forged") == []
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_spoofed_from_domain_is_not_delivered(arena, fakes):
@@ -406,7 +406,7 @@ async def test_spoofed_from_domain_is_not_delivered(arena, fakes):
     assert delivered_ids(a.honest, "spoof") == []
     assert delivered_ids(a.victim, "honest-evil") == ["honest-evil"]
     await peer.close()
-    await a.traffic.finish()
+    await a.finish()
 
 
 @pytest.mark.xfail(
@@ -425,7 +425,7 @@ async def test_stanza_before_authentication_gets_not_authorized(arena):
     finally:
         await peer.close()
         assert delivered_ids(a.victim, "early") == []
-        await a.traffic.finish()
+        await a.finish()
 
 
 async def test_stanza_before_authentication_is_not_delivered(arena):
@@ -437,7 +437,7 @@ async def test_stanza_before_authentication_is_not_delivered(arena):
     out = await peer.outcome()
     assert out.error in ("not-authorized", "connection-timeout")
     assert delivered_ids(a.victim, "early") == []
-    await a.traffic.finish()
+    await a.finish()
 
 
 # --- STARTTLS required -------------------------------------------------------------------------
@@ -452,7 +452,7 @@ async def test_plaintext_stanza_under_required_is_refused(arena):
     out = await peer.outcome()
     assert_stream_error(out, "policy-violation")
     assert delivered_ids(a.victim, "plain") == []
-    await a.traffic.finish()
+    await a.finish()
 
 
 @pytest.mark.parametrize("element", ["result", "verify"])
@@ -466,7 +466,7 @@ async def test_tls_downgrade_inbound_skipping_starttls(arena, element):
     out = await peer.outcome()
     assert_stream_error(out, "policy-violation")
     assert not out.named(element)
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_tls_downgrade_outbound_stripped_starttls(arena, fakes):
@@ -486,7 +486,7 @@ async def test_tls_downgrade_outbound_stripped_starttls(arena, fakes):
     seen = fake.everything()
     assert b"db:result" not in seen and b"strip-1" not in seen, seen
     assert b"policy-violation" in seen
-    await a.traffic.finish()
+    await a.finish()
 
 
 # --- many connections --------------------------------------------------------------------------
@@ -510,7 +510,7 @@ async def _half_open(a, count: int) -> None:
     mem.assert_below(max(32 * MiB, count * 64 * 1024), f"{count} half-open connections")
     for p in peers:
         await p.close()
-    await a.traffic.finish()
+    await a.finish()
     left = [s for s in a.victim.router.streams if s.direction == "in" and not s.authenticated]
     assert left == [], f"{len(left)} half-open streams still held"
 
@@ -546,4 +546,4 @@ async def test_stream_error_survives_a_peer_that_reads_late(arena, fakes):
     try:
         assert_stream_error(out, "policy-violation")
     finally:
-        await a.traffic.finish()
+        await a.finish()

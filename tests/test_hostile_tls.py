@@ -62,7 +62,7 @@ async def test_tls_1_2_is_accepted_without_compression(arena):
     assert b"starttls" not in features.raw  # no second STARTTLS
     assert b"compress" not in features.raw  # no XEP-0138 stream compression offered
     await peer.close()
-    await a.traffic.finish()
+    await a.finish()
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
@@ -78,7 +78,7 @@ async def test_old_tls_versions_are_refused(arena, version):
     assert "PROTOCOL_VERSION" in str(info.value).upper(), info.value
     out = await peer.outcome()
     assert out.eof
-    await a.traffic.finish()
+    await a.finish()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -118,7 +118,7 @@ async def test_renegotiation_is_refused(arena):
     text = output.decode(errors="replace")
     assert "RENEGOTIATING" in text
     assert "no renegotiation" in text, text[-2000:]
-    await a.traffic.finish()
+    await a.finish()
 
 
 STALLS = {
@@ -136,7 +136,7 @@ async def test_stalled_tls_handshake_is_closed(arena, step):
     peer.send(STALLS[step])
     out = await peer.outcome()
     assert out.eof, "the node kept a stalled TLS handshake open"
-    await a.traffic.finish()
+    await a.finish()
 
 
 async def test_stream_compression_request_is_refused(arena):
@@ -151,4 +151,4 @@ async def test_stream_compression_request_is_refused(arena):
     out = await peer.outcome()
     assert out.error == "unsupported-stanza-type", out.error
     assert not out.named("compressed")
-    await a.traffic.finish()
+    await a.finish()

@@ -310,8 +310,8 @@ cdef int _grow(void** buf, Py_ssize_t* cap, Py_ssize_t need, Py_ssize_t item) ex
     newcap = cap[0] * 2
     if newcap < need:
         newcap = need
-    if newcap < 64:
-        newcap = 64
+    if newcap * item < 128:  # start small: an idle stream's framer should cost little memory
+        newcap = (128 + item - 1) // item
     nb = realloc(buf[0], newcap * item)
     if nb == NULL:
         raise MemoryError()
@@ -573,7 +573,8 @@ cdef class StreamFramer:
     cdef Py_ssize_t nbinds, binds_cap
     cdef Key* keys
     cdef Py_ssize_t keys_cap
-    cdef Elem* elems
+    cdef Elem* elems                  # grown on demand, at most max_depth + 1 entries
+    cdef Py_ssize_t elems_cap
     # Python-level results
     cdef list events
     cdef dict hdr_ns
@@ -613,10 +614,6 @@ cdef class StreamFramer:
         self.region_end = self.header_limit
         self.depth = 0
         self.carry_len = 0
-        free(self.elems)
-        self.elems = <Elem*>realloc(NULL, (self.max_depth + 2) * sizeof(Elem))
-        if self.elems == NULL:
-            raise MemoryError()
 
     def __dealloc__(self):
         free(self.buf)
@@ -1040,6 +1037,8 @@ cdef class StreamFramer:
             self.nbinds = ns_mark
             self.nsbuf_len = nsb_mark
             return S_STANZA_DONE if depth == 1 else S_TEXT
+        if depth >= self.elems_cap:
+            _grow(<void**>&self.elems, &self.elems_cap, depth + 1, sizeof(Elem))
         e = &self.elems[depth]
         e.name_off = self.el_off
         e.name_len = self.el_len

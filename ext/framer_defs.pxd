@@ -1,11 +1,14 @@
 # cython: language_level=3
-"""C-level helpers of the stream framer (ext/framer.pyx): structs, byte tables, UTF-8.
+"""C-level helpers of the stream framer (ext/framer.pyx): structs, SSE2 skips, UTF-8, buffers.
 
 Kept apart from the state machine so each file stays readable; everything here is inlined
 into the extension.
 """
 
-from libc.stdint cimport uint32_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport qsort, realloc
+from libc.string cimport memcmp, memcpy
 
 ctypedef unsigned char uchar
 
@@ -44,6 +47,88 @@ cdef struct Key:
     Py_ssize_t alen
     const uchar* b
     Py_ssize_t blen
+
+
+cdef extern from *:
+    """
+    /* Skip 16 bytes at a time while none needs a closer look: SSE2 is part of x86-64, other
+       targets fall back to the byte tables alone. Bytes >= 0x80 compare as negative, so the
+       signed "< 0x20" test catches them together with the control characters. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline const unsigned char* s2s_skip_text(const unsigned char* p,
+                                                     const unsigned char* end) {
+        const __m128i lt = _mm_set1_epi8('<'), amp = _mm_set1_epi8('&');
+        const __m128i rsqb = _mm_set1_epi8(']'), gt = _mm_set1_epi8('>');
+        const __m128i sp = _mm_set1_epi8(0x20);
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i*)p);
+            __m128i m = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, lt), _mm_cmpeq_epi8(v, amp)),
+                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, rsqb), _mm_cmpeq_epi8(v, gt)),
+                             _mm_cmplt_epi8(v, sp)));
+            int mask = _mm_movemask_epi8(m);
+            if (mask) return p + __builtin_ctz((unsigned)mask);
+            p += 16;
+        }
+        return p;
+    }
+    static inline const unsigned char* s2s_skip_attr(const unsigned char* p,
+                                                     const unsigned char* end, int quote) {
+        const __m128i lt = _mm_set1_epi8('<'), amp = _mm_set1_epi8('&');
+        const __m128i q = _mm_set1_epi8((char)quote), sp = _mm_set1_epi8(0x20);
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i*)p);
+            __m128i m = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, lt), _mm_cmpeq_epi8(v, amp)),
+                _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmplt_epi8(v, sp)));
+            int mask = _mm_movemask_epi8(m);
+            if (mask) return p + __builtin_ctz((unsigned)mask);
+            p += 16;
+        }
+        return p;
+    }
+    /* ASCII NameChars other than ':' ([A-Za-z0-9._-]), 16 at a time. */
+    static inline __m128i s2s_in_range(__m128i v, char lo, char hi) {
+        __m128i t = _mm_sub_epi8(v, _mm_set1_epi8(lo));
+        return _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8((char)(hi - lo))), t);
+    }
+    static inline const unsigned char* s2s_skip_nchar(const unsigned char* p,
+                                                      const unsigned char* end) {
+        while (end - p >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i*)p);
+            __m128i ok = _mm_or_si128(
+                _mm_or_si128(s2s_in_range(_mm_or_si128(v, _mm_set1_epi8(0x20)), 'a', 'z'),
+                             s2s_in_range(v, '-', '9')),   /* - . / 0-9 */
+                _mm_cmpeq_epi8(v, _mm_set1_epi8('_')));
+            ok = _mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('/')), ok);
+            int mask = (~_mm_movemask_epi8(ok)) & 0xFFFF;
+            if (mask) return p + __builtin_ctz((unsigned)mask);
+            p += 16;
+        }
+        return p;
+    }
+    #else
+    static inline const unsigned char* s2s_skip_nchar(const unsigned char* p,
+                                                      const unsigned char* end) {
+        (void)end;
+        return p;
+    }
+    static inline const unsigned char* s2s_skip_text(const unsigned char* p,
+                                                     const unsigned char* end) {
+        (void)end;
+        return p;
+    }
+    static inline const unsigned char* s2s_skip_attr(const unsigned char* p,
+                                                     const unsigned char* end, int quote) {
+        (void)end; (void)quote;
+        return p;
+    }
+    #endif
+    """
+    const uchar* s2s_skip_text(const uchar* p, const uchar* end) noexcept nogil
+    const uchar* s2s_skip_nchar(const uchar* p, const uchar* end) noexcept nogil
+    const uchar* s2s_skip_attr(const uchar* p, const uchar* end, int quote) noexcept nogil
 
 
 cdef inline int u8dec(const uchar* p, const uchar* e, uint32_t* out) noexcept nogil:
@@ -165,3 +250,102 @@ cdef inline Py_ssize_t u8enc(uint32_t c, uchar* out) noexcept nogil:
     out[2] = <uchar>(0x80 | ((c >> 6) & 0x3F))
     out[3] = <uchar>(0x80 | (c & 0x3F))
     return 4
+
+
+cdef inline bint _same(const uchar* a, const uchar* b, Py_ssize_t n) noexcept:
+    """a[:n] == b[:n], eight bytes at a time (short strings: cheaper than calling memcmp)."""
+    cdef uint64_t x, y
+    while n >= 8:
+        memcpy(&x, a, 8)
+        memcpy(&y, b, 8)
+        if x != y:
+            return False
+        a += 8
+        b += 8
+        n -= 8
+    while n > 0:
+        if a[0] != b[0]:
+            return False
+        a += 1
+        b += 1
+        n -= 1
+    return True
+
+
+cdef inline bint _eq(const uchar* a, Py_ssize_t alen, const uchar* b, Py_ssize_t blen) noexcept:
+    return alen == blen and memcmp(a, b, alen) == 0
+
+
+cdef inline bint _eqb(const uchar* a, Py_ssize_t alen, bytes b) noexcept:
+    return alen == PyBytes_GET_SIZE(b) and memcmp(a, PyBytes_AS_STRING(b), alen) == 0
+
+
+cdef inline int _grow(void** buf, Py_ssize_t* cap, Py_ssize_t need, Py_ssize_t item) except -1:
+    """Grow *buf* (of *cap* items of size *item*) to hold at least *need* items."""
+    cdef Py_ssize_t newcap
+    cdef void* nb
+    if need <= cap[0]:
+        return 0
+    newcap = cap[0] * 2
+    if newcap < need:
+        newcap = need
+    if newcap * item < 128:  # start small: an idle stream's framer should cost little memory
+        newcap = (128 + item - 1) // item
+    nb = realloc(buf[0], newcap * item)
+    if nb == NULL:
+        raise MemoryError()
+    buf[0] = nb
+    cap[0] = newcap
+    return 0
+
+
+cdef inline int _append(uchar** buf, Py_ssize_t* length, Py_ssize_t* cap,
+                        const uchar* src, Py_ssize_t n) except -1:
+    cdef uchar* dst
+    cdef Py_ssize_t i
+    if length[0] + n > cap[0]:
+        _grow(<void**>buf, cap, length[0] + n, 1)
+    dst = buf[0] + length[0]
+    if n <= 16:
+        for i in range(n):  # names and short values: cheaper than a call to memcpy
+            dst[i] = src[i]
+    else:
+        memcpy(dst, src, n)
+    length[0] += n
+    return 0
+
+
+cdef inline int _cmpkey(const void* x, const void* y) noexcept nogil:
+    cdef const Key* ka = <const Key*>x
+    cdef const Key* kb = <const Key*>y
+    cdef int r
+    cdef Py_ssize_t m = ka.alen if ka.alen < kb.alen else kb.alen
+    r = memcmp(ka.a, kb.a, m)
+    if r:
+        return r
+    if ka.alen != kb.alen:
+        return -1 if ka.alen < kb.alen else 1
+    m = ka.blen if ka.blen < kb.blen else kb.blen
+    if m:
+        r = memcmp(ka.b, kb.b, m)
+        if r:
+            return r
+    if ka.blen != kb.blen:
+        return -1 if ka.blen < kb.blen else 1
+    return 0
+
+
+cdef inline bint _has_dup(Key* keys, Py_ssize_t n) noexcept:
+    """True when two of the *n* keys are equal (pairwise for few, sorted for many)."""
+    cdef Py_ssize_t i, j
+    if n <= 12:
+        for i in range(n):
+            for j in range(i + 1, n):
+                if _cmpkey(&keys[i], &keys[j]) == 0:
+                    return True
+        return False
+    qsort(keys, n, sizeof(Key), _cmpkey)
+    for i in range(n - 1):
+        if _cmpkey(&keys[i], &keys[i + 1]) == 0:
+            return True
+    return False

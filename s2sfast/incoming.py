@@ -34,6 +34,7 @@ from s2sfast.events import (
     VerifyKey,
     VerifyResult,
 )
+from s2sfast.limits import MAX_PENDING_RESULTS_PER_STREAM
 from s2sfast.negotiation import (
     SERVER_NS,
     TLS_NS,
@@ -302,6 +303,14 @@ class IncomingMachine(Machine):
         self._check_trusted(remote)
         if not db.key:
             raise RemoteStreamError("bad-format", "db:result without a key")
+        if (local, remote) not in self.pending_results and (
+            len(self.pending_results) >= MAX_PENDING_RESULTS_PER_STREAM
+        ):
+            raise RemoteStreamError(
+                "policy-violation",
+                f"more than {MAX_PENDING_RESULTS_PER_STREAM} dialback requests pending on one "
+                "stream",
+            )
         self.pending_results.add((local, remote))
         return [
             VerifyKey(receiving=local, originating=remote, stream_id=self.stream_id, key=db.key),
@@ -387,6 +396,8 @@ class IncomingMachine(Machine):
 
     def _on_data(self, st: Any) -> list[Action]:
         self._require_tls("stanzas")
+        if not self.authorised:  # RFC 6120 4.9.3.12
+            raise RemoteStreamError("not-authorized", "stanza before the stream was authenticated")
         pair = (jid_domain(st.to), jid_domain(st.from_))
         if pair in self.authorised:
             return [Deliver(stanza=st)]

@@ -22,6 +22,7 @@ from s2sfast.config import Config, ListenS2S, S2SOptions
 from s2sfast.dns import Resolver
 from s2sfast.framing import Stanza
 from s2sfast.incoming import IncomingMachine
+from s2sfast.limits import IDLE_TIMEOUT, ConnectionLimiter
 from s2sfast.router import MAX_QUEUE, Router, stanza_from_bytes
 from s2sfast.stream import CLOSE_TIMEOUT, XmlStream
 from s2sfast.tls import make_client_context, make_server_context, verify_peer
@@ -62,6 +63,8 @@ class Node:
             nameservers); it is closed by :meth:`stop`.
         retry_initial: first reconnect delay in seconds (doubles up to ``max_retry_delay``).
         pending_deadline: seconds a queued stanza waits for its stream before bouncing.
+        idle_timeout: seconds without inbound traffic before an authenticated stream is closed
+            (connection-timeout); whitespace keepalives count as traffic. None: never.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class Node:
         resolver: Resolver | None = None,
         retry_initial: float = DEFAULT_INITIAL_DELAY,
         pending_deadline: float = DEFAULT_PENDING_DEADLINE,
+        idle_timeout: float | None = IDLE_TIMEOUT,
     ) -> None:
         self.config = config
         self.keepalive = keepalive
@@ -80,6 +84,9 @@ class Node:
         self.resolver = resolver
         self.retry_initial = retry_initial
         self.pending_deadline = pending_deadline
+        self.idle_timeout = idle_timeout
+        #: one connection limiter per listener (max_connections, negotiating per address)
+        self._limiters: dict[int, ConnectionLimiter] = {}
         self._handlers: list[Handler] = []
         self._observers: list[Callable[[str, dict[str, Any]], None]] = []
         self._servers: list[asyncio.AbstractServer] = []
@@ -131,6 +138,7 @@ class Node:
             state_timeout=(listen0.state_timeout / 1000) if listen0 else 5.0,
             max_stanza_size=listen0.max_stanza_size if listen0 else None,
             resolver=self.resolver,
+            idle_timeout=self.idle_timeout,
             retry_initial=self.retry_initial,
             pending_deadline=self.pending_deadline,
         )
@@ -265,6 +273,9 @@ class Node:
         def check(chain: tuple[bytes, ...], domain: str) -> Any:
             return verify_peer(list(chain), domain, cafile=cafile)
 
+        limiter = self._limiters.get(id(listen))
+        if limiter is None:
+            limiter = self._limiters[id(listen)] = ConnectionLimiter(listen.max_connections)
         machine = IncomingMachine(
             hosts=router.local_domains,
             options_for=router.options_for,
@@ -273,7 +284,7 @@ class Node:
             check_cert=check,
             state_timeout=listen.state_timeout / 1000,
         )
-        return XmlStream(
+        stream = XmlStream(
             machine,
             router,
             direction="in",
@@ -281,7 +292,11 @@ class Node:
             max_stanza_size=listen.max_stanza_size,
             keepalive=self.keepalive,
             on_connected=router.incoming_connected,
+            idle_timeout=self.idle_timeout,
+            max_rate=listen.max_rate,
         )
+        stream.limiter = limiter
+        return stream
 
     def _client_context(self, local: str) -> ssl.SSLContext | None:
         opts = self._router().options_for(local)

@@ -26,7 +26,7 @@ from s2sfast.config import Config, S2SOptions
 from s2sfast.connect import ConnectError, connect_first
 from s2sfast.dialback import key_matches
 from s2sfast.dns import Candidate, ResolutionError, Resolver
-from s2sfast.errors import make_bounce
+from s2sfast.errors import LocalStreamError, make_bounce
 from s2sfast.events import (
     Authenticated,
     AuthFailed,
@@ -38,6 +38,7 @@ from s2sfast.events import (
     VerifyResult,
 )
 from s2sfast.framing import Stanza, StreamFramer
+from s2sfast.limits import MAX_PENDING_VERIFICATIONS
 from s2sfast.negotiation import jid_domain, stream_header
 from s2sfast.outgoing import OutgoingMachine
 from s2sfast.policy import Policy
@@ -137,6 +138,7 @@ class Router:
         state_timeout: float | None = 5.0,
         max_stanza_size: int | None = None,
         resolver: Resolver | None = None,
+        idle_timeout: float | None = None,
         retry_initial: float = DEFAULT_INITIAL_DELAY,
         pending_deadline: float = DEFAULT_PENDING_DEADLINE,
     ) -> None:
@@ -150,9 +152,12 @@ class Router:
         self.max_stanza_size = max_stanza_size
         self.resolver = resolver or Resolver.from_options(config.s2s.dns)
         self.retry_initial = retry_initial
+        self.idle_timeout = idle_timeout
         self.pending_deadline = pending_deadline
         #: remote domain -> reconnect back-off (outlives links)
         self._backoff: dict[str, Backoff] = {}
+        #: (stream id, receiving, originating) of VerifyKeys not answered yet, node-wide
+        self._verifying: set[tuple[str, str, str]] = set()
         #: observers of (kind, fields) outcome events (metrics); see Node.on_event
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         #: local domain -> the host whose [s2s] options it uses
@@ -342,6 +347,7 @@ class Router:
             max_stanza_size=self.max_stanza_size,
             keepalive=self.keepalive,
             on_connected=attach,
+            idle_timeout=self.idle_timeout,
         )
 
     def _link_failed(self, link: OutboundLink, condition: str, text: str | None) -> None:
@@ -435,11 +441,13 @@ class Router:
                 None,
             )
             return
-        if self.closing:
+        if self.closing or len(self._verifying) >= MAX_PENDING_VERIFICATIONS:
+            why = "shutting down" if self.closing else "too many pending verifications"
             self._answer_verify(
-                action.receiving, action.originating, action.stream_id, "error", "shutting down"
+                action.receiving, action.originating, action.stream_id, "error", why
             )
             return
+        self._verifying.add((action.stream_id, action.receiving, action.originating))
         req = VerifyRequest(
             receiving=action.receiving,
             originating=action.originating,
@@ -457,6 +465,7 @@ class Router:
     def _answer_verify(
         self, receiving: str, originating: str, stream_id: str, type_: str, text: str | None
     ) -> None:
+        self._verifying.discard((stream_id, receiving, originating))
         inbound = self.inbound.get(stream_id)
         if inbound is None:
             log.info("verify answer for a stream that is gone (%s)", stream_id)
@@ -474,6 +483,15 @@ class Router:
     # --- StreamOwner ---------------------------------------------------------------------------
 
     def incoming_connected(self, stream: XmlStream) -> None:
+        limiter = stream.limiter
+        if limiter is not None:
+            address = self._address(stream)
+            refusal = limiter.admit(address)
+            if refusal is not None:
+                log.warning("refusing S2S connection from %s: %s", address, refusal.text)
+                stream.fail(LocalStreamError(refusal.condition, refusal.text))
+                return
+            stream.admitted = True
         self.streams.add(stream)
         self.inbound[stream.stream_id] = stream
 
@@ -514,6 +532,8 @@ class Router:
                     link.done.set_result(True)
             elif stream.direction == "in":
                 self.inbound[stream.stream_id] = stream
+                if stream.admitted and len(stream.authenticated) == 1:
+                    stream.limiter.authenticated(self._address(stream))
         elif kind is AuthFailed:
             self.emit(
                 "auth-failed",
@@ -534,6 +554,10 @@ class Router:
         else:  # pragma: no cover - a new action kind without routing is a bug
             raise TypeError(f"router cannot perform {kind.__name__}")
 
+    @staticmethod
+    def _address(stream: XmlStream) -> str:
+        return str(stream.peername[0]) if stream.peername else "?"
+
     def stream_event(self, stream: XmlStream, kind: str, fields: dict[str, Any]) -> None:
         self.emit(kind, direction=stream.direction, stream_id=stream.stream_id, **fields)
 
@@ -542,6 +566,11 @@ class Router:
         if stream.direction == "in":
             for key in [k for k, v in self.inbound.items() if v is stream]:
                 del self.inbound[key]
+            if stream.admitted:
+                stream.admitted = False
+                stream.limiter.closed(
+                    self._address(stream), was_authenticated=bool(stream.authenticated)
+                )
             return
         link = stream.link
         if link is None or link.stream is not stream:

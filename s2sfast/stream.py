@@ -36,6 +36,8 @@ from s2sfast.events import (
     TlsUp,
 )
 from s2sfast.framing import StreamClose, StreamFramer
+from s2sfast.limits import MAX_WRITE_BUFFER, pre_auth_limit
+from s2sfast.shaper import TokenBucket
 from s2sfast.tls import peer_chain
 
 __all__ = ["XmlStream", "StreamOwner", "CLOSE_TIMEOUT", "TLS_READ_SIZE"]
@@ -70,6 +72,11 @@ class XmlStream(asyncio.Protocol):
         ssl_context: the context STARTTLS uses (None: TLS impossible).
         max_stanza_size: the framer's limit (None: unlimited).
         keepalive: seconds of write silence before a whitespace keepalive (None: never).
+        idle_timeout: seconds of read silence after which an authenticated stream is closed
+            with connection-timeout (None: never); whitespace keepalives count as traffic.
+        max_rate: inbound bytes per second (the listener's shaper; None: unlimited).
+        max_write_buffer: bytes queued for a peer that does not read before the stream fails
+            with resource-constraint.
     """
 
     def __init__(
@@ -82,6 +89,9 @@ class XmlStream(asyncio.Protocol):
         max_stanza_size: int | None = None,
         keepalive: float | None = None,
         on_connected: Callable[[XmlStream], None] | None = None,
+        idle_timeout: float | None = None,
+        max_rate: int | None = None,
+        max_write_buffer: int = MAX_WRITE_BUFFER,
     ) -> None:
         self.machine = machine
         self.owner = owner
@@ -89,15 +99,22 @@ class XmlStream(asyncio.Protocol):
         self.ssl_context = ssl_context
         self.max_stanza_size = max_stanza_size
         self.keepalive = keepalive
+        self.idle_timeout = idle_timeout
+        self.max_write_buffer = max_write_buffer
         self.on_connected = on_connected
         self.transport: asyncio.Transport | None = None
-        #: owner's bookkeeping (the router's outbound link)
+        #: owner's bookkeeping (the router's outbound link; the listener's connection limiter)
         self.link: Any = None
+        self.limiter: Any = None
+        self.admitted = False
         self.peername: Any = None
         self.framer = self._new_framer()
         self.authenticated: set[tuple[str, str]] = set()
         self.auth_method: str | None = None
         self._loop = asyncio.get_event_loop()
+        self._bucket = TokenBucket(max_rate, now=self._loop.time()) if max_rate else None
+        self._resume: asyncio.TimerHandle | None = None
+        self._last_read = self._loop.time()
         self._ssl: ssl.SSLObject | None = None
         self._in_bio: ssl.MemoryBIO | None = None
         self._out_bio: ssl.MemoryBIO | None = None
@@ -135,7 +152,10 @@ class XmlStream(asyncio.Protocol):
         return f"{self.direction} {local}<->{remote} id={self.stream_id}"
 
     def _new_framer(self) -> Any:
-        return StreamFramer(max_stanza_size=self.max_stanza_size)
+        # until a domain pair is authenticated an unknown peer gets a small element budget
+        authenticated = bool(getattr(self, "authenticated", None))
+        limit = self.max_stanza_size if authenticated else pre_auth_limit(self.max_stanza_size)
+        return StreamFramer(max_stanza_size=limit)
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -146,13 +166,23 @@ class XmlStream(asyncio.Protocol):
         self._last_write = time.monotonic()
         if self.on_connected is not None:
             self.on_connected(self)
+        if self.machine.state in self.machine.FINAL:
+            return  # refused by the owner (connection limits)
         self._perform(self.machine.start())
-        if self.keepalive:
-            self._ka_timer = self._loop.call_later(self.keepalive, self._keepalive_tick)
+        if self._tick_interval():
+            self._ka_timer = self._loop.call_later(self._tick_interval(), self._keepalive_tick)
 
     def data_received(self, data: bytes) -> None:
         if self._lost:
             return
+        if self._close_sent and self.machine.state in self.machine.FINAL:
+            return  # after our stream error: discard, the close timer ends the connection
+        self._last_read = self._loop.time()
+        if self._bucket is not None:
+            pause = self._bucket.consume(len(data), self._last_read)
+            if pause and self.transport is not None:
+                self.transport.pause_reading()
+                self._resume = self._loop.call_later(pause, self._resume_reading)
         if self._ssl is None:
             self._feed(data)
             return
@@ -164,12 +194,17 @@ class XmlStream(asyncio.Protocol):
                 return
         self._read_tls()
 
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if not self._lost and self.transport is not None:
+            self.transport.resume_reading()
+
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        for handle in (self._timer, self._ka_timer, self._close_timer):
+        for handle in (self._timer, self._ka_timer, self._close_timer, self._resume):
             if handle is not None:
                 handle.cancel()
         if not self.machine.closed or self.machine.state == "CLOSING":
@@ -211,6 +246,10 @@ class XmlStream(asyncio.Protocol):
             if self.framer is not framer:
                 return  # STARTTLS: what follows is TLS, never XML
 
+    def fail(self, exc: StreamError) -> None:
+        """Fail the stream with *exc*: our header if due, ``<stream:error/>``, close."""
+        self._fail(exc)
+
     def _fail(self, exc: StreamError) -> None:
         if self.machine.state in self.machine.FINAL:
             self._shutdown()
@@ -238,6 +277,8 @@ class XmlStream(asyncio.Protocol):
                 self._close(action)
             else:
                 if kind is Authenticated:
+                    if not self.authenticated:  # the configured limit from now on
+                        self.framer.max_stanza_size = self.max_stanza_size
                     self.authenticated.add((action.local, action.remote))
                     self.auth_method = action.method
                     log.info(
@@ -264,17 +305,25 @@ class XmlStream(asyncio.Protocol):
             return
         self.feed_event(TimerFired())
 
+    def _tick_interval(self) -> float | None:
+        periods = [p for p in (self.keepalive, self.idle_timeout) if p]
+        return min(periods) / 2 if periods else None
+
     def _keepalive_tick(self) -> None:
+        """Housekeeping: whitespace keepalives out, idle authenticated streams closed."""
         self._ka_timer = None
         if self._lost or self._close_sent:
             return
-        idle = time.monotonic() - self._last_write
-        if self.authenticated and idle >= self.keepalive:
-            self.write(b" ")
-            idle = 0.0
-        self._ka_timer = self._loop.call_later(
-            max(self.keepalive - idle, 0.1), self._keepalive_tick
-        )
+        now = self._loop.time()
+        if self.idle_timeout and self.authenticated and now - self._last_read > self.idle_timeout:
+            self._fail(LocalStreamError("connection-timeout", f"idle for {self.idle_timeout:g} s"))
+            return
+        if self.keepalive and self.authenticated:
+            if time.monotonic() - self._last_write >= self.keepalive:
+                self.write(b" ")
+        interval = self._tick_interval()
+        if interval:
+            self._ka_timer = self._loop.call_later(interval, self._keepalive_tick)
 
     def _close(self, action: Close) -> None:
         if action.condition:
@@ -287,6 +336,11 @@ class XmlStream(asyncio.Protocol):
                 data = stream_error_bytes(action.condition, action.text)
             self.write(data + b"</stream:stream>")
             self._close_sent = True
+            if action.condition and self._ssl is None and self.transport is not None:
+                # FIN right after the error: a peer still sending then reads it, never an RST
+                self._flush()
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
         if self._peer_closed or self._handshaking:
             self._shutdown()
         elif self._close_timer is None and not self._lost:
@@ -343,6 +397,7 @@ class XmlStream(asyncio.Protocol):
         self._last_write = time.monotonic()
         if self._ssl is None:
             self.transport.write(data)
+            self._check_backlog()
             return
         if self._handshaking:
             log.error("dropping %d bytes written during the TLS handshake", len(data))
@@ -354,6 +409,21 @@ class XmlStream(asyncio.Protocol):
             self.abort()
             return
         self._drain_bio()
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """A peer that does not read must not make us buffer without bound."""
+        if self.transport is None or self._close_sent:
+            return
+        size = self.transport.get_write_buffer_size()
+        if size > self.max_write_buffer:
+            log.warning("%s: peer does not read (%d bytes queued)", self.describe(), size)
+            self._perform(
+                self.machine.fail(
+                    LocalStreamError("resource-constraint", "the peer does not read its stream")
+                )
+            )
+            self.abort()  # the error cannot get through a full pipe either
 
     def _drain_bio(self) -> None:
         assert self._out_bio is not None and self.transport is not None

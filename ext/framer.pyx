@@ -25,7 +25,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport free
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memcmp, memcpy
 
 import re
 
@@ -52,8 +52,6 @@ cdef bytes _XMLNS_NS = b"http://www.w3.org/2000/xmlns/"
 cdef bytes _STREAM_NS_B = STREAM_NS.encode()
 cdef bytes _LIT_BOM = b"\xbb\xbf"
 cdef bytes _LIT_XML = b"xml"
-cdef bytes _LIT_DASH = b"-"
-cdef bytes _LIT_DOCTYPE = b"OCTYPE"
 cdef bytes _LIT_CDATA = b"CDATA["
 
 _DECL_RE = re.compile(
@@ -305,7 +303,7 @@ cdef enum State:
     S_STANZA_DONE
 
 cdef enum LitAct:
-    L_BOM, L_XML, L_COMMENT, L_DOCTYPE, L_CDATA
+    L_BOM, L_XML, L_CDATA
 
 cdef enum Ctx:
     CTX_PROLOG, CTX_STREAM, CTX_CONTENT
@@ -1486,16 +1484,14 @@ cdef class StreamFramer:
                 if cut:
                     break
             elif st == S_BANG:
-                c = p[0]
-                if c == CH_MINUS:
-                    self._set_lit(_LIT_DASH, L_COMMENT)
-                elif c == CH_D:
-                    self._set_lit(_LIT_DOCTYPE, L_DOCTYPE)
-                elif c == CH_LSQB and self.ctx == CTX_CONTENT:
-                    self._set_lit(_LIT_CDATA, L_CDATA)
-                else:
-                    self._fail(NWF, "invalid markup after '<!'", base + (p - data))
+                # Only a CDATA section may follow '<!'; anything else is a comment, a DTD or
+                # another markup declaration (or garbage that can only become one of those):
+                # restricted XML, decided right away.
+                if p[0] != CH_LSQB:
+                    self._fail(RESTRICTED, "comments, DTDs and markup declarations are not "
+                               "allowed", base + (p - data) - 2)
                     return 1
+                self._set_lit(_LIT_CDATA, L_CDATA)
                 p += 1
                 st = S_LIT
             elif st == S_LIT:
@@ -1508,7 +1504,8 @@ cdef class StreamFramer:
                             self._fail(NWF, "invalid UTF-8 at the start of the stream",
                                        base + (p - data))
                         else:
-                            self._fail(NWF, "invalid markup after '<!'", base + (p - data))
+                            self._fail(RESTRICTED, "markup declarations are not allowed",
+                                       base + (p - data))
                         return 1
                     p += 1
                     self.lit_i += 1
@@ -1518,15 +1515,12 @@ cdef class StreamFramer:
                     st = S_BOM_DONE
                 elif self.lit_act == L_XML:
                     st = S_DECL_WS
-                elif self.lit_act == L_CDATA:
-                    rsqb = 0
-                    st = S_CDATA
-                elif self.lit_act == L_COMMENT:
-                    self._fail(RESTRICTED, "comments are not allowed", base + (p - data))
+                elif self.ctx != CTX_CONTENT:
+                    self._fail(NWF, "CDATA outside a stanza", base + (p - data))
                     return 1
                 else:
-                    self._fail(RESTRICTED, "DTDs are not allowed", base + (p - data))
-                    return 1
+                    rsqb = 0
+                    st = S_CDATA
             elif st == S_CLOSED:
                 while p < lim and T_WS[p[0]]:
                     p += 1
@@ -1572,13 +1566,35 @@ cdef class StreamFramer:
                                base + (p - data))
                     return 1
             elif st == S_DECL:
-                q = <const uchar*>memchr(p, CH_GT, lim - p)
-                if q == NULL:
-                    _append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, lim - p)
-                    p = lim
+                # Collect the declaration up to '>' (checked as a whole then), but reject
+                # bytes no XML text may contain as soon as they arrive.
+                q = p
+                while p < lim:
+                    c = p[0]
+                    if c == CH_GT:
+                        break
+                    if c < 0x20:
+                        if not T_WS[c]:
+                            break
+                        p += 1
+                    elif c < 0x80:
+                        p += 1
+                    else:
+                        k = u8dec(p, lim, &cp)
+                        if k <= 0:
+                            cut = k == 0
+                            break
+                        p += k
+                _append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
+                if cut:
+                    break
+                if p >= lim:
                     continue
-                _append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, q - p)
-                p = q + 1
+                if p[0] != CH_GT:
+                    self._fail(NWF, "invalid character in the XML declaration",
+                               base + (p - data))
+                    return 1
+                p += 1
                 if self.abuf[self.abuf_len - 1] != CH_QM:
                     self._fail(NWF, "malformed XML declaration", base + (p - data))
                     return 1

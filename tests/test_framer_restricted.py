@@ -148,9 +148,28 @@ def test_predefined_entities_and_char_refs_unescaped():
     assert st.raw == raw
 
 
-@pytest.mark.parametrize("bad", [b"<!-x>", b"<!DOCTYP>", b"<!foo>"])
-def test_broken_markup_declarations_not_well_formed(bad):
-    assert condition(ROOT + b"<message>" + bad + b"</message>") == "not-well-formed"
+@pytest.mark.parametrize("bad", [b"<!-x>", b"<!DOCTYP>", b"<!foo>", b"<![CDATX[x]]>"])
+def test_anything_after_lt_bang_but_cdata_is_restricted(bad):
+    assert condition(ROOT + b"<message>" + bad + b"</message>") == "restricted-xml"
+
+
+@pytest.mark.parametrize("start", [b"<!", b"<!D", b"<!-", b"<![CDATX"])
+def test_markup_declaration_rejected_before_it_is_complete(start):
+    f = StreamFramer()
+    f.feed(ROOT + b"<message>")
+    if start == b"<!":
+        assert f.feed(start) == []  # may still become a CDATA section
+        return
+    with pytest.raises(FramingError) as exc:
+        f.feed(start)
+    assert exc.value.condition == "restricted-xml"
+
+
+@pytest.mark.parametrize("bad", [b"\x01", b"\x00", b"\xff", b"\xc3("])
+def test_bad_bytes_in_an_unfinished_declaration_rejected_at_once(bad):
+    with pytest.raises(FramingError) as exc:
+        StreamFramer().feed(b"<?xml version='1.0'" + bad)
+    assert exc.value.condition == "not-well-formed"
 
 
 def test_cdata_accepted_in_content():

@@ -355,3 +355,21 @@ def test_no_countdown_on_an_authenticated_stream():
     acts += p.send(db_result("c.test", "b2.test"))
     timers = [a.seconds for a in acts if isinstance(a, SetTimer)]
     assert timers and all(t is None for t in timers)
+
+
+def test_stanza_before_any_authentication_is_not_authorized():
+    p = Peer()
+    p.send(HEADER)
+    acts = p.send(b"<message from='u@a.test' to='v@b.test'><body>x</body></message>")
+    assert close_condition(acts) == "not-authorized" and not of(acts, Deliver)
+
+
+def test_db_result_flood_on_one_stream_is_bounded():
+    from s2sfast.limits import MAX_PENDING_RESULTS_PER_STREAM
+
+    p = Peer()
+    p.send(HEADER)
+    for i in range(MAX_PENDING_RESULTS_PER_STREAM):
+        assert of(p.send(db_result(f"d{i}.test")), VerifyKey)
+    acts = p.send(db_result("one-too-many.test"))
+    assert close_condition(acts) == "policy-violation" and not of(acts, VerifyKey)

@@ -149,27 +149,32 @@ cdef list _names_o = [None] * NAMES_N
 cdef list _jids_o = [None] * JIDS_N
 
 
-cdef inline object _cached(CacheEntry* tab, list objs, uint32_t mask, const uchar* s,
-                           Py_ssize_t n):
+cdef inline uint32_t _hash(const uchar* s, Py_ssize_t n, uint32_t mask) noexcept:
+    """Cache slot for s[:n] (1 <= n): four 32-bit samples spread over the value (overlapping for
+    short ones); cheap for long JIDs, and a collision costs only a miss (bytes are compared)."""
     cdef uint32_t h, w0, w1, w2, w3
-    cdef CacheEntry* e
-    if n == 0:
-        return ""
-    if n > CACHE_W:
-        return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
     if n < 4:
         h = s[0] | (<uint32_t>s[n - 1] << 8) | (<uint32_t>s[n >> 1] << 16)
         h *= 0x9E3779B1u
     else:
-        # four 32-bit samples spread over the value (overlapping for short ones): cheap for
-        # long JIDs, and a collision costs only a miss (the bytes are compared before a hit)
         memcpy(&w0, s, 4)
         memcpy(&w1, s + (n >> 2), 4)
         memcpy(&w2, s + ((n - 4) >> 1), 4)
         memcpy(&w3, s + n - 4, 4)
         h = (w0 * 0x9E3779B1u) ^ (w1 * 0x85EBCA77u) ^ (w2 * 0xC2B2AE3Du) ^ (w3 * 0x27D4EB2Fu)
     h ^= <uint32_t>n * 0x165667B1u
-    h = (h ^ (h >> 15) ^ (h >> 7)) & mask
+    return (h ^ (h >> 15) ^ (h >> 7)) & mask
+
+
+cdef inline object _cached(CacheEntry* tab, list objs, uint32_t mask, const uchar* s,
+                           Py_ssize_t n):
+    cdef uint32_t h
+    cdef CacheEntry* e
+    if n == 0:
+        return ""
+    if n > CACHE_W:
+        return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
+    h = _hash(s, n, mask)
     e = &tab[h]
     if e.len == n and _same(e.data, s, n):
         return objs[h]
@@ -178,6 +183,28 @@ cdef inline object _cached(CacheEntry* tab, list objs, uint32_t mask, const ucha
     e.len = n
     objs[h] = o
     return o
+
+
+# Namespace names already found to be URI references: every stanza redeclares a few
+# (chat states, receipts, caps), and checking the grammar each time would cost more than
+# the rest of the tag.
+cdef CacheEntry _uris_c[NAMES_N]
+
+
+cdef bint _uri_ok(const uchar* s, Py_ssize_t n) noexcept:
+    cdef uint32_t h
+    cdef CacheEntry* e
+    if n > CACHE_W:
+        return valid_uri_reference(s, n)
+    h = _hash(s, n, NAMES_N - 1)
+    e = &_uris_c[h]
+    if e.len == n and _same(e.data, s, n):
+        return True
+    if not valid_uri_reference(s, n):
+        return False
+    memcpy(e.data, s, n)
+    e.len = n
+    return True
 
 
 cdef inline object _str(const uchar* s, Py_ssize_t n):
@@ -759,7 +786,7 @@ cdef class StreamFramer:
                     return self._fail(NWF, "reserved namespace bound to a prefix", off)
                 if ulen == 0:
                     return self._fail(NWF, "a prefix cannot be undeclared (xmlns:p='')", off)
-            if ulen and not valid_uri_reference(uri, ulen):
+            if ulen and not _uri_ok(uri, ulen):
                 return self._fail(NWF, "namespace name is not a URI reference: "
                                   + PyUnicode_DecodeUTF8(<const char*>uri, ulen, NULL), off)
             if push and self._push_bind(pfx, plen, uri, ulen, off) == S_ERROR:

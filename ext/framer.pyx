@@ -273,7 +273,9 @@ cdef class Stanza:
     cdef readonly object to
     cdef readonly object from_
     cdef readonly object type
-    cdef readonly object id
+    cdef object _id
+    cdef Py_ssize_t _id_off               # >= 0: id not decoded yet, it is raw[_id_off:+_id_len]
+    cdef Py_ssize_t _id_len
     cdef readonly object namespaces
 
     def __init__(self, *, raw, name, ns, to=None, from_=None, type=None, id=None,
@@ -284,8 +286,18 @@ cdef class Stanza:
         self.to = to
         self.from_ = from_
         self.type = type
-        self.id = id
+        self._id = id
+        self._id_off = -1
         self.namespaces = namespaces
+
+    @property
+    def id(self):
+        """The unescaped ``id`` attribute or None (decoded on first use: most are never read)."""
+        if self._id_off >= 0:
+            self._id = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(self.raw) + self._id_off,
+                                            self._id_len, NULL)
+            self._id_off = -1
+        return self._id
 
     def __repr__(self):
         raw = self.raw if len(self.raw) <= 80 else self.raw[:77] + b"..."
@@ -426,6 +438,8 @@ cdef class StreamFramer:
     cdef list hdr_uris                # str of each header binding, by binding index
     cdef Py_ssize_t hdr_nb
     cdef object cur_name, cur_ns, cur_to, cur_from, cur_type, cur_id
+    cdef Py_ssize_t cur_id_off, cur_id_len
+    cdef Py_ssize_t tok_abs           # stream offset of the current top-level element's '<'
     cdef object err_cond, err_text, err_off
 
     def __cinit__(self):
@@ -676,6 +690,7 @@ cdef class StreamFramer:
         a.name_len = n
         a.colon = self.nm_colon
         a.val_off = -1
+        a.verbatim = False
         a.val_len = 0
         a.is_decl = (nm[0] == 120 and (n == 5 or a.colon == 5) and (a.colon < 0 or a.colon == 5)
                      and nm[1] == 109 and nm[2] == 108 and nm[3] == 110 and nm[4] == 115)
@@ -951,6 +966,7 @@ cdef class StreamFramer:
         self.cur_from = None
         self.cur_type = None
         self.cur_id = None
+        self.cur_id_off = -1
         for i in range(self.nattrs):
             a = &self.attrs[i]
             if a.val_off < 0 or a.is_decl:
@@ -960,6 +976,9 @@ cdef class StreamFramer:
             if a.name_len == 2:
                 if nm[0] == 116:  # to
                     self.cur_to = _jid(v, a.val_len)
+                elif a.verbatim:  # decoded from raw when first read
+                    self.cur_id_off = a.raw_off - self.tok_abs
+                    self.cur_id_len = a.val_len
                 else:
                     self.cur_id = PyUnicode_DecodeUTF8(<const char*>v, a.val_len, NULL)
             elif nm[0] == 102:  # from
@@ -996,7 +1015,9 @@ cdef class StreamFramer:
         s.to = self.cur_to
         s.from_ = self.cur_from
         s.type = self.cur_type
-        s.id = self.cur_id
+        s._id = self.cur_id
+        s._id_off = self.cur_id_off
+        s._id_len = self.cur_id_len
         s.namespaces = self.hdr_ns
         self.events.append(s)
         self.tok_active = False
@@ -1150,8 +1171,11 @@ cdef class StreamFramer:
                 if c == CH_LF or c == CH_TAB or c == CH_CR:
                     # Attribute-value normalisation (XML 1.0 3.3.3 after 2.11): each literal
                     # tab, LF, CR or CR LF becomes one space.
-                    if self.capture and not (c == CH_LF and self.attr_cr):
-                        _append(&self.abuf, &self.abuf_len, &self.abuf_cap, <const uchar*>b" ", 1)
+                    if self.capture:
+                        self.attrs[self.nattrs - 1].verbatim = False
+                        if not (c == CH_LF and self.attr_cr):
+                            _append(&self.abuf, &self.abuf_len, &self.abuf_cap,
+                                    <const uchar*>b" ", 1)
                     self.attr_cr = c == CH_CR
                     p += 1
                     continue
@@ -1178,6 +1202,8 @@ cdef class StreamFramer:
                     p += 1
                 elif c == CH_AMP:
                     p += 1
+                    if self.capture:
+                        self.attrs[self.nattrs - 1].verbatim = False
                     self.ref_ret = S_ATTR_VAL
                     st = S_REF
                 elif c == CH_LT:
@@ -1242,7 +1268,10 @@ cdef class StreamFramer:
                             self.attr_cr = False
                             p += 1
                             if self.capture:
-                                self.attrs[self.nattrs - 1].val_off = self.abuf_len
+                                a = &self.attrs[self.nattrs - 1]
+                                a.val_off = self.abuf_len
+                                a.raw_off = base + (p - data)
+                                a.verbatim = True
                             st = S_ATTR_VAL
                         else:
                             st = S_ATTR_Q
@@ -1311,7 +1340,10 @@ cdef class StreamFramer:
                 self.attr_cr = False
                 p += 1
                 if self.capture:
-                    self.attrs[self.nattrs - 1].val_off = self.abuf_len
+                    a = &self.attrs[self.nattrs - 1]
+                    a.val_off = self.abuf_len
+                    a.raw_off = base + (p - data)
+                    a.verbatim = True
                 st = S_ATTR_VAL
             elif st == S_LT or st == S_STREAM_LT or st == S_PROLOG_LT:
                 c = p[0]
@@ -1380,6 +1412,7 @@ cdef class StreamFramer:
                     self._fail(NWF, "text between top-level elements", base + (p - data))
                     return 1
                 tok = p
+                self.tok_abs = base + (p - data)
                 self.tok_active = True
                 self.buf_len = 0
                 if self.max_size >= 0:

@@ -23,6 +23,8 @@ cdef struct Attr:
     const uchar* uri           # resolved namespace of a prefixed attribute (at tag end)
     Py_ssize_t uri_len
     bint is_decl               # xmlns or xmlns:p
+    Py_ssize_t raw_off         # stream offset of the value's first byte (captured values)
+    bint verbatim              # the captured value is its raw bytes (no reference, no S normalised)
 
 
 cdef struct NsBind:

@@ -607,12 +607,14 @@ async def solo_node(
     *,
     listen: dict[str, Any] | None = None,
     node_options: dict[str, Any] | None = None,
+    handler: Any = None,
     **config: Any,
 ):
     """One started Node (with ``.inbox`` and ``.port``) for tests that need listener options
     the ``federation`` fixture does not take (max_connections, shaper, ...).
 
-    *listen* replaces fields of its ``[[listen.s2s]]``; *config* goes to node_config.
+    *listen* replaces fields of its ``[[listen.s2s]]``; *config* goes to node_config;
+    *handler* replaces the Inbox (which keeps every stanza) as the stanza handler.
     """
     from dataclasses import replace
 
@@ -629,7 +631,7 @@ async def solo_node(
         resolver=Resolver([dns_server.nameserver], timeout=1, retries=1),
         **(node_options or {}),
     )
-    node.inbox = Inbox()
+    node.inbox = handler or Inbox()
     node.on_stanza(node.inbox)
     await node.start()
     node.port = node.listen_addresses()[0][1]

@@ -98,11 +98,6 @@ def test_connection_limiter_defaults():
 SHAPED_RATE = 256 * 1024  # bytes per second
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the [[listen.s2s]] shaper (ListenS2S.max_rate) is not wired into "
-    "stream.py yet (.coord/requests.md, hardening -> core 7)",
-)
 async def test_shaper_caps_a_fast_sender_without_losing_anything(dns_server):
     """An authenticated peer writes 1 MiB of stanzas as fast as it can into a listener shaped
     to 256 KiB/s: every stanza arrives, in order, and it takes at least

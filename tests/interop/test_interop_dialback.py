@@ -102,7 +102,13 @@ async def test_wrong_key_to_s2sfast_is_refused_after_asking_prosody(
         "type='invalid'" in t for t in _sent(log, "<db:verify")
     )
     # (Prosody's own outgoing stream, opened to carry its db:verify, is authenticated; the
-    # impostor's stream is gone)
+    # impostor's stream never is, and it is gone once the impostor hangs up)
+    assert not [c for c in node.connections() if c.stream_id == raw.stream_id and c.pairs]
+    await raw.close()
+    for _ in range(50):
+        if raw.stream_id not in [c.stream_id for c in node.connections()]:
+            break
+        await asyncio.sleep(0.1)
     assert raw.stream_id not in [c.stream_id for c in node.connections()]
 
 

@@ -152,3 +152,25 @@ async def test_stream_compression_request_is_refused(arena):
     assert out.error == "unsupported-stanza-type", out.error
     assert not out.named("compressed")
     await a.finish()
+
+
+@pytest.mark.parametrize(
+    "payload, condition",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "not-well-formed"),
+        (header("evil.test", VICTIM) + b"<!DOCTYPE x>", "restricted-xml"),
+        (header("evil.test", VICTIM) + b"<message>" + b"<a>" * 1000, "policy-violation"),
+    ],
+    ids=["garbage", "dtd", "deep-nesting"],
+)
+async def test_bad_xml_inside_tls_gets_its_stream_error_over_tls(arena, payload, condition):
+    """After STARTTLS the restarted stream is checked like the first one, and the error
+    reaches the peer inside TLS (header first, then the error, then the close)."""
+    a = await arena(mode="required")
+    peer = await starttls_peer(a.port)
+    await peer.start_tls(client_context(ssl.TLSVersion.TLSv1_2), server_hostname=VICTIM)
+    peer.send(payload)
+    out = await peer.outcome()
+    assert out.header is not None and out.error == condition, (out.error, out.data[-300:])
+    assert out.stream_closed and out.eof
+    await a.finish()

@@ -675,7 +675,7 @@ cdef class StreamFramer:
 
     cdef int _attr_begin(self) except -1:
         if self.nattrs >= self.attrs_cap:
-            _grow(<void**>&self.attrs, &self.attrs_cap, self.nattrs + 1, sizeof(Attr))
+            s2s_grow(<void**>&self.attrs, &self.attrs_cap, self.nattrs + 1, sizeof(Attr))
         self.an_off = self.abuf_len
         self._begin_name()
         return 0
@@ -728,9 +728,9 @@ cdef class StreamFramer:
         if self.nbinds >= C_MAX_NS_BINDINGS:
             return self._fail(POLICY, "too many namespace declarations in scope", off)
         if self.nbinds >= self.binds_cap:
-            _grow(<void**>&self.binds, &self.binds_cap, self.nbinds + 1, sizeof(NsBind))
+            s2s_grow(<void**>&self.binds, &self.binds_cap, self.nbinds + 1, sizeof(NsBind))
         if self.nsbuf_len + plen + ulen > self.nsbuf_cap:
-            _grow(<void**>&self.nsbuf, &self.nsbuf_cap, self.nsbuf_len + plen + ulen, 1)
+            s2s_grow(<void**>&self.nsbuf, &self.nsbuf_cap, self.nsbuf_len + plen + ulen, 1)
         b = &self.binds[self.nbinds]
         self.nbinds += 1
         b.pfx_off = self.nsbuf_len
@@ -759,7 +759,7 @@ cdef class StreamFramer:
                         return True
             return False
         if n > self.keys_cap:
-            _grow(<void**>&self.keys, &self.keys_cap, n, sizeof(Key))
+            s2s_grow(<void**>&self.keys, &self.keys_cap, n, sizeof(Key))
         for i in range(n):
             self.keys[i].a = ab + self.attrs[i].name_off
             self.keys[i].alen = self.attrs[i].name_len
@@ -815,7 +815,7 @@ cdef class StreamFramer:
         cdef const uchar* nm
         cdef NsBind* b
         if self.n_pfx > self.keys_cap:
-            _grow(<void**>&self.keys, &self.keys_cap, self.n_pfx, sizeof(Key))
+            s2s_grow(<void**>&self.keys, &self.keys_cap, self.n_pfx, sizeof(Key))
         for i in range(self.nattrs):
             a = &self.attrs[i]
             if a.is_decl or a.colon < 0:
@@ -898,7 +898,7 @@ cdef class StreamFramer:
             self.nsbuf_len = nsb_mark
             return S_STANZA_DONE if depth == 1 else S_TEXT
         if depth >= self.elems_cap:
-            _grow(<void**>&self.elems, &self.elems_cap, depth + 1, sizeof(Elem))
+            s2s_grow(<void**>&self.elems, &self.elems_cap, depth + 1, sizeof(Elem))
         e = &self.elems[depth]
         e.name_off = self.el_off
         e.name_len = self.el_len
@@ -1162,7 +1162,7 @@ cdef class StreamFramer:
                 if p != q:
                     self.attr_cr = False
                     if self.capture:
-                        _append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
+                        s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
                 if cut:
                     break
                 if p >= lim:
@@ -1174,7 +1174,7 @@ cdef class StreamFramer:
                     if self.capture:
                         self.attrs[self.nattrs - 1].verbatim = False
                         if not (c == CH_LF and self.attr_cr):
-                            _append(&self.abuf, &self.abuf_len, &self.abuf_cap,
+                            s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap,
                                     <const uchar*>b" ", 1)
                     self.attr_cr = c == CH_CR
                     p += 1
@@ -1198,7 +1198,7 @@ cdef class StreamFramer:
                         st = S_STAG_AFTERVAL
                 elif c == CH_SQ or c == CH_DQ:
                     if self.capture:
-                        _append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, 1)
+                        s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, 1)
                     p += 1
                 elif c == CH_AMP:
                     p += 1
@@ -1227,9 +1227,9 @@ cdef class StreamFramer:
                     r = self._scan_name(&p, lim)
                 if p != q:
                     if st == S_STAG_NAME:
-                        _append(&self.names, &self.names_len, &self.names_cap, q, p - q)
+                        s2s_append(&self.names, &self.names_len, &self.names_cap, q, p - q)
                     else:
-                        _append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
+                        s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
                 if r == -2:
                     cut = True
                     break
@@ -1615,7 +1615,7 @@ cdef class StreamFramer:
                 c = p[0]
                 if T_WS[c]:
                     self.abuf_len = 0
-                    _append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, 1)
+                    s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, 1)
                     p += 1
                     st = S_DECL
                 elif c == CH_QM:
@@ -1645,7 +1645,7 @@ cdef class StreamFramer:
                             cut = k == 0
                             break
                         p += k
-                _append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
+                s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
                 if cut:
                     break
                 if p >= lim:
@@ -1708,7 +1708,7 @@ cdef class StreamFramer:
             elif refdone:
                 refdone = False
                 if self.ref_ret == S_ATTR_VAL and self.capture:
-                    _append(&self.abuf, &self.abuf_len, &self.abuf_cap, enc, u8enc(cp, enc))
+                    s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, enc, u8enc(cp, enc))
                 st = self.ref_ret
 
         if cut and lim == end:
@@ -1720,7 +1720,7 @@ cdef class StreamFramer:
                        + " larger than the limit", self.region_end)
             return 1
         if self.tok_active and p > tok:
-            _append(&self.buf, &self.buf_len, &self.buf_cap, tok, p - tok)
+            s2s_append(&self.buf, &self.buf_len, &self.buf_cap, tok, p - tok)
         self.pos = base + (p - data)
         self.st = st
         self.rsqb = rsqb

@@ -56,6 +56,48 @@ cdef extern from *:
     /* Skip 16 bytes at a time while none needs a closer look: SSE2 is part of x86-64, other
        targets fall back to the byte tables alone. Bytes >= 0x80 compare as negative, so the
        signed "< 0x20" test catches them together with the control characters. */
+    /* Copy n bytes; names and short values (the usual) with two overlapping loads, no call. */
+    static inline __attribute__((always_inline)) void s2s_copy(unsigned char* d,
+                                                               const unsigned char* s,
+                                                               Py_ssize_t n) {
+        if (n > 16) {
+            memcpy(d, s, (size_t)n);
+        } else if (n >= 8) {
+            uint64_t a, b;
+            memcpy(&a, s, 8); memcpy(&b, s + n - 8, 8);
+            memcpy(d, &a, 8); memcpy(d + n - 8, &b, 8);
+        } else if (n >= 4) {
+            uint32_t a, b;
+            memcpy(&a, s, 4); memcpy(&b, s + n - 4, 4);
+            memcpy(d, &a, 4); memcpy(d + n - 4, &b, 4);
+        } else if (n > 0) {
+            d[0] = s[0]; d[n >> 1] = s[n >> 1]; d[n - 1] = s[n - 1];
+        }
+    }
+    /* Grow a buffer of *cap items of `item` bytes to hold `need`: doubling, from 128 bytes up
+       (an idle stream's framer should cost little memory). -1 with MemoryError set on failure. */
+    static int s2s_grow(void** buf, Py_ssize_t* cap, Py_ssize_t need, Py_ssize_t item) {
+        Py_ssize_t newcap;
+        void* nb;
+        if (need <= *cap) return 0;
+        newcap = *cap * 2;
+        if (newcap < need) newcap = need;
+        if (newcap * item < 128) newcap = (128 + item - 1) / item;
+        nb = realloc(*buf, (size_t)(newcap * item));
+        if (nb == NULL) { PyErr_NoMemory(); return -1; }
+        *buf = nb;
+        *cap = newcap;
+        return 0;
+    }
+    /* Append n bytes to a growable byte buffer; inlined at every call site. */
+    static inline __attribute__((always_inline)) int s2s_append(
+            unsigned char** buf, Py_ssize_t* len, Py_ssize_t* cap,
+            const unsigned char* src, Py_ssize_t n) {
+        if (*len + n > *cap && s2s_grow((void**)buf, cap, *len + n, 1) < 0) return -1;
+        s2s_copy(*buf + *len, src, n);
+        *len += n;
+        return 0;
+    }
     #if defined(__SSE2__)
     #include <emmintrin.h>
     static inline const unsigned char* s2s_skip_text(const unsigned char* p,
@@ -128,6 +170,10 @@ cdef extern from *:
     }
     #endif
     """
+    void s2s_copy(uchar* d, const uchar* s, Py_ssize_t n) noexcept nogil
+    int s2s_grow(void** buf, Py_ssize_t* cap, Py_ssize_t need, Py_ssize_t item) except -1
+    int s2s_append(uchar** buf, Py_ssize_t* length, Py_ssize_t* cap, const uchar* src,
+                   Py_ssize_t n) except -1
     const uchar* s2s_skip_text(const uchar* p, const uchar* end) noexcept nogil
     const uchar* s2s_skip_nchar(const uchar* p, const uchar* end) noexcept nogil
     const uchar* s2s_skip_attr(const uchar* p, const uchar* end, int quote) noexcept nogil
@@ -280,41 +326,6 @@ cdef inline bint _eq(const uchar* a, Py_ssize_t alen, const uchar* b, Py_ssize_t
 
 cdef inline bint _eqb(const uchar* a, Py_ssize_t alen, bytes b) noexcept:
     return alen == PyBytes_GET_SIZE(b) and memcmp(a, PyBytes_AS_STRING(b), alen) == 0
-
-
-cdef inline int _grow(void** buf, Py_ssize_t* cap, Py_ssize_t need, Py_ssize_t item) except -1:
-    """Grow *buf* (of *cap* items of size *item*) to hold at least *need* items."""
-    cdef Py_ssize_t newcap
-    cdef void* nb
-    if need <= cap[0]:
-        return 0
-    newcap = cap[0] * 2
-    if newcap < need:
-        newcap = need
-    if newcap * item < 128:  # start small: an idle stream's framer should cost little memory
-        newcap = (128 + item - 1) // item
-    nb = realloc(buf[0], newcap * item)
-    if nb == NULL:
-        raise MemoryError()
-    buf[0] = nb
-    cap[0] = newcap
-    return 0
-
-
-cdef inline int _append(uchar** buf, Py_ssize_t* length, Py_ssize_t* cap,
-                        const uchar* src, Py_ssize_t n) except -1:
-    cdef uchar* dst
-    cdef Py_ssize_t i
-    if length[0] + n > cap[0]:
-        _grow(<void**>buf, cap, length[0] + n, 1)
-    dst = buf[0] + length[0]
-    if n <= 16:
-        for i in range(n):  # names and short values: cheaper than a call to memcpy
-            dst[i] = src[i]
-    else:
-        memcpy(dst, src, n)
-    length[0] += n
-    return 0
 
 
 cdef inline int _cmpkey(const void* x, const void* y) noexcept nogil:

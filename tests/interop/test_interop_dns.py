@@ -120,3 +120,36 @@ async def test_unknown_domain_in_dns_bounces_both_ways(
         "remote-server-not-found",
         "Server-to-server connection failed: NXDomain in A lookup",
     )
+
+
+async def test_production_like_dns_and_verified_certificates_both_ways(
+    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file, dns_stub
+):
+    """SRV records naming hosts, CA-issued certificates checked by both sides (s2sfast
+    required_trusted; Prosody with s2s_secure_domains), TLS SNI from the resolved domain."""
+    node_port, prosody_c2s, prosody_s2s = ports(3)
+    server, query_log = dns_stub({A: node_port, B: prosody_s2s}, "domain")
+    peer = prosody(
+        tls="required",
+        dns_server=server,
+        c2s_port=prosody_c2s,
+        s2s_port=prosody_s2s,
+        certificate=tls_ca.issue([B]),
+        extra_cfg=f's2s_secure_domains = {{ "{A}" }}\ns2s_ssl = {{ cafile = "{tls_ca_file}" }}',
+    )
+    node = await s2sfast_node(
+        node_config(
+            node_port, mode="required_trusted", certfile=tls_certfile(A), cafile=tls_ca_file
+        ),
+        resolver=Resolver([server], timeout=2, retries=1),
+    )
+    bob = await c2s(peer, "bob")
+    await bob_to_node(bob, node, "pl1", "production-like")
+    await node_to_bob(node, bob, "pl2", "production-like back")
+    for c in node.connections():
+        assert c.tls and c.peer_certificate.trusted and c.peer_certificate.name_matches
+    log = peer.log()
+    assert "Forbidding insecure connection" not in log
+    for s in completed_sessions(log, "in") + completed_sessions(log, "out"):
+        assert s.encrypted and "certificate identity validation result: valid" in s.lines
+    assert f"'_xmpp-server._tcp.{B}.' (SRV) / RRs: SRV" in query_log.read_text()

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 
+from interop_c2s import local
 from interop_flow import bob_to_node, error_of, is_message, node_to_bob
 from interop_node import A, B, node_config
 from interop_peer import completed_sessions
 
 
-async def _linked(prosody, s2sfast_node, c2s, ports, tls_certfile, *, extra_cfg="", keepalive=60.0):
+async def _linked(
+    prosody, s2sfast_node, c2s, ports, tls_certfile, *, extra_cfg="", keepalive=60.0, node_kw=None
+):
     (port,) = ports(1)
     peer = prosody(tls="optional", remotes={A: port}, extra_cfg=extra_cfg)
     node = await s2sfast_node(
         node_config(port, mode="optional", certfile=tls_certfile(A), peer_port=peer.s2s_port),
         keepalive=keepalive,
+        **(node_kw or {}),
     )
     bob = await c2s(peer, "bob")
     await bob_to_node(bob, node, "l1", "link in")
@@ -112,3 +116,44 @@ async def test_node_restart_on_the_same_port_then_prosody_reconnects(
     await node_to_bob(again, bob, "n4", "second run")
     log = peer.log()
     assert len(completed_sessions(log, "in")) == 2 and len(completed_sessions(log, "out")) == 2
+
+
+async def test_prosodys_keepalives_hold_off_s2sfasts_idle_timeout(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """Prosody's single-space keepalives (every 1 s) are traffic: s2sfast's idle timeout (2 s)
+    must not close its streams while they come."""
+    peer, node, bob = await _linked(
+        prosody,
+        s2sfast_node,
+        c2s,
+        ports,
+        tls_certfile,
+        extra_cfg="network_settings = { read_timeout = 1 }",
+        node_kw={"idle_timeout": 2.0},
+    )
+    before = {(c.direction, c.stream_id) for c in node.connections()}
+    await asyncio.sleep(4.5)
+    assert {(c.direction, c.stream_id) for c in node.connections()} == before
+    assert "connection-timeout" not in peer.log()
+
+
+async def test_idle_streams_closed_by_s2sfast_reopen_without_losing_stanzas(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """Without keepalives from Prosody, s2sfast closes the idle streams after idle_timeout with
+    <connection-timeout/>; the next stanzas open fresh streams, both ways, and none is lost."""
+    peer, node, bob = await _linked(
+        prosody, s2sfast_node, c2s, ports, tls_certfile, node_kw={"idle_timeout": 1.0}
+    )
+    for _ in range(60):
+        if not node.connections():
+            break
+        await asyncio.sleep(0.1)
+    assert node.connections() == []
+    log = peer.log()
+    assert "Session closed by remote with error: connection-timeout" in log
+    await bob_to_node(bob, node, "i1", "after the idle close")
+    await node_to_bob(node, bob, "i2", "after the idle close")
+    bounces = [e for e in bob.received if local(e.tag) == "message" and e.get("type") == "error"]
+    assert not bounces and not [s for s in node.inbox.seen if s.type == "error"]

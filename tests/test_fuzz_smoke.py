@@ -58,12 +58,6 @@ def test_framer_never_crashes_and_is_chunk_invariant(tmp_path):
     fuzz("fuzz_framer.py", "framer", tmp_path, FUZZ_ORACLE="0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="framer: an unfinished prolog (XML declaration, '<!DOCT', header start) is not "
-    "checked until it completes, so NUL, invalid UTF-8 and DOCTYPE prefixes are accepted "
-    "where the oracle sees a definite error (fuzz/corpus/framer/regress-*; .coord/requests.md)",
-)
 def test_framer_agrees_with_the_lxml_oracle(tmp_path):
     """Check 3 of fuzz/fuzz_framer.py: the differential oracle on every input."""
     fuzz("fuzz_framer.py", "framer", tmp_path)

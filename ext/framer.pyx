@@ -475,11 +475,26 @@ cdef class StreamFramer:
         self.max_depth = int(max_depth)
         self.default_ns = default_ns
         self.default_ns_b = default_ns.encode()
+        # (everything, so that calling __init__ again really starts a new stream)
         self.st = S_START
         self.pos = 0
         self.region_end = self.header_limit
         self.depth = 0
         self.carry_len = 0
+        self.tok_active = False
+        self.buf_len = 0
+        self.names_len = 0
+        self.abuf_len = 0
+        self.nsbuf_len = 0
+        self.nattrs = 0
+        self.nbinds = 0
+        self.rsqb = 0
+        self.hdr_ns = None
+        self.hdr_uris = None
+        self.hdr_nb = 0
+        self.err_cond = None
+        self.err_text = None
+        self.err_off = None
 
     def __dealloc__(self):
         free(self.buf)

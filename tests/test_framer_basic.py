@@ -221,3 +221,12 @@ def test_attribute_value_normalisation_across_chunks():
     f.feed(HEADER + b"<message to='a\r")
     (st,) = f.feed(b"\nb'/>")
     assert st.to == "a b"
+
+
+def test_reinitialising_starts_a_new_stream():
+    f = StreamFramer()
+    with pytest.raises(FramingError):
+        f.feed(HEADER + b"<message xmlns:x='urn:x'><x:a/><!-- -->")
+    f.__init__()
+    assert [type(e) for e in f.feed(HEADER + b"<presence/>")] == [StreamOpen, Stanza]
+    assert f.offset == len(HEADER) + len(b"<presence/>")

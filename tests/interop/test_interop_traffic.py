@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 from interop_c2s import local, text_of
-from interop_flow import error_of, is_message
+from interop_flow import error_of, is_message, node_to_bob
 from interop_node import A, B, node_config, parse
 from interop_peer import completed_sessions
 
@@ -270,3 +270,32 @@ async def test_simultaneous_first_contact_queues_both_ways(
         ids.append(m.get("id"))
     assert ids == [f"w{i}" for i in range(n)]
     assert not [s for s in node.inbox.seen if s.type == "error"]
+
+
+async def test_a_burst_bigger_than_the_write_buffer_reaches_prosody_whole(linked):
+    """node.send() 20,000 stanzas of ~500 bytes (10 MB) as fast as the API lets a caller: Prosody
+    reads at its own pace, so s2sfast must hold the caller back (or keep queueing) rather than
+    treat an honest, reading peer as one that does not read. Every stanza reaches bob, in order;
+    none vanishes (one that cannot be delivered must come back as an error)."""
+    peer, node, bob = linked
+    await node_to_bob(node, bob, "first", "establish the stream (the connect queue is bounded)")
+    n = 20_000
+    filler = "y" * 400
+    for i in range(n):
+        await node.send(
+            f"<message from='carol@{A}/x' to='{bob.full_jid}' id='f{i}' type='chat'>"
+            f"<body>{i} {filler}</body></message>".encode()
+        )
+    ids: list[str] = []
+    while len(ids) < n:
+        try:  # give up only when nothing arrives for 10 s
+            m = await bob.wait_for(lambda e: local(e.tag) == "message", 10)
+        except TimeoutError:
+            break
+        ids.append(m.get("id"))
+    bounced = [s.id for s in node.inbox.seen if s.type == "error"]
+    assert len(ids) + len(bounced) == n, (
+        f"{n - len(ids) - len(bounced)} of {n} stanzas vanished: {len(ids)} delivered, "
+        f"{len(bounced)} bounced; streams now {node.connections()}"
+    )
+    assert ids == [f"f{i}" for i in range(n)] and not bounced

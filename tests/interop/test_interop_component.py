@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from interop_c2s import local, text_of
-from interop_flow import is_message
+from interop_flow import error_of, is_message
 from interop_node import A, B
 
 COMPONENT = f"bot.{A}"
@@ -70,6 +70,17 @@ async def test_slixmpp_component_exchanges_with_a_prosody_user(
         tmp_path / "s2sfast.toml", s2s_port, comp_port, peer.s2s_port, tls_certfile(A, COMPONENT)
     )
     proc = daemon(config)
+
+    # no component attached yet: bob's stanza to its domain comes back as an error
+    early = await c2s(peer, "alice")
+    early.send(f"<message to='x@{COMPONENT}' id='e0' type='chat'><body>anyone?</body></message>")
+    back = await early.wait_for(lambda e: is_message(e, "e0"))
+    assert back.get("type") == "error"
+    assert error_of(back) == (
+        "wait",
+        "remote-server-timeout",
+        f"Server-to-server connection failed: host-unknown ({COMPONENT} is not served here)",
+    )
 
     component = slixmpp.ComponentXMPP(COMPONENT, SECRET, "127.0.0.1", comp_port)
     inbox: asyncio.Queue = asyncio.Queue()

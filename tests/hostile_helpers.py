@@ -442,13 +442,16 @@ class HonestTraffic:
     async def finish(self, timeout: float = 30.0, minimum: int = 5) -> int:
         """Stop sending; assert complete, ordered, duplicate-free delivery both ways.
 
-        Returns the number of stanzas delivered each way.
+        Returns the number of stanzas delivered each way. At least *minimum* stanzas each
+        way are sent first (the traffic keeps going after a quick attack, too).
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sent["ab"] < minimum and loop.time() < deadline and not self._task.done():
+            await asyncio.sleep(self.interval)
         self._stop.set()
         assert self._task is not None
         await self._task
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         want = {
             "ab": [f"{self.tag}-ab-{i}" for i in range(self.sent["ab"])],
             "ba": [f"{self.tag}-ba-{i}" for i in range(self.sent["ba"])],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hostile_helpers import (
     VICTIM,
     FakeServer,
@@ -128,3 +129,105 @@ async def test_writes_to_a_peer_that_does_not_read_are_bounded(dns_server):
             assert bounced, "nothing bounced although the peer never read"
     finally:
         await fake.stop()
+
+
+async def test_pending_dialback_claims_per_stream_boundary(dns_server):
+    """MAX_PENDING_RESULTS_PER_STREAM claims may wait on one stream; one more is refused."""
+    cap = limits.MAX_PENDING_RESULTS_PER_STREAM
+    mute = FakeServer("mute", "mute.test")
+    await mute.start()
+    domains = [f"d{i}.mute.test" for i in range(cap + 1)]
+    try:
+        async with solo_node(
+            dns_server,
+            [VICTIM],
+            addresses={d: mute.port for d in domains},
+            state_timeout_ms=20_000,
+        ) as node:
+            peer = await HostilePeer.connect(node.port)
+            await peer.open(domains[0], VICTIM)
+            for d in domains[:cap]:
+                peer.send(f"<db:result from='{d}' to='{VICTIM}'>{'ab' * 32}</db:result>")
+            assert await peer.silent_for(0.5), "the node refused claims within the bound"
+            peer.send(f"<db:result from='{domains[cap]}' to='{VICTIM}'>{'ab' * 32}</db:result>")
+            out = await peer.outcome(timeout=10)
+            assert out.error == "policy-violation", out.error
+            assert str(cap) in (out.text or "")
+    finally:
+        await mute.stop()
+
+
+async def test_piggybacked_claims_within_the_bound_all_succeed(dns_server):
+    """An honest peer piggybacking MAX_PENDING_RESULTS_PER_STREAM domains on one stream,
+    all at once, gets every one authorised."""
+    cap = limits.MAX_PENDING_RESULTS_PER_STREAM
+    auth = FakeServer("authoritative", "many.test")
+    await auth.start()
+    domains = [f"d{i}.many.test" for i in range(cap)]
+    try:
+        async with solo_node(
+            dns_server, [VICTIM], addresses={d: auth.port for d in domains}
+        ) as node:
+            peer = await HostilePeer.connect(node.port)
+            await peer.open(domains[0], VICTIM)
+            for d in domains:
+                peer.send(f"<db:result from='{d}' to='{VICTIM}'>{'ab' * 32}</db:result>")
+            verdicts = {}
+            while len(verdicts) < cap:
+                st = await peer.next_stanza(timeout=10)
+                if st.name == "result":
+                    verdicts[st.to] = st.type
+            assert verdicts == {d: "valid" for d in domains}
+            for i, d in enumerate(domains):
+                peer.send(f"<message from='u@{d}' to='bob@{VICTIM}' id='pb{i}'/>")
+            for _ in range(cap):
+                await node.inbox.get(timeout=10)
+            assert sorted(s.id for s in node.inbox.seen) == sorted(f"pb{i}" for i in range(cap))
+            await peer.close()
+    finally:
+        await auth.stop()
+
+
+@pytest.mark.slow
+async def test_pending_dialback_verifications_are_bounded_node_wide(dns_server):
+    """Authenticated streams do not count as negotiating, so an attacker with a real domain
+    can open many and park MAX_PENDING_RESULTS_PER_STREAM claims on each: beyond
+    MAX_PENDING_VERIFICATIONS the node answers type='error' at once instead of opening more
+    verify connections."""
+    per = limits.MAX_PENDING_RESULTS_PER_STREAM
+    streams = limits.MAX_PENDING_VERIFICATIONS // per + 2
+    auth = FakeServer("authoritative", "evil.test")
+    mute = FakeServer("mute", "mute.test")
+    await auth.start()
+    await mute.start()
+    domains = [[f"d{s}-{i}.mute.test" for i in range(per)] for s in range(streams)]
+    addresses = {d: mute.port for ds in domains for d in ds}
+    addresses["evil.test"] = auth.port
+    try:
+        async with solo_node(
+            dns_server, [VICTIM], addresses=addresses, state_timeout_ms=30_000
+        ) as node:
+            async with MemoryProbe() as mem:
+                peers = []
+                for _ in range(streams):  # authenticated first: they then count as established
+                    peer = await HostilePeer.connect(node.port)
+                    await authenticate_as(peer, domain="evil.test", victim=VICTIM)
+                    peers.append(peer)
+                for peer, names in zip(peers, domains, strict=True):
+                    for d in names:
+                        peer.send(f"<db:result from='{d}' to='{VICTIM}'>{'ab' * 32}</db:result>")
+                    await peer.drain()
+                errors = 0
+                for peer in peers[-2:]:  # the last streams' claims are over the bound
+                    for _ in range(per):
+                        st = await peer.next_stanza(timeout=20)
+                        errors += st.name == "result" and st.type == "error"
+                links = len(node.router.outbound)
+            assert errors >= 2 * per - 1, errors
+            assert links <= limits.MAX_PENDING_VERIFICATIONS + 2, links
+            mem.assert_below(64 * MiB, "node-wide pending verifications")
+            for peer in peers:
+                peer.abort()
+    finally:
+        await auth.stop()
+        await mute.stop()

@@ -212,7 +212,7 @@ def _element(draw: Any, name: str, scope: dict[str, str], depth: int, base_attrs
     inner = {**scope, **declared}
     children: list[str] = []
     if depth > 0:
-        for _ in range(draw(st.integers(0, 3))):
+        for _ in range(draw(st.integers(0, 2))):
             children.append(xml_text(draw, max_pieces=2))
             children.append(_child(draw, inner, depth - 1))
     children.append(xml_text(draw))
@@ -282,7 +282,7 @@ def streams(draw: Any, default_ns: str = "jabber:server", closed: bool | None = 
         q = draw(st.sampled_from("'\""))
         out += draw(_WS) + name + "=" + q + value + q
     out += draw(_OPT_WS) + ">"
-    for _ in range(draw(st.integers(0, 6))):
+    for _ in range(draw(st.integers(0, 5))):
         out += draw(st.sampled_from(["", "", " ", "\n", "\t", "\r\n", "   "]))
         text = draw(stanza(scope))
         out += text

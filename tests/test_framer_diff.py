@@ -56,13 +56,13 @@ def _same_outcome(whole, split) -> None:
         assert long_[: len(short)] == short
 
 
-@_settings(150)
+@_settings(100)
 @given(streams())
 def test_generated_streams_match_the_oracle(data):
     check_run(data, judge(data), run_framer([data]))
 
 
-@_settings(100)
+@_settings(40)
 @given(st.data())
 def test_generated_streams_in_the_jabber_client_namespace(data):
     doc = data.draw(streams(default_ns="jabber:client"))
@@ -72,7 +72,7 @@ def test_generated_streams_in_the_jabber_client_namespace(data):
     assert run.error is not None and run.error.condition == "invalid-namespace"
 
 
-@_settings(150)
+@_settings(100)
 @given(st.data())
 def test_any_chunk_split_gives_identical_events(data):
     doc = data.draw(streams())
@@ -105,7 +105,7 @@ def test_restricted_constructs_raise_restricted_xml(body):
         check_run(data, verdict, run)
 
 
-@_settings(100)
+@_settings(60)
 @given(st.data())
 def test_injected_restricted_constructs(data):
     """A comment, PI, DOCTYPE or custom entity spliced into a valid stream's content."""
@@ -142,7 +142,7 @@ def _check_mutation(data, base: bytes) -> None:
     _same_outcome(run_framer([bad]), run)
 
 
-@_settings(300)
+@_settings(200)
 @given(st.data())
 def test_mutated_streams_match_the_oracle(data):
     _check_mutation(data, data.draw(streams(closed=True)))
@@ -155,7 +155,7 @@ def test_mutated_streams_match_the_oracle_long_run(data):
     _check_mutation(data, data.draw(streams(closed=True)))
 
 
-@_settings(100)
+@_settings(50)
 @given(st.data())
 def test_stanza_size_limit(data):
     """policy-violation exactly when a top-level element grows longer than the limit."""
@@ -188,7 +188,7 @@ def _depth(el) -> int:
     return 1 + max((_depth(c) for c in el), default=0)
 
 
-@_settings(100)
+@_settings(50)
 @given(st.data())
 def test_depth_limit(data):
     """policy-violation exactly when elements nest deeper than max_depth (a stanza is depth 1)."""
@@ -230,7 +230,7 @@ def _capture_docs() -> list[bytes]:
 
 
 @pytest.mark.skipif(_CAPTURES is None, reason="../shared/captures not present")
-@_settings(150)
+@_settings(200)
 @given(st.data())
 def test_mutated_captures_match_the_oracle(data):
     """Real Prosody/ejabberd streams, damaged byte-wise and with restricted constructs."""

@@ -195,7 +195,7 @@ def _reparse(raw: bytes, header_namespaces: dict[str, str]) -> tuple:
     return canon(wrapper[0])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(closed=True))
 def test_generated_streams_are_accepted(data):
     v = judge(data)
@@ -204,14 +204,14 @@ def test_generated_streams_are_accepted(data):
         assert _reparse(elem.raw, v.header.namespaces) == elem.tree
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(closed=False))
 def test_generated_unclosed_streams_are_truncated(data):
     v = judge(data)
     assert not v.accepted and not v.definite, v.reason
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutations_never_crash_the_oracle_and_prefixes_stay_viable(data):
     base = data.draw(streams(closed=True))

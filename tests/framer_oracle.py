@@ -110,6 +110,7 @@ class Verdict:
     header: Header | None = None
     elements: list[Element] = field(default_factory=list)
     closed: bool = False
+    tail: int = 0  # truncated input: where its unfinished last token starts
 
 
 def canon(el: Any) -> tuple:
@@ -442,6 +443,7 @@ def judge(data: bytes, default_ns: str = "jabber:server") -> Verdict:
             definite=False,
             reason=f"truncated: {eof_error or 'end of input'}",
             elements=elements,
+            tail=tail,
         )
     spans = scan.spans
     if scan.header_span is None or len(spans) != len(elements):
@@ -534,7 +536,13 @@ def check_run(data: bytes, verdict: Verdict, run: Run) -> None:
             f"framer gave {len(run.stanzas)} stanzas before its error ({_describe(run)}), "
             f"libxml2 completed only {len(verdict.elements)} ({verdict.reason})"
         )
-    elif run.error is None:
+    elif run.error is not None:
+        # libxml2 saw no error before the unfinished last token: neither may the framer.
+        assert run.error.offset is None or run.error.offset >= verdict.tail, (
+            f"framer raised ({_describe(run)}) before offset {verdict.tail}, where the input is "
+            f"only truncated ({verdict.reason})"
+        )
+    else:
         assert "close" not in kinds, f"framer closed a truncated stream ({verdict.reason})"
         assert len(run.stanzas) == len(verdict.elements), (
             f"truncated input: framer gave {len(run.stanzas)} stanzas, "
@@ -554,3 +562,5 @@ def check_run(data: bytes, verdict: Verdict, run: Run) -> None:
         want = (local, ns, *(el.get(a) for a in ("to", "from", "type", "id")))
         assert got == want, f"stanza {i}: fields {got} != {want}"
         assert canon(parse_stanza(stanza)) == elem.tree, f"stanza {i}: parse differs"
+        if verdict.header is not None:
+            assert stanza.namespaces == verdict.header.namespaces, f"stanza {i}: namespaces"

@@ -286,7 +286,8 @@ class FakeServer:
     attacker); ``"authoritative"``: header and features, and ``type='valid'`` for every
     db:verify (the attacker controls the domain, so its keys are "valid").
     ``"deaf"``: header and features, ``type='valid'`` for the node's own db:result, then it
-    never reads again (a peer that lets our writes pile up).
+    never reads again (a peer that lets our writes pile up); ``"receiver"``: the same, but
+    it keeps reading in silence.
     Everything the node sends is kept in :attr:`received`, per connection.
     """
 
@@ -348,14 +349,16 @@ class FakeServer:
                 f"<db:verify from='{ev.to}' to='{ev.from_}' id='{ev.id}' type='valid'/>".encode()
             )
         elif (
-            self.behaviour == "deaf"
+            self.behaviour in ("deaf", "receiver")
             and isinstance(ev, Stanza)
             and ev.name == "result"
             and ev.type is None
         ):
-            # accept the node's dialback claim, then never read again
+            # accept the node's dialback claim; "deaf" then never reads again, "receiver"
+            # reads everything and never says another word (legal: nothing obliges it to)
             writer.write(f"<db:result from='{ev.to}' to='{ev.from_}' type='valid'/>".encode())
-            raise _StopReading
+            if self.behaviour == "deaf":
+                raise _StopReading
 
     async def stop(self) -> None:
         self._closed.set()

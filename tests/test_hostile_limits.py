@@ -256,3 +256,32 @@ async def test_a_burst_to_an_honest_reading_peer_arrives_whole(federation):
     ids = [s.id for s in b.inbox.seen if s.id and s.id.startswith("b")]
     assert ids == [f"b{i}" for i in range(n)]
     assert not [s for s in a.inbox.seen if s.type == "error"], "stanzas bounced"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core: idle_timeout counts only inbound bytes on outbound streams too, so a busy "
+    "stream to a peer that never writes back is torn down (.coord/requests.md 04:12)",
+)
+async def test_idle_timeout_spares_a_busy_outbound_stream_to_a_silent_peer(dns_server):
+    """A receiving server owes us no bytes on our outbound stream (ejabberd sends none at
+    all, see ../shared/captures): while we keep writing, the stream is not idle."""
+    quiet = FakeServer("receiver", "quiet.test")
+    await quiet.start()
+    try:
+        async with solo_node(
+            dns_server,
+            [VICTIM],
+            addresses={"quiet.test": quiet.port},
+            node_options={"idle_timeout": 1.0},
+        ) as node:
+            for i in range(12):  # 3 s of traffic, one stanza every 0.25 s
+                await node.send(f"<message from='a@v.test' to='b@quiet.test' id='q{i}'/>".encode())
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(0.3)
+            seen = quiet.everything()
+            assert all(f"id='q{i}'".encode() in seen for i in range(12))
+            assert b"connection-timeout" not in seen, "a busy outbound stream was closed as idle"
+            assert quiet.connections == 1
+    finally:
+        await quiet.stop()

@@ -157,3 +157,20 @@ async def test_idle_streams_closed_by_s2sfast_reopen_without_losing_stanzas(
     await node_to_bob(node, bob, "i2", "after the idle close")
     bounces = [e for e in bob.received if local(e.tag) == "message" and e.get("type") == "error"]
     assert not bounces and not [s for s in node.inbox.seen if s.type == "error"]
+
+
+async def test_idle_timeout_spares_our_busy_outgoing_stream_to_prosody(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """Prosody never writes on a stream it only receives on (it reads all the time, so its
+    read_timeout never fires and it sends no keepalive there). Our outgoing stream to it is
+    busy, not idle: s2sfast's idle_timeout must not tear it down."""
+    peer, node, bob = await _linked(
+        prosody, s2sfast_node, c2s, ports, tls_certfile, node_kw={"idle_timeout": 1.5}
+    )
+    (out,) = [c for c in node.connections() if c.direction == "out"]
+    for i in range(12):  # one stanza every 0.3 s for 3.6 s
+        await node_to_bob(node, bob, f"busy{i}", "still sending")
+        await asyncio.sleep(0.3)
+    assert out.stream_id in [c.stream_id for c in node.connections() if c.direction == "out"]
+    assert "connection-timeout" not in peer.log()

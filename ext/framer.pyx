@@ -164,8 +164,10 @@ cdef inline uint32_t _hash(const uchar* s, Py_ssize_t n, uint32_t mask) noexcept
         h = s[0] | (<uint32_t>s[n - 1] << 8) | (<uint32_t>s[n >> 1] << 16)
         h *= 0x9E3779B1u
     else:
+        # every sample lies inside s[:n] (offsets 0 <= o <= n - 4): reading past the value
+        # would hash bytes that vary with what follows it, and could run off the buffer
         memcpy(&w0, s, 4)
-        memcpy(&w1, s + (n >> 2), 4)
+        memcpy(&w1, s + ((n - 4) >> 2), 4)
         memcpy(&w2, s + ((n - 4) >> 1), 4)
         memcpy(&w3, s + n - 4, 4)
         h = (w0 * 0x9E3779B1u) ^ (w1 * 0x85EBCA77u) ^ (w2 * 0xC2B2AE3Du) ^ (w3 * 0x27D4EB2Fu)

@@ -291,8 +291,11 @@ class FakeServer:
     Everything the node sends is kept in :attr:`received`, per connection.
     """
 
-    def __init__(self, behaviour: str, domain: str = "evil.test") -> None:
+    def __init__(self, behaviour: str, domain: str = "evil.test", *, backlog: int = 4096) -> None:
         self.behaviour = behaviour
+        #: listen backlog: large, so a node opening a thousand verify links at once is not
+        #: slowed down by SYN retransmits (which would look like the node's own time-outs)
+        self.backlog = backlog
         self.domain = domain
         self.received: list[bytearray] = []
         self.server: asyncio.AbstractServer | None = None
@@ -302,7 +305,7 @@ class FakeServer:
         self._closed = asyncio.Event()
 
     async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        self.server = await asyncio.start_server(self._handle, LOOPBACK, 0, backlog=self.backlog)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 

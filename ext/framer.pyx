@@ -54,8 +54,16 @@ DEFAULT_HEADER_LIMIT = C_DEFAULT_HEADER_LIMIT
 MAX_NS_BINDINGS = C_MAX_NS_BINDINGS
 
 STREAM_NS = "http://etherx.jabber.org/streams"
-cdef bytes _XML_NS = b"http://www.w3.org/XML/1998/namespace"
-cdef bytes _XMLNS_NS = b"http://www.w3.org/2000/xmlns/"
+# The two reserved namespace names as C strings (no Python object touched per tag).
+cdef const uchar* XML_NS_C = <const uchar*>b"http://www.w3.org/XML/1998/namespace"
+cdef const uchar* XMLNS_NS_C = <const uchar*>b"http://www.w3.org/2000/xmlns/"
+cdef enum:
+    XML_NS_LEN = 36
+    XMLNS_NS_LEN = 29
+
+
+cdef inline bint _reserved_ns(const uchar* uri, Py_ssize_t ulen) noexcept:
+    return _eq(uri, ulen, XML_NS_C, XML_NS_LEN) or _eq(uri, ulen, XMLNS_NS_C, XMLNS_NS_LEN)
 cdef bytes _STREAM_NS_B = STREAM_NS.encode()
 cdef bytes _LIT_BOM = b"\xbb\xbf"
 cdef bytes _LIT_XML = b"xml"
@@ -143,7 +151,7 @@ _init_tables()
 # allocation per stanza. Direct-mapped on a sampled hash; a miss just replaces the entry.
 cdef enum:
     NAMES_N = 64
-    JIDS_N = 256
+    JIDS_N = 1024
     CACHE_W = 64
 
 cdef struct CacheEntry:
@@ -686,17 +694,6 @@ cdef class StreamFramer:
         pp[0] = p
         return r
 
-    cdef inline int _begin_element(self, Py_ssize_t off) except -1:
-        if self.depth > self.max_depth:
-            return self._fail(POLICY, f"elements nested deeper than {self.max_depth}", off)
-        self.el_off = self.names_len
-        self.nattrs = 0
-        self.n_decl = 0
-        self.n_pfx = 0
-        self.abuf_len = 0
-        self._begin_name()
-        return S_STAG_NAME
-
     cdef inline int _attr_begin(self) except -1:
         if self.nattrs >= self.attrs_cap:
             s2s_grow(<void**>&self.attrs, &self.attrs_cap, self.nattrs + 1, sizeof(Attr))
@@ -809,7 +806,7 @@ cdef class StreamFramer:
             if a.colon < 0:
                 pfx = nm
                 plen = 0
-                if _eqb(uri, ulen, _XML_NS) or _eqb(uri, ulen, _XMLNS_NS):
+                if _reserved_ns(uri, ulen):
                     return self._fail(NWF, "reserved namespace used as the default", off)
             else:
                 pfx = nm + 6
@@ -817,11 +814,11 @@ cdef class StreamFramer:
                 if _eq(pfx, plen, <const uchar*>b"xmlns", 5):
                     return self._fail(NWF, "the xmlns prefix must not be declared", off)
                 if _eq(pfx, plen, <const uchar*>b"xml", 3):
-                    if not _eqb(uri, ulen, _XML_NS):
+                    if not _eq(uri, ulen, XML_NS_C, XML_NS_LEN):
                         return self._fail(NWF, "the xml prefix is bound to its own namespace",
                                           off)
                     continue
-                if _eqb(uri, ulen, _XML_NS) or _eqb(uri, ulen, _XMLNS_NS):
+                if _reserved_ns(uri, ulen):
                     return self._fail(NWF, "reserved namespace bound to a prefix", off)
                 if ulen == 0:
                     return self._fail(NWF, "a prefix cannot be undeclared (xmlns:p='')", off)
@@ -846,8 +843,8 @@ cdef class StreamFramer:
                 continue
             nm = self.abuf + a.name_off
             if _eq(nm, a.colon, <const uchar*>b"xml", 3):
-                a.uri = <const uchar*>PyBytes_AS_STRING(_XML_NS)
-                a.uri_len = PyBytes_GET_SIZE(_XML_NS)
+                a.uri = XML_NS_C
+                a.uri_len = XML_NS_LEN
             else:
                 bi = self._lookup(nm, a.colon)
                 if bi < 0:
@@ -890,8 +887,8 @@ cdef class StreamFramer:
             if _eq(nm, self.el_colon, <const uchar*>b"xmlns", 5):
                 return self._fail(NWF, "element prefix xmlns is reserved", off)
             if _eq(nm, self.el_colon, <const uchar*>b"xml", 3):
-                uri = <const uchar*>PyBytes_AS_STRING(_XML_NS)
-                ulen = PyBytes_GET_SIZE(_XML_NS)
+                uri = XML_NS_C
+                ulen = XML_NS_LEN
             else:
                 bi = self._lookup(nm, self.el_colon)
                 if bi < 0:
@@ -1389,15 +1386,26 @@ cdef class StreamFramer:
                     self._fail(RESTRICTED, "processing instructions are not allowed",
                                base + (p - data))
                     return 1
+                elif self.depth > self.max_depth:
+                    self._fail(POLICY, f"elements nested deeper than {self.max_depth}",
+                               base + (p - data))
+                    return 1
                 else:
-                    st = self._begin_element(base + (p - data))
-                    if st == S_ERROR:
-                        return 1
+                    # a start tag begins (inline: once per element)
+                    self.el_off = self.names_len
+                    self.nattrs = 0
+                    self.n_decl = 0
+                    self.n_pfx = 0
+                    self.abuf_len = 0
+                    self.nm_len = 0
+                    self.nm_colon = -1
+                    self.nm_need = True
+                    st = S_STAG_NAME
             elif st == S_ETAG_NAME:
                 e = &self.elems[self.depth - 1]
                 nm = self.names + e.name_off
                 ei = self.em_i
-                if ei == 0 and lim - p > e.name_len and memcmp(p, nm, e.name_len) == 0:
+                if ei == 0 and lim - p > e.name_len and _same(p, nm, e.name_len):
                     p += e.name_len
                     ei = e.name_len
                 while p < lim and ei < e.name_len and p[0] == nm[ei]:

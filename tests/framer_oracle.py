@@ -15,7 +15,13 @@ input ends:
 - ``definite``: an error that is visible before the end of the input, so no continuation can
   repair it: the framer must raise;
 - neither: the input is only truncated (a viable prefix, as far as libxml2 can tell): the framer
-  must not raise on the elements it has, and must not report a stream close.
+  must not report a stream close, must give the same elements, and may raise only inside the
+  unfinished last token (``tail``), which libxml2 has not judged yet.
+
+libxml2 reports some errors only at the end of the input (namespace errors, a missing ';'); the
+verdict places them by libxml2's line and column and counts those before ``tail`` as definite.
+Namespace names must be RFC 3986 URI references, as libxml2 2.14 (and so lxml and
+s2sfast.xml.parse_stanza) requires.
 """
 
 from __future__ import annotations

@@ -180,6 +180,24 @@ def test_truncation_is_not_a_definite_error(data):
     assert not v.accepted and not v.definite, v.reason
 
 
+@pytest.mark.parametrize(
+    "rest, unfinished",
+    [
+        (b"<a/><bo", b"<bo"),
+        (b"<a x='1' y='", b"<a x='1' y='"),
+        (b"<a/>  ", b"  "),
+        (b"<a>text", b"text"),
+        (b"<a><![CDATA[x", b"<![CDATA[x"),
+        (b"<a/>", b""),
+    ],
+)
+def test_truncation_points_at_the_unfinished_token(rest, unfinished):
+    data = HEADER + rest
+    v = judge(data)
+    assert not v.definite and not v.accepted
+    assert data[v.tail :] == unfinished
+
+
 def test_truncated_stream_reports_the_completed_elements():
     data = HEADER + b"<a/> <b>x</b><c><d/>"
     v = judge(data)

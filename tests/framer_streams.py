@@ -266,8 +266,9 @@ def streams(draw: Any, default_ns: str = "jabber:server", closed: bool | None = 
     ]
     optional = [
         ("xmlns:db", DIALBACK_NS),
-        ("to", "b.test"),
-        ("from", "a.test"),
+        ("xmlns:p", "urn:x:p"),
+        ("to", draw(st.sampled_from(["b.test", "b&#252;cher.example", "x&#x2E;test", "ü.test"]))),
+        ("from", draw(st.sampled_from(["a.test", "a.test\t", "&lt;a&gt;"]))),
         ("id", draw(st.sampled_from(["", "c2b-1", "10393691592939471009", "a&amp;b"]))),
         ("version", "1.0"),
         ("xml:lang", draw(st.sampled_from(["en", "de-CH", ""]))),
@@ -276,6 +277,8 @@ def streams(draw: Any, default_ns: str = "jabber:server", closed: bool | None = 
     scope = {"": default_ns, "stream": STREAM_NS}
     if ("xmlns:db", DIALBACK_NS) in header:
         scope["db"] = DIALBACK_NS
+    if ("xmlns:p", "urn:x:p") in header:
+        scope["p"] = "urn:x:p"
     out += "<stream:stream"
     for i in draw(st.permutations(range(len(header)))):
         name, value = header[i]

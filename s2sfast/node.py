@@ -24,7 +24,7 @@ from s2sfast.framing import Stanza
 from s2sfast.incoming import IncomingMachine
 from s2sfast.limits import IDLE_TIMEOUT, ConnectionLimiter
 from s2sfast.router import MAX_QUEUE, Router, stanza_from_bytes
-from s2sfast.stream import CLOSE_TIMEOUT, XmlStream
+from s2sfast.stream import CLOSE_TIMEOUT, WRITE_STALL_TIMEOUT, XmlStream
 from s2sfast.tls import make_client_context, make_server_context, verify_peer
 
 __all__ = ["Node", "ConnectionInfo"]
@@ -63,8 +63,11 @@ class Node:
             nameservers); it is closed by :meth:`stop`.
         retry_initial: first reconnect delay in seconds (doubles up to ``max_retry_delay``).
         pending_deadline: seconds a queued stanza waits for its stream before bouncing.
-        idle_timeout: seconds without inbound traffic before an authenticated stream is closed
-            (connection-timeout); whitespace keepalives count as traffic. None: never.
+        idle_timeout: seconds without traffic before an authenticated stream is closed
+            (connection-timeout): nothing from the peer (its whitespace keepalives count) and
+            no stanza from us. None: never.
+        write_stall: seconds a peer may leave our write buffer above the high-water mark
+            without reading before its stream fails with resource-constraint.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Node:
         retry_initial: float = DEFAULT_INITIAL_DELAY,
         pending_deadline: float = DEFAULT_PENDING_DEADLINE,
         idle_timeout: float | None = IDLE_TIMEOUT,
+        write_stall: float = WRITE_STALL_TIMEOUT,
     ) -> None:
         self.config = config
         self.keepalive = keepalive
@@ -85,6 +89,7 @@ class Node:
         self.retry_initial = retry_initial
         self.pending_deadline = pending_deadline
         self.idle_timeout = idle_timeout
+        self.write_stall = write_stall
         #: one connection limiter per listener (max_connections, negotiating per address)
         self._limiters: dict[int, ConnectionLimiter] = {}
         self._handlers: list[Handler] = []
@@ -139,6 +144,7 @@ class Node:
             max_stanza_size=listen0.max_stanza_size if listen0 else None,
             resolver=self.resolver,
             idle_timeout=self.idle_timeout,
+            write_stall=self.write_stall,
             retry_initial=self.retry_initial,
             pending_deadline=self.pending_deadline,
         )
@@ -190,7 +196,10 @@ class Node:
             raw = stanza if isinstance(stanza, bytes | bytearray) else _serialise(stanza)
             raw = bytes(raw)
             framed = stanza_from_bytes(raw)
-        self.router.send(raw, framed)
+        stream = self.router.send(raw, framed)
+        if stream is not None and stream.congested:
+            # backpressure: the peer reads slower than we are asked to send
+            await stream.drained()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush queued stanzas (up to *timeout*), stop accepting, close every stream cleanly.
@@ -293,6 +302,7 @@ class Node:
             keepalive=self.keepalive,
             on_connected=router.incoming_connected,
             idle_timeout=self.idle_timeout,
+            write_stall_timeout=self.write_stall,
             max_rate=listen.max_rate,
         )
         stream.limiter = limiter

@@ -42,7 +42,7 @@ from s2sfast.limits import MAX_PENDING_VERIFICATIONS
 from s2sfast.negotiation import jid_domain, stream_header
 from s2sfast.outgoing import OutgoingMachine
 from s2sfast.policy import Policy
-from s2sfast.stream import XmlStream
+from s2sfast.stream import WRITE_STALL_TIMEOUT, XmlStream
 
 __all__ = ["Router", "OutboundLink", "stanza_from_bytes", "MAX_QUEUE"]
 
@@ -139,6 +139,7 @@ class Router:
         max_stanza_size: int | None = None,
         resolver: Resolver | None = None,
         idle_timeout: float | None = None,
+        write_stall: float = WRITE_STALL_TIMEOUT,
         retry_initial: float = DEFAULT_INITIAL_DELAY,
         pending_deadline: float = DEFAULT_PENDING_DEADLINE,
     ) -> None:
@@ -153,6 +154,7 @@ class Router:
         self.resolver = resolver or Resolver.from_options(config.s2s.dns)
         self.retry_initial = retry_initial
         self.idle_timeout = idle_timeout
+        self.write_stall = write_stall
         self.pending_deadline = pending_deadline
         #: remote domain -> reconnect back-off (outlives links)
         self._backoff: dict[str, Backoff] = {}
@@ -215,8 +217,11 @@ class Router:
 
     # --- sending -------------------------------------------------------------------------------
 
-    def send(self, raw: bytes, stanza: Stanza) -> None:
+    def send(self, raw: bytes, stanza: Stanza) -> XmlStream | None:
         """Route one stanza (raw bytes + its framed view) from a local domain.
+
+        Returns:
+            The stream it was written to (the caller may wait for it to drain), else None.
 
         Raises:
             ValueError: ``from`` is not at a local domain, or ``to`` is missing.
@@ -241,7 +246,7 @@ class Router:
         if link is not None and link.established and link.stream is not None:
             if link.stream.writable:
                 link.stream.write(raw)
-                return
+                return link.stream
             # closing (idle close, peer's </stream:stream>): a fresh stream takes over
             del self.outbound[(local, remote)]
             link = None
@@ -348,6 +353,7 @@ class Router:
             keepalive=self.keepalive,
             on_connected=attach,
             idle_timeout=self.idle_timeout,
+            write_stall_timeout=self.write_stall,
         )
 
     def _link_failed(self, link: OutboundLink, condition: str, text: str | None) -> None:

@@ -48,8 +48,13 @@ log = logging.getLogger("s2sfast.stream")
 CLOSE_TIMEOUT = 2.0
 #: plaintext read per SSLObject.read call: one TLS record's worth
 TLS_READ_SIZE = 16 * 1024
-#: writes above this much buffered data pause nothing but are logged once (slow peer)
+#: transport buffer marks: above HIGH, Node.send() waits (backpressure) until it is below LOW
 _HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+#: seconds a peer may leave our buffer above the high-water mark without reading it down to
+#: the low one. A reading server drains 192 KiB in milliseconds; one that reads nothing for
+#: half a minute is treated as dead (resource-constraint), so its stanzas bounce or retry.
+WRITE_STALL_TIMEOUT = 30.0
 
 
 class StreamOwner(Protocol):
@@ -75,8 +80,10 @@ class XmlStream(asyncio.Protocol):
         idle_timeout: seconds of read silence after which an authenticated stream is closed
             with connection-timeout (None: never); whitespace keepalives count as traffic.
         max_rate: inbound bytes per second (the listener's shaper; None: unlimited).
-        max_write_buffer: bytes queued for a peer that does not read before the stream fails
-            with resource-constraint.
+        max_write_buffer: hard cap on bytes queued for the peer (for writers that ignore
+            backpressure); beyond it the stream fails with resource-constraint.
+        write_stall_timeout: seconds above the high-water mark without the peer reading
+            before the stream fails with resource-constraint.
     """
 
     def __init__(
@@ -91,7 +98,8 @@ class XmlStream(asyncio.Protocol):
         on_connected: Callable[[XmlStream], None] | None = None,
         idle_timeout: float | None = None,
         max_rate: int | None = None,
-        max_write_buffer: int = MAX_WRITE_BUFFER,
+        max_write_buffer: int = 4 * MAX_WRITE_BUFFER,
+        write_stall_timeout: float = WRITE_STALL_TIMEOUT,
     ) -> None:
         self.machine = machine
         self.owner = owner
@@ -101,6 +109,10 @@ class XmlStream(asyncio.Protocol):
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
         self.max_write_buffer = max_write_buffer
+        self.write_stall_timeout = write_stall_timeout
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._stall: asyncio.TimerHandle | None = None
         self.on_connected = on_connected
         self.transport: asyncio.Transport | None = None
         #: owner's bookkeeping (the router's outbound link; the listener's connection limiter)
@@ -115,11 +127,13 @@ class XmlStream(asyncio.Protocol):
         self._bucket = TokenBucket(max_rate, now=self._loop.time()) if max_rate else None
         self._resume: asyncio.TimerHandle | None = None
         self._last_read = self._loop.time()
+        self._last_activity = self._last_read
         self._ssl: ssl.SSLObject | None = None
         self._in_bio: ssl.MemoryBIO | None = None
         self._out_bio: ssl.MemoryBIO | None = None
         self._handshaking = False
         self._wbuf: list[bytes] = []
+        self._wbuf_size = 0
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._ka_timer: asyncio.TimerHandle | None = None
@@ -162,7 +176,9 @@ class XmlStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peername = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=_HIGH_WATER, low=_LOW_WATER
+        )
         self._last_write = time.monotonic()
         if self.on_connected is not None:
             self.on_connected(self)
@@ -177,7 +193,7 @@ class XmlStream(asyncio.Protocol):
             return
         if self._close_sent and self.machine.state in self.machine.FINAL:
             return  # after our stream error: discard, the close timer ends the connection
-        self._last_read = self._loop.time()
+        self._last_read = self._last_activity = self._loop.time()
         if self._bucket is not None:
             pause = self._bucket.consume(len(data), self._last_read)
             if pause and self.transport is not None:
@@ -194,6 +210,42 @@ class XmlStream(asyncio.Protocol):
                 return
         self._read_tls()
 
+    # --- backpressure ---------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+        if self._stall is None and not self._lost:
+            self._stall = self._loop.call_later(self.write_stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    @property
+    def congested(self) -> bool:
+        """Whether writers should wait (:meth:`drained`) before writing more."""
+        return not self._drained.is_set()
+
+    async def drained(self) -> None:
+        """Wait until the peer has read our buffer down (or the stream is gone)."""
+        await self._drained.wait()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._lost:
+            return
+        size = self.transport.get_write_buffer_size() if self.transport else 0
+        log.warning("%s: peer stopped reading (%d bytes queued)", self.describe(), size)
+        self._perform(
+            self.machine.fail(
+                LocalStreamError("resource-constraint", "the peer does not read its stream")
+            )
+        )
+        self.abort()  # the error cannot get through a full pipe either
+        self._drained.set()
+
     def _resume_reading(self) -> None:
         self._resume = None
         if not self._lost and self.transport is not None:
@@ -204,7 +256,8 @@ class XmlStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        for handle in (self._timer, self._ka_timer, self._close_timer, self._resume):
+        self._drained.set()
+        for handle in (self._timer, self._ka_timer, self._close_timer, self._resume, self._stall):
             if handle is not None:
                 handle.cancel()
         if not self.machine.closed or self.machine.state == "CLOSING":
@@ -315,7 +368,10 @@ class XmlStream(asyncio.Protocol):
         if self._lost or self._close_sent:
             return
         now = self._loop.time()
-        if self.idle_timeout and self.authenticated and now - self._last_read > self.idle_timeout:
+        # idle: nothing from the peer (its keepalives count) and no stanza of ours either, so a
+        # busy outbound stream to a peer that never writes back (ejabberd) is not torn down
+        idle = now - self._last_activity
+        if self.idle_timeout and self.authenticated and idle > self.idle_timeout:
             self._fail(LocalStreamError("connection-timeout", f"idle for {self.idle_timeout:g} s"))
             return
         if self.keepalive and self.authenticated:
@@ -383,6 +439,12 @@ class XmlStream(asyncio.Protocol):
         if self._lost or self._close_sent or not data:
             return
         self._wbuf.append(data)
+        self._wbuf_size += len(data)
+        if data != b" ":  # our own stanzas are activity; our keepalives are not
+            self._last_activity = self._loop.time()
+        if self._wbuf_size >= _HIGH_WATER:
+            self._flush()  # a burst: hand it to the transport now, so backpressure can engage
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -391,9 +453,11 @@ class XmlStream(asyncio.Protocol):
         self._flush_scheduled = False
         if not self._wbuf or self._lost or self.transport is None:
             self._wbuf.clear()
+            self._wbuf_size = 0
             return
         data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
         self._wbuf.clear()
+        self._wbuf_size = 0
         self._last_write = time.monotonic()
         if self._ssl is None:
             self.transport.write(data)

@@ -155,3 +155,17 @@ async def test_stop_sends_system_shutdown_to_streams_still_negotiating(federatio
     error = await peer.next()
     assert error.name == "error" and b"system-shutdown" in error.raw
     await peer.close()
+
+
+async def test_a_burst_beyond_the_write_buffer_arrives_whole(federation):
+    # send() applies backpressure instead of judging a reading peer "deaf" from its backlog
+    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
+    await nodes["A"].send(message("u@a.test", "v@b.test", "first", id="first"))
+    assert (await nodes["B"].inbox.get()).id == "first"
+    filler = "y" * 500
+    n = 20_000
+    for i in range(n):
+        await nodes["A"].send(message("u@a.test", "v@b.test", filler, id=f"f{i}"))
+    ids = [(await nodes["B"].inbox.get()).id for _ in range(n)]
+    assert ids == [f"f{i}" for i in range(n)]
+    assert not [s for s in nodes["A"].inbox.seen if s.type == "error"]

@@ -701,37 +701,6 @@ cdef class StreamFramer:
         self._begin_name()
         return 0
 
-    cdef inline void _attr_named(self) noexcept:
-        """The current attribute's name is complete: record it, decide what to capture."""
-        cdef Attr* a = &self.attrs[self.nattrs]
-        cdef const uchar* nm = self.abuf + self.an_off
-        cdef Py_ssize_t n = self.nm_len
-        self.nattrs += 1
-        a.name_off = self.an_off
-        a.name_len = n
-        a.colon = self.nm_colon
-        a.val_off = -1
-        a.verbatim = False
-        a.val_len = 0
-        a.is_decl = (nm[0] == 120 and (n == 5 or a.colon == 5) and (a.colon < 0 or a.colon == 5)
-                     and nm[1] == 109 and nm[2] == 108 and nm[3] == 110 and nm[4] == 115)
-        if a.is_decl:
-            self.n_decl += 1
-            self.capture = True
-            return
-        if a.colon >= 0:
-            self.n_pfx += 1
-        if self.depth == 0:
-            self.capture = True
-        elif self.depth == 1 and a.colon < 0 and (
-                (n == 2 and ((nm[0] == 116 and nm[1] == 111) or (nm[0] == 105 and nm[1] == 100)))
-                or (n == 4 and ((nm[0] == 102 and nm[1] == 114 and nm[2] == 111 and nm[3] == 109)
-                                or (nm[0] == 116 and nm[1] == 121 and nm[2] == 112
-                                    and nm[3] == 101)))):
-            self.capture = True
-        else:
-            self.capture = False
-
     cdef Py_ssize_t _lookup(self, const uchar* pfx, Py_ssize_t plen) noexcept:
         """Index of the innermost binding of *pfx* (length 0: default namespace), or -1."""
         cdef Py_ssize_t i = self.nbinds - 1
@@ -762,6 +731,17 @@ cdef class StreamFramer:
         memcpy(self.nsbuf + b.uri_off, uri, ulen)
         self.nsbuf_len += plen + ulen
         return 0
+
+    cdef inline bint _lone_default_decl(self) noexcept:
+        """The tag's only attribute is xmlns='uri' with a valid, non-reserved uri."""
+        cdef Attr* a = &self.attrs[0]
+        cdef const uchar* uri
+        if self.nattrs != 1 or not a.is_decl or a.colon >= 0:
+            return False
+        uri = self.abuf + a.val_off
+        if _reserved_ns(uri, a.val_len):
+            return False
+        return a.val_len == 0 or _uri_ok(uri, a.val_len)
 
     cdef bint _dup_names(self) except -1:
         """True when two attributes of the current tag have the same name as written."""
@@ -1099,7 +1079,7 @@ cdef class StreamFramer:
         cdef uchar c, t
         cdef uint32_t cp = 0
         cdef Py_ssize_t base = self.pos
-        cdef Py_ssize_t ei
+        cdef Py_ssize_t ei, an
         cdef Elem* e
         cdef Attr* a
         cdef uchar enc[4]
@@ -1281,7 +1261,38 @@ cdef class StreamFramer:
                         self._fail(NWF, "invalid character in a start tag", base + (p - data))
                         return 1
                 else:
-                    self._attr_named()
+                    # The attribute's name is complete: record it, decide what to capture.
+                    a = &self.attrs[self.nattrs]
+                    nm = self.abuf + self.an_off
+                    an = self.nm_len
+                    self.nattrs += 1
+                    a.name_off = self.an_off
+                    a.name_len = an
+                    a.colon = self.nm_colon
+                    a.val_off = -1
+                    a.verbatim = False
+                    a.val_len = 0
+                    a.is_decl = (nm[0] == 120 and (an == 5 or a.colon == 5)
+                                 and (a.colon < 0 or a.colon == 5) and nm[1] == 109
+                                 and nm[2] == 108 and nm[3] == 110 and nm[4] == 115)
+                    if a.is_decl:
+                        self.n_decl += 1
+                        self.capture = True
+                    else:
+                        if a.colon >= 0:
+                            self.n_pfx += 1
+                        if self.depth == 0:
+                            self.capture = True
+                        elif self.depth == 1 and a.colon < 0 and (
+                                (an == 2 and ((nm[0] == 116 and nm[1] == 111)
+                                              or (nm[0] == 105 and nm[1] == 100)))
+                                or (an == 4 and ((nm[0] == 102 and nm[1] == 114 and nm[2] == 111
+                                                  and nm[3] == 109)
+                                                 or (nm[0] == 116 and nm[1] == 121
+                                                     and nm[2] == 112 and nm[3] == 101)))):
+                            self.capture = True   # to, id, from, type of a top-level element
+                        else:
+                            self.capture = False
                     if c == CH_EQ:
                         p += 1
                         if p < lim and (p[0] == CH_SQ or p[0] == CH_DQ):  # the usual a='v'
@@ -1710,6 +1721,27 @@ cdef class StreamFramer:
 
             # Completions shared by several states.
             if tagend:
+                if self.depth >= 2 and self.el_colon < 0 and (
+                        self.nattrs == 0 or (tagend == 2 and self._lone_default_decl())):
+                    # A child element with no prefix and either no attributes (<body>,
+                    # <show/>) or, when empty, only a valid default namespace declaration
+                    # (<active xmlns='...'/>, which binds nothing beyond itself): nothing
+                    # else to check; open it, or drop its name when empty.
+                    if tagend == 2:
+                        self.names_len = self.el_off
+                    else:
+                        if self.depth >= self.elems_cap:
+                            s2s_grow(<void**>&self.elems, &self.elems_cap, self.depth + 1,
+                                     sizeof(Elem))
+                        e = &self.elems[self.depth]
+                        e.name_off = self.el_off
+                        e.name_len = self.el_len
+                        e.ns_mark = self.nbinds
+                        e.nsbuf_mark = self.nsbuf_len
+                        self.depth += 1
+                    tagend = 0
+                    st = S_TEXT
+                    continue
                 st = self._stag_end(tagend == 2, base + (p - data))
                 tagend = 0
                 if st == S_ERROR:

@@ -113,6 +113,7 @@ cdef uchar T_CDATA[256]   # plain CDATA content: ASCII Char except ] >
 cdef uchar T_WS[256]      # XML S
 cdef uchar T_NAME[256]    # 1 NameStartChar (not ':'), 2 NameChar only, 3 ':'
 cdef uchar T_NCHAR[256]   # ASCII NameChar other than ':'
+cdef uchar T_NMORE[256]   # ':' and bytes >= 0x80: may continue a name after an ASCII run
 cdef int T_HEX[256]       # hex digit value or -1
 
 
@@ -133,6 +134,7 @@ cdef void _init_tables():
         else:
             T_NAME[c] = 0
         T_NCHAR[c] = T_NAME[c] == 1 or T_NAME[c] == 2
+        T_NMORE[c] = c == CH_COLON or c >= 0x80
         if 48 <= c <= 57:
             T_HEX[c] = c - 48
         elif 65 <= c <= 70:
@@ -1218,13 +1220,14 @@ cdef class StreamFramer:
                 q = p
                 r = 0
                 if self.nm_len == 0 and T_NAME[p[0]] == 1:
-                    # the usual case, inline: a name starting with an ASCII letter
+                    # the usual case, inline: a name starting with an ASCII letter; only a
+                    # ':' or a non-ASCII byte after its ASCII run needs the full scanner
                     p = s2s_skip_nchar(p + 1, lim)
-                    while p < lim and T_NCHAR[p[0]]:
-                        p += 1
                     self.nm_len = p - q
                     self.nm_need = False
-                if p < lim and (p[0] >= 0x80 or T_NAME[p[0]]):
+                    if p < lim and T_NMORE[p[0]]:
+                        r = self._scan_name(&p, lim)
+                elif p[0] >= 0x80 or T_NAME[p[0]]:
                     r = self._scan_name(&p, lim)
                 if p != q:
                     if st == S_STAG_NAME:

@@ -132,7 +132,13 @@ cdef extern from *:
         }
         return p;
     }
-    /* ASCII NameChars other than ':' ([A-Za-z0-9._-]), 16 at a time. */
+    /* An ASCII NameChar other than ':' ([A-Za-z0-9._-]). */
+    static inline int s2s_nchar(unsigned c) {
+        return (unsigned)((c | 0x20) - 'a') < 26u || (unsigned)(c - '0') < 10u
+            || c == '-' || c == '.' || c == '_';
+    }
+    /* ASCII NameChars other than ':', 16 at a time, then one by one up to `end`: returns the
+       first other byte (or end). */
     static inline __m128i s2s_in_range(__m128i v, char lo, char hi) {
         __m128i t = _mm_sub_epi8(v, _mm_set1_epi8(lo));
         return _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8((char)(hi - lo))), t);
@@ -150,12 +156,17 @@ cdef extern from *:
             if (mask) return p + __builtin_ctz((unsigned)mask);
             p += 16;
         }
+        while (p < end && s2s_nchar(*p)) p++;
         return p;
     }
     #else
+    static inline int s2s_nchar(unsigned c) {
+        return (unsigned)((c | 0x20) - 'a') < 26u || (unsigned)(c - '0') < 10u
+            || c == '-' || c == '.' || c == '_';
+    }
     static inline const unsigned char* s2s_skip_nchar(const unsigned char* p,
                                                       const unsigned char* end) {
-        (void)end;
+        while (p < end && s2s_nchar(*p)) p++;
         return p;
     }
     static inline const unsigned char* s2s_skip_text(const unsigned char* p,
@@ -301,22 +312,36 @@ cdef inline Py_ssize_t u8enc(uint32_t c, uchar* out) noexcept nogil:
 
 
 cdef inline bint _same(const uchar* a, const uchar* b, Py_ssize_t n) noexcept:
-    """a[:n] == b[:n], eight bytes at a time (short strings: cheaper than calling memcmp)."""
+    """a[:n] == b[:n], eight bytes at a time (short strings: cheaper than calling memcmp).
+
+    The last (partial) word is compared as the final eight bytes, overlapping bytes already
+    compared; strings shorter than eight bytes use two overlapping 4-byte words, or the
+    first, middle and last bytes (which cover all of a 1-3 byte string).
+    """
     cdef uint64_t x, y
-    while n >= 8:
-        memcpy(&x, a, 8)
-        memcpy(&y, b, 8)
-        if x != y:
+    cdef uint32_t u, v
+    if n >= 8:
+        while n > 8:
+            memcpy(&x, a, 8)
+            memcpy(&y, b, 8)
+            if x != y:
+                return False
+            a += 8
+            b += 8
+            n -= 8
+        memcpy(&x, a + n - 8, 8)
+        memcpy(&y, b + n - 8, 8)
+        return x == y
+    if n >= 4:
+        memcpy(&u, a, 4)
+        memcpy(&v, b, 4)
+        if u != v:
             return False
-        a += 8
-        b += 8
-        n -= 8
-    while n > 0:
-        if a[0] != b[0]:
-            return False
-        a += 1
-        b += 1
-        n -= 1
+        memcpy(&u, a + n - 4, 4)
+        memcpy(&v, b + n - 4, 4)
+        return u == v
+    if n > 0:
+        return a[0] == b[0] and a[n >> 1] == b[n >> 1] and a[n - 1] == b[n - 1]
     return True
 
 

@@ -91,7 +91,8 @@ async def test_idle_authenticated_stream_is_closed_but_keepalives_count(dns_serv
 
 async def test_writes_to_a_peer_that_does_not_read_are_bounded(dns_server):
     """deaf.test accepts our dialback and then never reads: 32 MiB of stanzas for it must not
-    pile up in memory; they bounce instead."""
+    pile up in memory (senders wait: backpressure), and once the peer has not read for
+    write_stall seconds its stream fails and what waits bounces."""
     fake = FakeServer("deaf", "deaf.test")
     await fake.start()
     try:
@@ -102,7 +103,11 @@ async def test_writes_to_a_peer_that_does_not_read_are_bounded(dns_server):
                 bounced.append(stanza.id)
 
         async with solo_node(
-            dns_server, [VICTIM], addresses={"deaf.test": fake.port}, handler=count_bounces
+            dns_server,
+            [VICTIM],
+            addresses={"deaf.test": fake.port},
+            handler=count_bounces,
+            node_options={"write_stall": 1.0},
         ) as node:
             # first the stream is up: later stanzas go straight to it, not to a queue
             await node.send(b"<message from='a@v.test' to='b@deaf.test' id='first'/>")
@@ -241,12 +246,6 @@ async def test_pending_dialback_verifications_are_bounded_node_wide(dns_server):
         await mute.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the write-backlog bound judges 'peer does not read' from one sample, so a "
-    "burst to an honest, reading peer is cut and lost unbounced (interop's report, "
-    ".coord/requests.md 04:10; limits.BacklogWatch offers the progress-based judgement)",
-)
 async def test_a_burst_to_an_honest_reading_peer_arrives_whole(federation):
     """The write bound must not hurt honest peers: 20,000 stanzas (~10 MB) sent as fast as
     the API allows reach the other node, in order, none lost, nothing bounced."""
@@ -266,11 +265,6 @@ async def test_a_burst_to_an_honest_reading_peer_arrives_whole(federation):
     assert not [s for s in a.inbox.seen if s.type == "error"], "stanzas bounced"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: idle_timeout counts only inbound bytes on outbound streams too, so a busy "
-    "stream to a peer that never writes back is torn down (.coord/requests.md 04:12)",
-)
 async def test_idle_timeout_spares_a_busy_outbound_stream_to_a_silent_peer(dns_server):
     """A receiving server owes us no bytes on our outbound stream (ejabberd sends none at
     all, see ../shared/captures): while we keep writing, the stream is not idle."""

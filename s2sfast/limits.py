@@ -20,7 +20,6 @@ __all__ = [
     "MAX_PENDING_VERIFICATIONS",
     "MAX_WRITE_BUFFER",
     "WRITE_STALL_TIMEOUT",
-    "BacklogWatch",
     "pre_auth_limit",
     "Refusal",
     "ConnectionLimiter",
@@ -56,12 +55,13 @@ MAX_PENDING_RESULTS_PER_STREAM = 16
 #: beyond it new claims are answered type='error' (resource-constraint) at once.
 MAX_PENDING_VERIFICATIONS = 1024
 
-#: bytes queued for one peer above which we watch whether it still reads (see BacklogWatch),
-#: and the high-water mark for backpressure on senders. 1 MiB is ~1,000 typical stanzas.
+#: bytes queued for one peer: the high-water mark for backpressure on senders (Node.send waits)
+#: and the level above which we watch whether the peer still reads. 1 MiB is ~1,000 typical
+#: stanzas.
 MAX_WRITE_BUFFER = 1024 * 1024
 
-#: seconds a backlog above MAX_WRITE_BUFFER may go without the peer taking a single byte of
-#: it before we call the peer deaf and fail the stream (resource-constraint). Judged by lack
+#: seconds our write buffer may stay above its high-water mark without draining before we call
+#: the peer deaf and fail the stream (resource-constraint). Judged by lack
 #: of progress, never by one sample: an honest peer that reads slower than a burst arrives
 #: still drains the backlog, and a burst must not be cut (the interop suite lost 12,000
 #: stanzas to Prosody that way). TCP itself gives up on a silent peer after minutes; 30 s is
@@ -140,44 +140,3 @@ class ConnectionLimiter:
             self._negotiating.pop(address, None)
         else:
             self._negotiating[address] -= 1
-
-
-class BacklogWatch:
-    """Decides when a peer "does not read": our write backlog stays above *limit* and the
-    peer takes none of it for *stall* seconds. Sans-IO: the stream reports bytes it hands to
-    the transport and samples the transport's buffer size with the current time.
-
-    Args:
-        limit: backlog bytes below which nothing is judged (MAX_WRITE_BUFFER).
-        stall: seconds without progress above *limit* that make the peer deaf.
-    """
-
-    __slots__ = ("limit", "stall", "_written", "_drained", "_since")
-
-    def __init__(self, limit: int = MAX_WRITE_BUFFER, stall: float = WRITE_STALL_TIMEOUT) -> None:
-        self.limit = limit
-        self.stall = stall
-        self._written = 0
-        self._drained = 0
-        self._since: float | None = None
-
-    def written(self, nbytes: int) -> None:
-        """*nbytes* more were handed to the transport."""
-        self._written += nbytes
-
-    def over(self, backlog: int) -> bool:
-        """Whether senders should wait (backpressure) at this backlog."""
-        return backlog > self.limit
-
-    def deaf(self, backlog: int, now: float) -> bool:
-        """Sample the transport's *backlog* at *now*; True once the peer counts as deaf."""
-        drained = self._written - backlog
-        progressed = drained > self._drained
-        self._drained = max(self._drained, drained)
-        if backlog <= self.limit:
-            self._since = None
-            return False
-        if progressed or self._since is None:
-            self._since = now
-            return False
-        return now - self._since >= self.stall

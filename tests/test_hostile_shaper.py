@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from s2sfast.limits import (
     MAX_NEGOTIATING_PER_ADDRESS,
     PRE_AUTH_MAX_STANZA,
-    BacklogWatch,
     ConnectionLimiter,
     pre_auth_limit,
 )
@@ -84,33 +83,6 @@ def test_connection_limiter_caps_total_and_negotiating_per_address():
     limiter.closed("192.0.2.3", was_authenticated=False)
     assert limiter.negotiating("192.0.2.3") == 0
     assert limiter.admit("192.0.2.4") is None
-
-
-def test_backlog_watch_judges_by_progress_not_by_one_sample():
-    watch = BacklogWatch(limit=1000, stall=10.0)
-    watch.written(50_000)  # a burst: far over the limit at once
-    assert watch.over(50_000) and not watch.deaf(50_000, now=0.0)
-    # the peer reads: the backlog shrinks (or grows slower than we write) -> never deaf
-    watch.written(20_000)
-    assert not watch.deaf(60_000, now=9.0)
-    assert not watch.deaf(55_000, now=18.0)
-    assert not watch.deaf(40_000, now=27.0)
-    # now it stops reading: no byte taken for `stall` seconds after the last progress -> deaf
-    watch.written(5_000)
-    assert not watch.deaf(45_000, now=28.0)
-    assert not watch.deaf(45_000, now=36.9)
-    assert watch.deaf(45_000, now=37.0)
-
-
-def test_backlog_watch_resets_below_the_limit():
-    watch = BacklogWatch(limit=1000, stall=1.0)
-    watch.written(5000)
-    assert not watch.deaf(5000, now=0.0)
-    assert not watch.deaf(500, now=0.5)  # drained below the limit
-    watch.written(5000)
-    assert not watch.deaf(5500, now=100.0)  # a new episode starts its own clock
-    assert watch.deaf(5500, now=101.0)
-    assert not watch.over(1000)
 
 
 def test_connection_limiter_defaults():

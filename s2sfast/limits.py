@@ -55,14 +55,15 @@ MAX_PENDING_RESULTS_PER_STREAM = 16
 #: beyond it new claims are answered type='error' (resource-constraint) at once.
 MAX_PENDING_VERIFICATIONS = 1024
 
-#: bytes queued for one peer: the high-water mark for backpressure on senders (Node.send waits)
-#: and the level above which we watch whether the peer still reads. 1 MiB is ~1,000 typical
-#: stanzas.
+#: bytes queued for one peer, the unit of the write-side bounds: stream.py keeps senders
+#: waiting above a smaller high-water mark (backpressure) and fails a stream whose buffer
+#: passes a hard cap of a few times this (writers that ignore backpressure). 1 MiB is
+#: ~1,000 typical stanzas.
 MAX_WRITE_BUFFER = 1024 * 1024
 
 #: seconds our write buffer may stay above its high-water mark without draining before we call
-#: the peer deaf and fail the stream (resource-constraint). Judged by lack
-#: of progress, never by one sample: an honest peer that reads slower than a burst arrives
+#: the peer deaf and fail the stream (resource-constraint). Judged by lack of progress, never
+#: by one sample: an honest peer that reads slower than a burst arrives
 #: still drains the backlog, and a burst must not be cut (the interop suite lost 12,000
 #: stanzas to Prosody that way). TCP itself gives up on a silent peer after minutes; 30 s is
 #: far beyond any scheduling hiccup of a live server.

@@ -523,3 +523,27 @@ async def test_stream_error_survives_a_peer_that_reads_late(arena, fakes):
     out = await peer.outcome()
     assert_stream_error(out, "policy-violation")
     await a.finish()
+
+
+async def test_the_pre_auth_limit_lifts_after_authentication(arena, fakes):
+    """A stanza above limits.PRE_AUTH_MAX_STANZA but within max_stanza_size is refused
+    before authentication and delivered after it (honest peers keep the configured limit)."""
+    assert limits.PRE_AUTH_MAX_STANZA < 12 * 1024 < MAX_STANZA
+    fake = await fakes("authoritative")
+    a = await arena(addresses={"evil.test": fake.port})
+    big = "<message from='m@evil.test' to='bob@v.test' id='{id}'><body>" + "b" * 12 * 1024
+    big += "</body></message>"
+    early = await HostilePeer.connect(a.port)
+    await early.open("evil.test", VICTIM)
+    early.send(big.format(id="too-early"))
+    assert_stream_error(await early.outcome(), "policy-violation")
+    peer = await HostilePeer.connect(a.port)
+    await authenticate_as(peer, domain="evil.test", victim=VICTIM)
+    peer.send(big.format(id="big-ok"))
+    got = await a.victim.inbox.get()
+    while got.id != "big-ok":
+        got = await a.victim.inbox.get()
+    assert len(got.raw) > 12 * 1024
+    assert delivered_ids(a.victim, "too-early") == []
+    await peer.close()
+    await a.finish()

@@ -634,11 +634,6 @@ cdef class StreamFramer:
             return end
         return data + room
 
-    cdef inline void _begin_name(self) noexcept:
-        self.nm_len = 0
-        self.nm_colon = -1
-        self.nm_need = True
-
     cdef inline int _scan_name(self, const uchar** pp, const uchar* lim) noexcept:
         """Advance over name bytes (QName rules). 0: stopped; -1: bad name; -2: cut UTF-8."""
         cdef const uchar* p = pp[0]
@@ -695,13 +690,6 @@ cdef class StreamFramer:
         self.nm_len = start + (p - q)
         pp[0] = p
         return r
-
-    cdef inline int _attr_begin(self) except -1:
-        if self.nattrs >= self.attrs_cap:
-            s2s_grow(<void**>&self.attrs, &self.attrs_cap, self.nattrs + 1, sizeof(Attr))
-        self.an_off = self.abuf_len
-        self._begin_name()
-        return 0
 
     cdef Py_ssize_t _lookup(self, const uchar* pfx, Py_ssize_t plen) noexcept:
         """Index of the innermost binding of *pfx* (length 0: default namespace), or -1."""
@@ -1082,6 +1070,7 @@ cdef class StreamFramer:
         cdef uint32_t cp = 0
         cdef Py_ssize_t base = self.pos
         cdef Py_ssize_t ei, an
+        cdef int qc
         cdef Elem* e
         cdef Attr* a
         cdef uchar enc[4]
@@ -1142,8 +1131,11 @@ cdef class StreamFramer:
                 rsqb = 0 if st != S_TEXT else rsqb
             elif st == S_ATTR_VAL:
                 q = p
-                while p < lim:
-                    p = s2s_skip_attr(p, lim, self.quote)
+                qc = self.quote
+                p = s2s_skip_attr(p, lim, qc)
+                # the usual: a plain ASCII value, closed in this chunk, found by one skip
+                while p < lim and p[0] != qc:
+                    p = s2s_skip_attr(p, lim, qc)
                     if p >= lim:
                         break
                     c = p[0]
@@ -1171,19 +1163,8 @@ cdef class StreamFramer:
                 if p >= lim:
                     continue
                 c = p[0]
-                if c == CH_LF or c == CH_TAB or c == CH_CR:
-                    # Attribute-value normalisation (XML 1.0 3.3.3 after 2.11): each literal
-                    # tab, LF, CR or CR LF becomes one space.
-                    if self.capture:
-                        self.attrs[self.nattrs - 1].verbatim = False
-                        if not (c == CH_LF and self.attr_cr):
-                            s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap,
-                                    <const uchar*>b" ", 1)
-                    self.attr_cr = c == CH_CR
-                    p += 1
-                    continue
-                self.attr_cr = False
-                if c == self.quote:
+                if c == qc:
+                    self.attr_cr = False
                     p += 1
                     if self.capture:
                         a = &self.attrs[self.nattrs - 1]
@@ -1193,17 +1174,32 @@ cdef class StreamFramer:
                         while p < lim and T_WS[p[0]]:
                             p += 1
                         if p < lim and T_NAME[p[0]] == 1:
-                            self._attr_begin()
+                            self.an_off = self.abuf_len  # an attribute name begins
+                            self.nm_len = 0
+                            self.nm_colon = -1
+                            self.nm_need = True
                             st = S_ATTR_NAME
                         else:
                             st = S_STAG_WS
                     else:
                         st = S_STAG_AFTERVAL
+                elif c == CH_LF or c == CH_TAB or c == CH_CR:
+                    # Attribute-value normalisation (XML 1.0 3.3.3 after 2.11): each literal
+                    # tab, LF, CR or CR LF becomes one space.
+                    if self.capture:
+                        self.attrs[self.nattrs - 1].verbatim = False
+                        if not (c == CH_LF and self.attr_cr):
+                            s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap,
+                                    <const uchar*>b" ", 1)
+                    self.attr_cr = c == CH_CR
+                    p += 1
                 elif c == CH_SQ or c == CH_DQ:
+                    self.attr_cr = False
                     if self.capture:
                         s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, p, 1)
                     p += 1
                 elif c == CH_AMP:
+                    self.attr_cr = False
                     p += 1
                     if self.capture:
                         self.attrs[self.nattrs - 1].verbatim = False
@@ -1250,7 +1246,10 @@ cdef class StreamFramer:
                     if T_WS[c]:
                         p += 1
                         if p < lim and T_NAME[p[0]] == 1:  # the usual: one space, a name
-                            self._attr_begin()
+                            self.an_off = self.abuf_len  # an attribute name begins
+                            self.nm_len = 0
+                            self.nm_colon = -1
+                            self.nm_need = True
                             st = S_ATTR_NAME
                         else:
                             st = S_STAG_WS
@@ -1265,6 +1264,9 @@ cdef class StreamFramer:
                         return 1
                 else:
                     # The attribute's name is complete: record it, decide what to capture.
+                    if self.nattrs >= self.attrs_cap:
+                        s2s_grow(<void**>&self.attrs, &self.attrs_cap, self.nattrs + 1,
+                                 sizeof(Attr))
                     a = &self.attrs[self.nattrs]
                     nm = self.abuf + self.an_off
                     an = self.nm_len
@@ -1329,7 +1331,10 @@ cdef class StreamFramer:
                     p += 1
                     st = S_STAG_SLASH
                 else:
-                    self._attr_begin()
+                    self.an_off = self.abuf_len  # an attribute name begins
+                    self.nm_len = 0
+                    self.nm_colon = -1
+                    self.nm_need = True
                     st = S_ATTR_NAME
             elif st == S_STAG_AFTERVAL:
                 c = p[0]

@@ -53,7 +53,8 @@ def _prosody_stops_finish():
 def prosody(tmp_path: Path):
     """Factory: ``prosody(tls="optional", remotes={"a.test": port})`` -> a started Prosody
     serving b.test with users bob and alice (password "pw"); stopped at teardown.
-    ``certificate=`` (a tests/certs.py IssuedCert) replaces its self-signed certificate."""
+    ``certificate=`` (a tests/certs.py IssuedCert) replaces its self-signed certificate;
+    ``domain=`` serves another domain than b.test."""
     started: list[Prosody] = []
 
     def make(
@@ -61,9 +62,10 @@ def prosody(tmp_path: Path):
         remotes: dict[str, int] | None = None,
         users: tuple[str, ...] = ("bob", "alice"),
         certificate: Any = None,
+        domain: str = B,
         **kw: Any,
     ) -> Prosody:
-        p = Prosody(B, tmp_path / f"prosody-{len(started)}", remotes or {}, tls=tls, **kw)
+        p = Prosody(domain, tmp_path / f"prosody-{len(started)}", remotes or {}, tls=tls, **kw)
         if certificate is not None:  # a tests/certs.py IssuedCert
             p.install_certificate(certificate.cert_pem(), certificate.key_pem())
         started.append(p)

@@ -13,11 +13,14 @@ from interop_flow import error_of, is_message, node_to_bob
 from interop_node import A, B, node_config, parse
 from interop_peer import completed_sessions
 
+from s2sfast.config import AddressOverride
+
 # Non-ASCII text incl. a 4-byte UTF-8 character, plus characters that must stay escaped
 TEXT = "grüße ☃ 日本語 😀 café æøå & <tag> \"q\" 's'"
 ESCAPED = TEXT.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 PING = "urn:xmpp:ping"
 A2 = "a2.test"  # a second domain served by the same node
+C = "c.test"  # a second Prosody
 
 
 @pytest.fixture
@@ -299,3 +302,44 @@ async def test_a_burst_bigger_than_the_write_buffer_reaches_prosody_whole(linked
         f"{len(bounced)} bounced; streams now {node.connections()}"
     )
     assert ids == [f"f{i}" for i in range(n)] and not bounced
+
+
+async def test_one_node_bridges_users_of_two_prosody_servers(
+    prosody, s2sfast_node, c2s, ports, tls_certfile
+):
+    """A server built on s2sfast relays between two independent Prosody peers (b.test with TLS
+    required, c.test with S2S TLS off): each link negotiates on its own terms, concurrently."""
+    (port,) = ports(1)
+    peer_b = prosody(tls="required", remotes={A: port})
+    peer_c = prosody(tls="off", remotes={A: port}, domain=C)
+    config = node_config(port, mode="optional", certfile=tls_certfile(A), peer_port=peer_b.s2s_port)
+    extra = AddressOverride(host=C, ip_address="127.0.0.1", port=peer_c.s2s_port)
+    config = dataclasses.replace(
+        config, s2s=dataclasses.replace(config.s2s, address=(*config.s2s.address, extra))
+    )
+    node = await s2sfast_node(config)
+
+    async def relay(st) -> None:  # carol@a.test forwards what she gets to the other side
+        if st.name == "message" and st.type == "chat" and st.to == f"carol@{A}/x":
+            other = alice.full_jid if st.from_.endswith(f"@{B}/r") else bob.full_jid
+            body = text_of(parse(st.raw), "body")
+            await node.send(
+                f"<message from='carol@{A}/x' to='{other}' id='fwd-{st.id}' type='chat'>"
+                f"<body>{body}</body></message>".encode()
+            )
+
+    node.on_stanza(relay)
+    bob = await c2s(peer_b, "bob")
+    alice = await c2s(peer_c, "alice")
+    bob.send(f"<message to='carol@{A}/x' id='x1' type='chat'><body>to c via a</body></message>")
+    alice.send(f"<message to='carol@{A}/x' id='x2' type='chat'><body>to b via a</body></message>")
+    got_alice = await alice.wait_for(lambda e: is_message(e, "fwd-x1"))
+    got_bob = await bob.wait_for(lambda e: is_message(e, "fwd-x2"))
+    assert text_of(got_alice, "body") == "to c via a" and text_of(got_bob, "body") == "to b via a"
+    tls_by_remote = {(c.direction, c.remote): c.tls for c in node.connections()}
+    assert tls_by_remote == {
+        ("in", B): True,
+        ("out", B): True,
+        ("in", C): False,
+        ("out", C): False,
+    }

@@ -30,7 +30,7 @@ from framer_uri cimport valid_uri_reference  # ext/framer_uri.pxd
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free
 from libc.string cimport memcmp, memcpy
 
@@ -431,6 +431,8 @@ cdef class StreamFramer:
     cdef Py_ssize_t el_off, el_len, el_colon
     cdef Py_ssize_t an_off
     cdef Py_ssize_t n_decl, n_pfx      # namespace declarations / prefixed attributes so far
+    cdef uint64_t name_bits           # 64-bit filter of the tag's attribute names so far
+    cdef bint maybe_dup               # two of them share a filter bit: compare the names
     # held-back partial UTF-8 sequence
     cdef uchar carry[4]
     cdef int carry_len
@@ -456,8 +458,7 @@ cdef class StreamFramer:
     cdef dict hdr_ns
     cdef list hdr_uris                # str of each header binding, by binding index
     cdef Py_ssize_t hdr_nb
-    cdef object cur_name, cur_ns, cur_to, cur_from, cur_type, cur_id
-    cdef Py_ssize_t cur_id_off, cur_id_len
+    cdef Stanza cur                   # the top-level element being read (raw set at its end)
     cdef Py_ssize_t tok_abs           # stream offset of the current top-level element's '<'
     cdef object err_cond, err_text, err_off
 
@@ -847,7 +848,7 @@ cdef class StreamFramer:
         cdef Elem* e
         cdef Py_ssize_t depth = self.depth
         cdef bint scoped = (not empty or self.el_colon >= 0 or self.n_pfx > 0 or depth < 2)
-        if self.nattrs > 1 and self._dup_names():
+        if self.maybe_dup and self._dup_names():
             return self._fail(NWF, "duplicate attribute", off)
         if self.n_decl and self._declare(scoped, off) == S_ERROR:
             return S_ERROR
@@ -941,23 +942,21 @@ cdef class StreamFramer:
         self.region_end = -1
         return 0
 
-    cdef void _stanza_head(self, const uchar* local, Py_ssize_t llen, const uchar* uri,
-                           Py_ssize_t ulen, Py_ssize_t bi):
-        """Make the Python values of a top-level element from its start tag."""
+    cdef int _stanza_head(self, const uchar* local, Py_ssize_t llen, const uchar* uri,
+                          Py_ssize_t ulen, Py_ssize_t bi) except -1:
+        """Start the Stanza of a top-level element from its start tag (raw comes at its end)."""
         cdef Py_ssize_t i
         cdef Attr* a
         cdef const uchar* nm
         cdef const uchar* v
-        self.cur_name = _str(local, llen)
+        cdef Stanza s = Stanza.__new__(Stanza)   # to, from_, type, _id: None
+        s.name = _str(local, llen)
         if 0 <= bi < self.hdr_nb:
-            self.cur_ns = self.hdr_uris[bi]
+            s.ns = self.hdr_uris[bi]
         else:
-            self.cur_ns = _str(uri, ulen)
-        self.cur_to = None
-        self.cur_from = None
-        self.cur_type = None
-        self.cur_id = None
-        self.cur_id_off = -1
+            s.ns = _str(uri, ulen)
+        s._id_off = -1
+        s.namespaces = self.hdr_ns
         for i in range(self.nattrs):
             a = &self.attrs[i]
             if a.val_off < 0 or a.is_decl:
@@ -966,16 +965,18 @@ cdef class StreamFramer:
             v = self.abuf + a.val_off
             if a.name_len == 2:
                 if nm[0] == 116:  # to
-                    self.cur_to = _jid(v, a.val_len)
+                    s.to = _jid(v, a.val_len)
                 elif a.verbatim:  # decoded from raw when first read
-                    self.cur_id_off = a.raw_off - self.tok_abs
-                    self.cur_id_len = a.val_len
+                    s._id_off = a.raw_off - self.tok_abs
+                    s._id_len = a.val_len
                 else:
-                    self.cur_id = PyUnicode_DecodeUTF8(<const char*>v, a.val_len, NULL)
+                    s._id = PyUnicode_DecodeUTF8(<const char*>v, a.val_len, NULL)
             elif nm[0] == 102:  # from
-                self.cur_from = _jid(v, a.val_len)
+                s.from_ = _jid(v, a.val_len)
             else:
-                self.cur_type = _str(v, a.val_len)
+                s.type = _str(v, a.val_len)
+        self.cur = s
+        return 0
 
     cdef int _emit_stanza(self, const uchar* tok, const uchar* p) except -1:
         cdef Py_ssize_t n2 = p - tok
@@ -999,17 +1000,9 @@ cdef class StreamFramer:
             self.abuf = NULL
             self.abuf_cap = 0
             self.abuf_len = 0
-        s = Stanza.__new__(Stanza)
+        s = self.cur
+        self.cur = None
         s.raw = raw
-        s.name = self.cur_name
-        s.ns = self.cur_ns
-        s.to = self.cur_to
-        s.from_ = self.cur_from
-        s.type = self.cur_type
-        s._id = self.cur_id
-        s._id_off = self.cur_id_off
-        s._id_len = self.cur_id_len
-        s.namespaces = self.hdr_ns
         self.events.append(s)
         self.tok_active = False
         self.region_end = -1
@@ -1071,6 +1064,7 @@ cdef class StreamFramer:
         cdef Py_ssize_t base = self.pos
         cdef Py_ssize_t ei, an
         cdef int qc
+        cdef uint64_t bit
         cdef Elem* e
         cdef Attr* a
         cdef uchar enc[4]
@@ -1271,6 +1265,12 @@ cdef class StreamFramer:
                     nm = self.abuf + self.an_off
                     an = self.nm_len
                     self.nattrs += 1
+                    bit = (<uint64_t>1) << (((<uint32_t>an | (<uint32_t>nm[0] << 8)
+                                              | (<uint32_t>nm[an - 1] << 16))
+                                             * 0x9E3779B1u) >> 26)
+                    if self.name_bits & bit:
+                        self.maybe_dup = True
+                    self.name_bits |= bit
                     a.name_off = self.an_off
                     a.name_len = an
                     a.colon = self.nm_colon
@@ -1413,6 +1413,8 @@ cdef class StreamFramer:
                     # a start tag begins (inline: once per element)
                     self.el_off = self.names_len
                     self.nattrs = 0
+                    self.name_bits = 0
+                    self.maybe_dup = False
                     self.n_decl = 0
                     self.n_pfx = 0
                     self.abuf_len = 0

@@ -84,7 +84,7 @@ async def test_prosody_restart_then_federation_resumes(
     peer, node, bob = await _linked(prosody, s2sfast_node, c2s, ports, tls_certfile)
     await bob.close()
     peer.stop()  # SIGTERM: Prosody closes its streams with <system-shutdown/>
-    for _ in range(50):
+    for _ in range(150):
         if not node.connections():
             break
         await asyncio.sleep(0.1)
@@ -121,8 +121,8 @@ async def test_node_restart_on_the_same_port_then_prosody_reconnects(
 async def test_prosodys_keepalives_hold_off_s2sfasts_idle_timeout(
     prosody, s2sfast_node, c2s, ports, tls_certfile
 ):
-    """Prosody's single-space keepalives (every 1 s) are traffic: s2sfast's idle timeout (2 s)
-    must not close its streams while they come."""
+    """Prosody's single-space keepalives (every 1 s) are traffic: s2sfast's idle timeout (3 s)
+    must not close its streams while they come (watched for 7 s)."""
     peer, node, bob = await _linked(
         prosody,
         s2sfast_node,
@@ -130,10 +130,10 @@ async def test_prosodys_keepalives_hold_off_s2sfasts_idle_timeout(
         ports,
         tls_certfile,
         extra_cfg="network_settings = { read_timeout = 1 }",
-        node_kw={"idle_timeout": 2.0},
+        node_kw={"idle_timeout": 3.0},
     )
     before = {(c.direction, c.stream_id) for c in node.connections()}
-    await asyncio.sleep(4.5)
+    await asyncio.sleep(7)
     assert {(c.direction, c.stream_id) for c in node.connections()} == before
     assert "connection-timeout" not in peer.log()
 
@@ -146,7 +146,7 @@ async def test_idle_streams_closed_by_s2sfast_reopen_without_losing_stanzas(
     peer, node, bob = await _linked(
         prosody, s2sfast_node, c2s, ports, tls_certfile, node_kw={"idle_timeout": 1.0}
     )
-    for _ in range(60):
+    for _ in range(150):
         if not node.connections():
             break
         await asyncio.sleep(0.1)
@@ -165,15 +165,26 @@ async def test_idle_timeout_spares_our_busy_outgoing_stream_to_prosody(
     """Prosody never writes on a stream it only receives on (it reads all the time, so its
     read_timeout never fires and it sends no keepalive there). Our outgoing stream to it is
     busy, not idle: s2sfast's idle_timeout must not tear it down."""
+    idle = 3.0
     peer, node, bob = await _linked(
-        prosody, s2sfast_node, c2s, ports, tls_certfile, node_kw={"idle_timeout": 1.5}
+        prosody, s2sfast_node, c2s, ports, tls_certfile, node_kw={"idle_timeout": idle}
     )
     (out,) = [c for c in node.connections() if c.direction == "out"]
-    for i in range(12):  # one stanza every 0.3 s for 3.6 s
-        await node_to_bob(node, bob, f"busy{i}", "still sending")
-        await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    sent_at = []
+    for i in range(30):  # a stanza every 0.25 s for 7.5 s: 2.5 x idle_timeout, gaps 12x shorter
+        await node.send(
+            f"<message from='carol@{A}/x' to='{bob.full_jid}' id='busy{i}' type='chat'>"
+            f"<body>still sending</body></message>".encode()
+        )
+        sent_at.append(loop.time())
+        await asyncio.sleep(0.25)
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    assert max(gaps) < idle, f"the test itself stalled {max(gaps):.1f} s (premise: busy stream)"
+    for i in range(30):
+        await bob.wait_for(lambda e, i=i: is_message(e, f"busy{i}"))
     assert out.stream_id in [c.stream_id for c in node.connections() if c.direction == "out"]
     # Prosody's side of it (its s2sin) was never told connection-timeout; its own outgoing
-    # stream to us carried nothing for 3.6 s, so s2sfast may close that one as idle
+    # stream to us carried nothing meanwhile, so s2sfast may close that one as idle
     (prosody_in,) = completed_sessions(peer.log(), "in")
     assert not [t for t in prosody_in.lines if "connection-timeout" in t]

@@ -622,8 +622,9 @@ async def solo_node(
     """One started Node (with ``.inbox`` and ``.port``) for tests that need listener options
     the ``federation`` fixture does not take (max_connections, shaper, ...).
 
-    *listen* replaces fields of its ``[[listen.s2s]]``; *config* goes to node_config;
-    *handler* replaces the Inbox (which keeps every stanza) as the stanza handler.
+    *listen* replaces fields of its ``[[listen.s2s]]``; *config* goes to node_config (plus
+    ``connect_timeout_ms`` for ``[s2s] outgoing.connection_timeout``); *handler* replaces the
+    Inbox (which keeps every stanza) as the stanza handler.
     """
     from dataclasses import replace
 
@@ -632,7 +633,11 @@ async def solo_node(
     from s2sfast.dns import Resolver
     from s2sfast.node import Node
 
+    connect_timeout_ms = config.pop("connect_timeout_ms", None)
     cfg = node_config(hosts, port=free_port(), **config)
+    if connect_timeout_ms is not None:  # node_config's 3 s is short for 1,000 connects at once
+        outgoing = replace(cfg.s2s.outgoing, connection_timeout=connect_timeout_ms)
+        cfg = replace(cfg, s2s=replace(cfg.s2s, outgoing=outgoing))
     if listen:
         cfg = replace(cfg, listen_s2s=(replace(cfg.listen_s2s[0], **listen),))
     node = Node(

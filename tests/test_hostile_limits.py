@@ -211,7 +211,11 @@ async def test_pending_dialback_verifications_are_bounded_node_wide(dns_server):
     addresses["evil.test"] = auth.port
     try:
         async with solo_node(
-            dns_server, [VICTIM], addresses=addresses, state_timeout_ms=30_000
+            dns_server,
+            [VICTIM],
+            addresses=addresses,
+            state_timeout_ms=60_000,
+            connect_timeout_ms=60_000,
         ) as node:
             async with MemoryProbe() as mem:
                 peers = []
@@ -224,20 +228,24 @@ async def test_pending_dialback_verifications_are_bounded_node_wide(dns_server):
                         peer.send(f"<db:result from='{d}' to='{VICTIM}'>{'ab' * 32}</db:result>")
                     await peer.drain()
                 # claims beyond the bound (whichever streams the node read last) are answered
-                # type='error' at once; the others wait on mute.test's silence
+                # type='error' at once; the others wait on mute.test's silence (generous
+                # connect and state time-outs: under load, nothing else may answer them)
                 over = streams * per - limits.MAX_PENDING_VERIFICATIONS
-                errors = 0
+                errors = links = 0
                 loop = asyncio.get_running_loop()
-                deadline = loop.time() + 20
+                deadline = loop.time() + 60
                 while errors < over and loop.time() < deadline:
+                    links = max(links, len(node.router.outbound))
                     for peer in peers:
                         with contextlib.suppress(TimeoutError):
                             while True:
                                 st = await peer.next_stanza(timeout=0.01)
                                 errors += st.name == "result" and st.type == "error"
-                links = len(node.router.outbound)
-            assert errors == over, f"{errors} claims refused, {over} expected"
-            assert links <= limits.MAX_PENDING_VERIFICATIONS + 2, links
+                links = max(links, len(node.router.outbound))
+            assert errors >= over, f"{errors} claims refused, {over} expected"
+            # the bound itself: never more verify links than MAX_PENDING_VERIFICATIONS (+ the
+            # link to evil.test that authenticated the streams)
+            assert links <= limits.MAX_PENDING_VERIFICATIONS + 1, links
             mem.assert_below(64 * MiB, "node-wide pending verifications")
             for peer in peers:
                 peer.abort()

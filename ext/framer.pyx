@@ -723,11 +723,13 @@ cdef class StreamFramer:
         self.nsbuf_len += plen + ulen
         return 0
 
-    cdef inline bint _lone_default_decl(self) noexcept:
-        """The tag's only attribute is xmlns='uri' with a valid, non-reserved uri."""
-        cdef Attr* a = &self.attrs[0]
+    cdef inline bint _default_decl_ok(self) noexcept:
+        """The tag's one declaration is xmlns='uri' (unprefixed) with a valid, non-reserved uri."""
+        cdef Attr* a = self.attrs
         cdef const uchar* uri
-        if self.nattrs != 1 or not a.is_decl or a.colon >= 0:
+        while not a.is_decl:
+            a += 1
+        if a.colon >= 0:
             return False
         uri = self.abuf + a.val_off
         if _reserved_ns(uri, a.val_len):
@@ -1731,11 +1733,14 @@ cdef class StreamFramer:
 
             # Completions shared by several states.
             if tagend:
-                if self.depth >= 2 and self.el_colon < 0 and (
-                        self.nattrs == 0 or (tagend == 2 and self._lone_default_decl())):
-                    # A child element with no prefix and either no attributes (<body>,
-                    # <show/>) or, when empty, only a valid default namespace declaration
-                    # (<active xmlns='...'/>, which binds nothing beyond itself): nothing
+                if (self.depth >= 2 and self.el_colon < 0 and self.n_pfx == 0
+                        and not self.maybe_dup
+                        and (self.n_decl == 0
+                             or (tagend == 2 and self.n_decl == 1 and self._default_decl_ok()))):
+                    # A child element with no prefixes anywhere, no possibly repeated
+                    # attribute name, and either no namespace declaration (<body>,
+                    # <identity category=... type=.../>) or, when empty, only a valid default
+                    # one (<active xmlns='...'/>, which binds nothing beyond itself): nothing
                     # else to check; open it, or drop its name when empty.
                     if tagend == 2:
                         self.names_len = self.el_off

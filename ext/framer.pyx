@@ -1226,13 +1226,14 @@ cdef class StreamFramer:
                         s2s_append(&self.names, &self.names_len, &self.names_cap, q, p - q)
                     else:
                         s2s_append(&self.abuf, &self.abuf_len, &self.abuf_cap, q, p - q)
-                if r == -2:
-                    cut = True
-                    break
-                if r == -1 or (p < lim and self.nm_need):
-                    self._fail(NWF, "invalid element name" if st == S_STAG_NAME
-                               else "invalid attribute name", base + (p - data))
-                    return 1
+                if r or self.nm_need:
+                    if r == -2:
+                        cut = True
+                        break
+                    if r == -1 or p < lim:
+                        self._fail(NWF, "invalid element name" if st == S_STAG_NAME
+                                   else "invalid attribute name", base + (p - data))
+                        return 1
                 if p >= lim:
                     continue
                 c = p[0]

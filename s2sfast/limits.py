@@ -62,11 +62,11 @@ MAX_PENDING_VERIFICATIONS = 1024
 MAX_WRITE_BUFFER = 1024 * 1024
 
 #: seconds our write buffer may stay above its high-water mark without draining before we call
-#: the peer deaf and fail the stream (resource-constraint). Judged by lack of progress, never
-#: by one sample: an honest peer that reads slower than a burst arrives
-#: still drains the backlog, and a burst must not be cut (the interop suite lost 12,000
-#: stanzas to Prosody that way). TCP itself gives up on a silent peer after minutes; 30 s is
-#: far beyond any scheduling hiccup of a live server.
+#: the peer deaf and fail the stream (resource-constraint); a reading server drains it in
+#: milliseconds. Judged by lack of progress, never by one sample: an honest peer that reads
+#: slower than a burst arrives still drains the backlog, and a burst must not be cut (the
+#: interop suite lost 12,000 stanzas to Prosody that way). TCP itself gives up on a silent
+#: peer after minutes; 30 s is far beyond any scheduling hiccup of a live server.
 WRITE_STALL_TIMEOUT = 30.0
 
 

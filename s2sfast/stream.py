@@ -36,11 +36,11 @@ from s2sfast.events import (
     TlsUp,
 )
 from s2sfast.framing import StreamClose, StreamFramer
-from s2sfast.limits import MAX_WRITE_BUFFER, pre_auth_limit
+from s2sfast.limits import MAX_WRITE_BUFFER, WRITE_STALL_TIMEOUT, pre_auth_limit
 from s2sfast.shaper import TokenBucket
 from s2sfast.tls import peer_chain
 
-__all__ = ["XmlStream", "StreamOwner", "CLOSE_TIMEOUT", "TLS_READ_SIZE"]
+__all__ = ["XmlStream", "StreamOwner", "CLOSE_TIMEOUT", "TLS_READ_SIZE", "WRITE_STALL_TIMEOUT"]
 
 log = logging.getLogger("s2sfast.stream")
 
@@ -51,10 +51,8 @@ TLS_READ_SIZE = 16 * 1024
 #: transport buffer marks: above HIGH, Node.send() waits (backpressure) until it is below LOW
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
-#: seconds a peer may leave our buffer above the high-water mark without reading it down to
-#: the low one. A reading server drains 192 KiB in milliseconds; one that reads nothing for
-#: half a minute is treated as dead (resource-constraint), so its stanzas bounce or retry.
-WRITE_STALL_TIMEOUT = 30.0
+# WRITE_STALL_TIMEOUT (s2sfast.limits): seconds a peer may leave our buffer above the
+# high-water mark without reading it down to the low one before it counts as dead.
 
 
 class StreamOwner(Protocol):

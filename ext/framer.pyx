@@ -1066,6 +1066,7 @@ cdef class StreamFramer:
         cdef Py_ssize_t base = self.pos
         cdef Py_ssize_t ei, an
         cdef int qc
+        cdef const uchar* q2
         cdef uint64_t bit
         cdef Elem* e
         cdef Attr* a
@@ -1083,14 +1084,13 @@ cdef class StreamFramer:
                         break
                     c = p[0]
                     if c >= 0x80:
-                        while True:  # a run of non-ASCII characters
-                            k = u8dec(p, lim, &cp)
-                            if k <= 0:
-                                break
-                            p += k
-                            if p >= lim or p[0] < 0x80:
-                                break
+                        p = s2s_skip_u8(p, lim)  # a run of non-ASCII characters
+                        if p >= lim or p[0] < 0x80:
+                            rsqb = 0
+                            continue
+                        k = u8dec(p, lim, &cp)   # where the run stopped: cut or invalid
                         if k > 0:
+                            p += k
                             rsqb = 0
                             continue
                         if k == 0:
@@ -1138,6 +1138,10 @@ cdef class StreamFramer:
                     if T_ATTR[c]:
                         p += 1
                     elif c >= 0x80:
+                        q2 = s2s_skip_u8(p, lim)
+                        if q2 != p:
+                            p = q2
+                            continue
                         k = u8dec(p, lim, &cp)
                         if k > 0:
                             p += k

@@ -98,6 +98,38 @@ cdef extern from *:
         *len += n;
         return 0;
     }
+    /* Skip whole UTF-8 sequences (2-4 bytes) that are valid and XML Chars: no overlong form,
+       no surrogate, nothing above U+10FFFF, not U+FFFE/U+FFFF (the rules of u8dec below).
+       Stops at an ASCII byte, at `end`, or at a sequence that is invalid or cut by `end`,
+       which the caller then classifies with u8dec. */
+    static inline const unsigned char* s2s_skip_u8(const unsigned char* p,
+                                                   const unsigned char* end) {
+        while (p < end) {
+            unsigned c = p[0], c1;
+            if (c < 0xC2) return p;    /* ASCII, a stray continuation byte, overlong lead */
+            if (c < 0xE0) {
+                if (end - p < 2 || (p[1] & 0xC0) != 0x80) return p;
+                p += 2;
+            } else if (c < 0xF0) {
+                if (end - p < 3) return p;
+                c1 = p[1];
+                if ((c1 & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return p;
+                if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F)) return p;
+                if (c == 0xEF && c1 == 0xBF && p[2] >= 0xBE) return p;
+                p += 3;
+            } else if (c < 0xF5) {
+                if (end - p < 4) return p;
+                c1 = p[1];
+                if ((c1 & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+                    return p;
+                if ((c == 0xF0 && c1 < 0x90) || (c == 0xF4 && c1 > 0x8F)) return p;
+                p += 4;
+            } else {
+                return p;
+            }
+        }
+        return p;
+    }
     #if defined(__SSE2__)
     #include <emmintrin.h>
     static inline const unsigned char* s2s_skip_text(const unsigned char* p,
@@ -188,6 +220,7 @@ cdef extern from *:
     const uchar* s2s_skip_text(const uchar* p, const uchar* end) noexcept nogil
     const uchar* s2s_skip_nchar(const uchar* p, const uchar* end) noexcept nogil
     const uchar* s2s_skip_attr(const uchar* p, const uchar* end, int quote) noexcept nogil
+    const uchar* s2s_skip_u8(const uchar* p, const uchar* end) noexcept nogil
 
 
 cdef inline int u8dec(const uchar* p, const uchar* e, uint32_t* out) noexcept nogil:

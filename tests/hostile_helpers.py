@@ -31,6 +31,7 @@ __all__ = [
     "rss_bytes",
     "MiB",
     "solo_node",
+    "until",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -41,6 +42,18 @@ MiB = 1024 * 1024
 #: how long a test waits for the node's answer to an attack: far above any state_timeout
 #: the hostile tests configure, so it only bounds a hang, it measures nothing
 WAIT = 20.0
+
+
+async def until(predicate: Any, timeout: float = WAIT, step: float = 0.02) -> bool:
+    """Poll *predicate* until it is true or *timeout* passes (a hang guard, not a timing
+    assertion); returns its last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() >= deadline:
+            return bool(predicate())
+        await asyncio.sleep(step)
+    return True
 
 
 def header(

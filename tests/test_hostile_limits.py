@@ -20,6 +20,7 @@ from hostile_helpers import (
     authenticate_as,
     header,
     solo_node,
+    until,
 )
 
 from s2sfast import limits
@@ -72,16 +73,16 @@ async def test_idle_authenticated_stream_is_closed_but_keepalives_count(dns_serv
             dns_server,
             [VICTIM],
             addresses={"evil.test": fake.port},
-            node_options={"idle_timeout": 1.0},
+            node_options={"idle_timeout": 2.0},
         ) as node:
             silent = await HostilePeer.connect(node.port)
             await authenticate_as(silent, domain="evil.test", victim=VICTIM)
             chatty = await HostilePeer.connect(node.port)
             await authenticate_as(chatty, domain="evil.test", victim=VICTIM)
-            for _ in range(12):  # 3 s of whitespace keepalives, one every 0.25 s
+            for _ in range(25):  # 5 s of whitespace keepalives, 10 per idle_timeout
                 chatty.send(b" ")
-                await asyncio.sleep(0.25)
-            out = await silent.outcome(timeout=5)
+                await asyncio.sleep(0.2)
+            out = await silent.outcome()
             assert out.error == "connection-timeout", out.error
             assert await chatty.silent_for(0.1), "a stream with keepalives was closed as idle"
             await chatty.close()
@@ -115,11 +116,7 @@ async def test_writes_to_a_peer_that_does_not_read_are_bounded(dns_server):
             def established() -> bool:
                 return any(c.direction == "out" and c.pairs for c in node.connections())
 
-            for _ in range(200):
-                if established():
-                    break
-                await asyncio.sleep(0.05)
-            assert established(), node.connections()
+            assert await until(established), node.connections()
             pad = "z" * 4000
             n = 8 * 1024
             async with MemoryProbe() as mem:
@@ -283,14 +280,14 @@ async def test_idle_timeout_spares_a_busy_outbound_stream_to_a_silent_peer(dns_s
             dns_server,
             [VICTIM],
             addresses={"quiet.test": quiet.port},
-            node_options={"idle_timeout": 1.0},
+            node_options={"idle_timeout": 2.0},
         ) as node:
-            for i in range(12):  # 3 s of traffic, one stanza every 0.25 s
+            for i in range(25):  # 5 s of traffic, 10 stanzas per idle_timeout
                 await node.send(f"<message from='a@v.test' to='b@quiet.test' id='q{i}'/>".encode())
-                await asyncio.sleep(0.25)
-            await asyncio.sleep(0.3)
+                await asyncio.sleep(0.2)
+            await until(lambda: b"id='q24'" in quiet.everything())
             seen = quiet.everything()
-            assert all(f"id='q{i}'".encode() in seen for i in range(12))
+            assert all(f"id='q{i}'".encode() in seen for i in range(25))
             assert b"connection-timeout" not in seen, "a busy outbound stream was closed as idle"
             assert quiet.connections == 1
     finally:

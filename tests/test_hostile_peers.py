@@ -25,6 +25,7 @@ from hostile_helpers import (
     arena_factory,
     authenticate_as,
     header,
+    until,
 )
 
 from s2sfast import limits
@@ -272,11 +273,8 @@ async def test_stall_in_dialback_authoritative_server_never_answers(arena, fakes
     assert out.error in ("connection-timeout", "not-authorized") or results, out.data[-300:]
     assert out.eof
     assert delivered_ids(a.victim, "stalled") == []
-    for _ in range(100):  # the outbound verify stream to stall.test gives up on its own
-        if b"connection-timeout" in fake.everything():
-            break
-        await asyncio.sleep(0.05)
-    assert b"connection-timeout" in fake.everything()
+    # the outbound verify stream to stall.test gives up on its own
+    assert await until(lambda: b"connection-timeout" in fake.everything())
     await a.finish()
 
 
@@ -286,10 +284,7 @@ async def test_stall_in_dialback_receiving_server_never_answers(arena, fakes):
     fake = await fakes("stall-dialback", "mute.test")
     a = await arena(addresses={"mute.test": fake.port})
     await a.victim.send(b"<message from='alice@v.test' to='x@mute.test' id='to-mute'/>")
-    for _ in range(200):
-        if b"connection-timeout" in fake.everything():
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: b"connection-timeout" in fake.everything())
     seen = fake.everything()
     assert b"<db:result" in seen and b"connection-timeout" in seen
     assert b"to-mute" not in seen, "a stanza went out before dialback succeeded"
@@ -312,9 +307,12 @@ async def test_flood_of_db_result_for_many_domains(arena, fakes):
             if not peer.send(f"<db:result from='{d}' to='v.test'>{'ab' * 32}</db:result>"):
                 break
         await peer.drain()
-        await asyncio.sleep(0.5)
-        links = len(a.victim.router.outbound)
-        out = await peer.outcome()
+        reading = asyncio.ensure_future(peer.outcome())
+        links = 0
+        while not reading.done():  # the most verify links the node held at any moment
+            links = max(links, len(a.victim.router.outbound))
+            await asyncio.sleep(0.01)
+        out = reading.result()
     assert links <= limits.MAX_PENDING_RESULTS_PER_STREAM + 1, (
         f"{links} verify links for one stream"
     )
@@ -354,7 +352,8 @@ async def test_db_verify_answer_on_the_victims_outbound_stream(arena, fakes):
     )
     peer.send(f"<message from='eve@{HONEST}' to='bob@{VICTIM}' id='via-verify'/>")
     peer.send("<message from='m@evil.test' to='bob@v.test' id='legit-evil'/>")
-    await asyncio.sleep(0.5)
+    # sent after the spoof on the same stream: once it is in, the spoof was decided
+    await until(lambda: delivered_ids(a.victim, "legit-evil"))
     assert delivered_ids(a.victim, "via-verify") == []
     assert delivered_ids(a.victim, "legit-evil") == ["legit-evil"]
     await peer.close()
@@ -388,7 +387,9 @@ async def test_spoofed_from_domain_is_not_delivered(arena, fakes):
     peer.send("<message to='bob@v.test' id='spoof-3'/>")
     peer.send("<message from='m@evil.test' to='bob@h.test' id='spoof-4'/>")
     peer.send("<message from='m@evil.test' to='bob@v.test' id='after-spoof'/>")
-    await asyncio.sleep(0.5)
+    # the last one sent: once it is in, every spoof before it was decided
+    await until(lambda: delivered_ids(a.victim, "after-spoof"))
+    await until(lambda: delivered_ids(a.honest, "spoof"), timeout=0.2)
     assert delivered_ids(a.victim, "spoof") == []
     assert delivered_ids(a.honest, "spoof") == []
     assert delivered_ids(a.victim, "honest-evil") == ["honest-evil"]
@@ -444,14 +445,11 @@ async def test_tls_downgrade_outbound_stripped_starttls(arena, fakes):
     fake = await fakes("strip-tls", "stripped.test")
     a = await arena(mode="required", addresses={"stripped.test": fake.port})
     await a.victim.send(b"<message from='alice@v.test' to='x@stripped.test' id='strip-1'/>")
-    bounce = None
-    for _ in range(200):
-        bounces = [s for s in a.victim.inbox.seen if s.id == "strip-1" and s.type == "error"]
-        if bounces:
-            bounce = bounces[0]
-            break
-        await asyncio.sleep(0.05)
-    assert bounce is not None, "the stanza to the stripped server neither went nor bounced"
+
+    def bounced() -> bool:
+        return any(s.id == "strip-1" and s.type == "error" for s in a.victim.inbox.seen)
+
+    assert await until(bounced), "the stanza to the stripped server neither went nor bounced"
     seen = fake.everything()
     assert b"db:result" not in seen and b"strip-1" not in seen, seen
     assert b"policy-violation" in seen

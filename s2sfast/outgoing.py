@@ -93,17 +93,21 @@ def parse_features(raw: bytes) -> Features:
     )
 
 
-def _stream_error_condition(raw: bytes) -> str:
+def _stream_error_condition(raw: bytes) -> tuple[str, str | None]:
+    """The condition and ``<text/>`` of a peer's ``<stream:error/>`` (text None when absent)."""
     wrapped = b"<w xmlns:stream='" + STREAM_NS.encode() + b"'>" + raw + b"</w>"
     try:
         root = etree.fromstring(wrapped, etree.XMLParser(resolve_entities=False, no_network=True))
     except etree.XMLSyntaxError:
-        return "undefined-condition"
+        return "undefined-condition", None
+    condition, text = "undefined-condition", None
     for child in root.iter(f"{{{STREAMS_NS}}}*"):
         name = etree.QName(child).localname
-        if name != "text":
-            return name
-    return "undefined-condition"
+        if name == "text":
+            text = (child.text or "").strip() or None
+        elif condition == "undefined-condition":
+            condition = name
+    return condition, text
 
 
 class OutgoingMachine(Machine):
@@ -415,8 +419,10 @@ class OutgoingMachine(Machine):
         ]
 
     def _peer_error(self, st: Any) -> list[Action]:
-        cond = _stream_error_condition(st.raw)
+        cond, peer_text = _stream_error_condition(st.raw)
         text = f"{self.remote} sent stream error {cond}"
+        if peer_text:  # the peer's own reason is what the operator needs to read in the bounce
+            text += f" ({peer_text})"
         condition = (
             "service-unavailable"
             if cond == "policy-violation"

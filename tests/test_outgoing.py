@@ -244,6 +244,20 @@ def test_peer_stream_error_fails_the_pair():
     assert "host-unknown" in of(acts, AuthFailed)[0].text
 
 
+def test_peer_stream_error_text_reaches_the_bounce_reason():
+    s = Server()
+    s.send(HEADER)
+    acts = s.send(
+        b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Your server's certificate is not"
+        b" trusted</text></stream:error>"
+    )
+    failed = of(acts, AuthFailed)[0]
+    assert failed.text == (
+        "b.test sent stream error not-authorized (Your server's certificate is not trusted)"
+    )
+
+
 def test_features_in_either_order():
     a = parse_features(F_TLS_REQ)
     b = parse_features(

@@ -1,6 +1,6 @@
 """Whole-node benchmarks: RSS per idle stream and stanza throughput, as same-run ratios.
 
-Memory: node A (hosts a0.test ...) opens one stream per (aN.test, b.test) pair to node B on
+Memory: node A (hosts hN.a.test) opens one stream per (hN.a.test, b.test) pair to node B on
 127.0.0.1, in waves below limits.MAX_NEGOTIATING_PER_ADDRESS; VmRSS before and after, per
 stream end, against DESIGN.md's 64 KiB per idle TLS stream. Throughput: 20,000 ~400-byte
 messages a.test -> b.test over one authenticated stream, counted at B's handler, against

@@ -254,3 +254,27 @@ async def test_check_from_off_lets_foreign_from_in_but_the_node_refuses_to_send_
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+async def test_a_failed_federation_attempt_logs_its_one_line_reason(tmp_path: Path) -> None:
+    from dnsserver import closed_port
+
+    comp_port = free_port()
+    dead = closed_port()
+    extra = f'  address = [{{host = "b.test", ip_address = "127.0.0.1", port = {dead}}}]'
+    cfg = _config(tmp_path, "a.test", free_port(), comp_port, extra=extra)
+    daemon = DaemonProcess("--config", str(cfg))
+    try:
+        daemon.wait_ready()
+        comp, answer = await RawComponent.connect(comp_port, "a.test", "pw-a.test")
+        assert answer.name == "handshake"
+        comp.send("<message from='a.test' to='bob@b.test' id='f1'><body>hi</body></message>")
+        # the operator reads which pair failed, where it tried and why, on one line
+        match = daemon.wait_for_log(
+            rf"stream a\.test -> b\.test failed \([^\n]*127\.0\.0\.1[^\n]*{dead}[^\n]*refused"
+        )
+        assert "\n" not in match.group(0)
+        comp.close()
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()

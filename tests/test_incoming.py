@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from machine_driver import MachineDriver, of, out
 
 from s2sfast.config import S2SOptions
 from s2sfast.dialback import make_key
-from s2sfast.errors import FramingError, LocalStreamError
+from s2sfast.errors import LocalStreamError
 from s2sfast.events import (
     Authenticated,
     Close,
     Deliver,
     Drop,
-    SendBytes,
     SetTimer,
     StartTls,
     TimerFired,
@@ -22,7 +22,6 @@ from s2sfast.events import (
     VerifyKey,
     VerifyResult,
 )
-from s2sfast.framing import StreamFramer
 from s2sfast.incoming import IncomingMachine
 
 HEADER = (
@@ -40,7 +39,7 @@ class Verdict:
     reason: str | None = None
 
 
-class Peer:
+class Peer(MachineDriver):
     """Drives an IncomingMachine with the peer's bytes, as stream.py does."""
 
     def __init__(self, mode="false", *, allow=None, tls=False, check=None, hosts=("b.test",)):
@@ -52,33 +51,8 @@ class Peer:
             check_cert=check,
             stream_id="sid1",
         )
-        self.framer = StreamFramer()
+        super().__init__()
         self.machine.start()
-
-    def send(self, data: bytes) -> list:
-        try:
-            events = self.framer.feed(data)
-        except FramingError as exc:
-            return self.machine.fail(exc)
-        actions = []
-        for ev in events:
-            actions += self.machine.receive(ev)
-        return actions
-
-    def event(self, ev) -> list:
-        return self.machine.receive(ev)
-
-    def tls_up(self, chain=(b"der",)) -> list:
-        self.framer = StreamFramer()
-        return self.event(TlsUp(chain=chain))
-
-
-def out(actions) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendBytes))
-
-
-def of(actions, kind):
-    return [a for a in actions if isinstance(a, kind)]
 
 
 def close_condition(actions):

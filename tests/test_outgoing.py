@@ -5,22 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from machine_driver import MachineDriver, of, out
 
 from s2sfast.dialback import make_key
-from s2sfast.errors import FramingError
 from s2sfast.events import (
     Authenticated,
     AuthFailed,
     Close,
     ConnectionLost,
-    SendBytes,
     StartTls,
     TimerFired,
     TlsUp,
     VerifyAnswered,
     VerifyRequest,
 )
-from s2sfast.framing import StreamFramer
 from s2sfast.outgoing import OutgoingMachine, parse_features
 
 SECRET = "a-secret"
@@ -48,7 +46,7 @@ class Verdict:
     reason: str | None = None
 
 
-class Server:
+class Server(MachineDriver):
     """Drives an OutgoingMachine a.test -> b.test with the server's bytes."""
 
     def __init__(self, mode="false", *, tls=False, check=None, local="a.test", remote="b.test"):
@@ -60,33 +58,8 @@ class Server:
             tls_available=tls,
             check_cert=check,
         )
-        self.framer = StreamFramer()
+        super().__init__()
         self.opening = self.machine.start()
-
-    def send(self, data: bytes) -> list:
-        try:
-            events = self.framer.feed(data)
-        except FramingError as exc:
-            return self.machine.fail(exc)
-        actions = []
-        for ev in events:
-            actions += self.machine.receive(ev)
-        return actions
-
-    def event(self, ev) -> list:
-        return self.machine.receive(ev)
-
-    def tls_up(self, chain=(b"der",)) -> list:
-        self.framer = StreamFramer()
-        return self.event(TlsUp(chain=chain))
-
-
-def out(actions) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, SendBytes))
-
-
-def of(actions, kind):
-    return [a for a in actions if isinstance(a, kind)]
 
 
 def test_opening_header():

@@ -25,6 +25,7 @@ __all__ = [
     "RemoteStreamError",
     "FramingError",
     "stream_error_bytes",
+    "parse_stream_error",
     "SERVER_NS",
     "CLIENT_NS",
     "make_bounce",
@@ -149,6 +150,30 @@ def stream_error_bytes(condition: str, text: str | None = None) -> bytes:
     if text:
         body += f"<text xmlns='{STREAMS_NS}'>{_escape(text)}</text>"
     return f"<stream:error>{body}</stream:error>".encode()
+
+
+def parse_stream_error(raw: bytes) -> tuple[str, str | None] | None:
+    """Read a peer's ``<stream:error/>``: its condition and ``<text/>`` (None when absent).
+
+    Returns None when *raw* is not a well-formed element; ``undefined-condition`` when it names
+    no condition.
+    """
+    try:
+        wrapper = _etree.fromstring(_WRAP_OPEN + raw + _WRAP_CLOSE, _PARSER)
+    except _etree.XMLSyntaxError:
+        return None
+    if len(wrapper) != 1:
+        return None
+    condition, text = "undefined-condition", None
+    for child in wrapper[0]:
+        qname = _etree.QName(child)
+        if qname.namespace != STREAMS_NS:
+            continue
+        if qname.localname == "text":
+            text = (child.text or "").strip() or None
+        elif condition == "undefined-condition":
+            condition = qname.localname
+    return condition, text
 
 
 # --- stanza errors and bounces (RFC 6120 section 8.3) ---------------------------------------

@@ -20,7 +20,7 @@ from s2sfast.dialback import (
     result_bytes,
     verify_bytes,
 )
-from s2sfast.errors import STREAM_NS, STREAMS_NS, RemoteStreamError, StreamError
+from s2sfast.errors import STREAM_NS, RemoteStreamError, StreamError, parse_stream_error
 from s2sfast.events import (
     Action,
     Authenticated,
@@ -91,23 +91,6 @@ def parse_features(raw: bytes) -> Features:
         and starttls.find(f"{{{TLS_NS}}}required") is not None,
         dialback=features.find("{urn:xmpp:features:dialback}dialback") is not None,
     )
-
-
-def _stream_error_condition(raw: bytes) -> tuple[str, str | None]:
-    """The condition and ``<text/>`` of a peer's ``<stream:error/>`` (text None when absent)."""
-    wrapped = b"<w xmlns:stream='" + STREAM_NS.encode() + b"'>" + raw + b"</w>"
-    try:
-        root = etree.fromstring(wrapped, etree.XMLParser(resolve_entities=False, no_network=True))
-    except etree.XMLSyntaxError:
-        return "undefined-condition", None
-    condition, text = "undefined-condition", None
-    for child in root.iter(f"{{{STREAMS_NS}}}*"):
-        name = etree.QName(child).localname
-        if name == "text":
-            text = (child.text or "").strip() or None
-        elif condition == "undefined-condition":
-            condition = name
-    return condition, text
 
 
 class OutgoingMachine(Machine):
@@ -419,7 +402,7 @@ class OutgoingMachine(Machine):
         ]
 
     def _peer_error(self, st: Any) -> list[Action]:
-        cond, peer_text = _stream_error_condition(st.raw)
+        cond, peer_text = parse_stream_error(st.raw) or ("undefined-condition", None)
         text = f"{self.remote} sent stream error {cond}"
         if peer_text:  # the peer's own reason is what the operator needs to read in the bounce
             text += f" ({peer_text})"

@@ -26,7 +26,7 @@ from s2sfast.config import Config, ConfigError, S2SOptions, load_config
 from s2sfast.connect import failure_reason
 from s2sfast.dialback import DIALBACK_FEATURE_NS, DIALBACK_NS, make_key, result_bytes
 from s2sfast.dns import ResolutionError, Resolver
-from s2sfast.errors import STREAM_NS, STREAMS_NS, StreamError
+from s2sfast.errors import STREAM_NS, StreamError, parse_stream_error
 
 __all__ = ["Step", "Probe", "add_probe_parser", "run", "main"]
 
@@ -93,22 +93,11 @@ class _Stream:
 
 
 def _stream_error_text(raw: bytes) -> str:
-    from lxml import etree
-
-    try:
-        element = etree.fromstring(
-            b"<w xmlns:stream='" + STREAM_NS.encode() + b"'>" + raw + b"</w>"
-        )[0]
-    except etree.XMLSyntaxError:
+    parsed = parse_stream_error(raw)
+    if parsed is None:
         return raw.decode("utf-8", "replace")
-    condition, text = "undefined-condition", None
-    for child in element:
-        qname = etree.QName(child)
-        if qname.namespace == STREAMS_NS and qname.localname == "text":
-            text = child.text
-        elif qname.namespace == STREAMS_NS:
-            condition = qname.localname
-    return f"{condition}" + (f" ({text})" if text else "")
+    condition, text = parsed
+    return condition + (f" ({text})" if text else "")
 
 
 def _header(local: str, domain: str) -> bytes:

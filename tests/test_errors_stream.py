@@ -14,8 +14,7 @@ def test_our_stream_error_reads_back() -> None:
 
 def test_peer_error_without_text() -> None:
     raw = (
-        b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-        b"</stream:error>"
+        b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
     )
     assert parse_stream_error(raw) == ("host-unknown", None)
 

@@ -30,7 +30,7 @@ from certs import make_ca  # noqa: E402
 from core_helpers import free_port, node_config  # noqa: E402
 from dnsserver import DnsServer  # noqa: E402
 
-from s2sfast.dns import Resolver  # noqa: E402
+from s2sfast.net.dns import Resolver  # noqa: E402
 from s2sfast.node import Node  # noqa: E402
 
 #: pairs opened at once: below limits.MAX_NEGOTIATING_PER_ADDRESS (64) per source address

@@ -23,7 +23,7 @@ machine and its inlined skips, ~14% in the per-stanza Python objects (Stanza, ra
 strs), the rest in the tag-end checks of tags that declare or use namespaces.
 
 Errors are sticky: the machine records the condition and ``feed()`` raises
-:class:`s2sfast.errors.FramingError`; every later ``feed()`` raises it again. Events completed
+:class:`s2sfast.protocol.errors.FramingError`; every later ``feed()`` raises it again. Events completed
 earlier in the failing ``feed()`` call are discarded with it: the stream is dead anyway.
 """
 
@@ -39,7 +39,7 @@ from libc.string cimport memcmp, memcpy
 
 import re
 
-from s2sfast.errors import FramingError
+from s2sfast.protocol.errors import FramingError
 
 __all__ = ["StreamFramer", "StreamOpen", "Stanza", "StreamClose"]
 

@@ -1,11 +1,12 @@
-"""atheris harness for the negotiation state machines (s2sfast.incoming / s2sfast.outgoing).
+"""atheris harness for the negotiation state machines (s2sfast.protocol.incoming and
+.outgoing).
 
 Fuzzed bytes go through a real StreamFramer and its events into an IncomingMachine or an
 OutgoingMachine, interleaved with the non-wire events the asyncio layer produces (TlsUp after a
 StartTls, TimerFired, VerifyResult / VerifyRequest, ConnectionLost). Any exception other than
-the documented StreamError family (s2sfast.errors) is a bug, and so is any of these:
+the documented StreamError family (s2sfast.protocol.errors) is a bug, and so is any of these:
 
-- an action that is not one of s2sfast.events' action types;
+- an action that is not one of s2sfast.protocol.events' action types;
 - Deliver of a stanza whose (to, from) domain pair is not authorised on the stream, or before
   TLS under use_starttls = required / required_trusted;
 - a Close with a condition that is not an RFC 6120 stream-error condition, or that leaves the
@@ -32,13 +33,18 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 import lxml.etree  # noqa: F401,E402  (dependencies first: only the machines are instrumented)
 
 from s2sfast.config import S2SOptions  # noqa: E402
-from s2sfast.errors import STREAM_CONDITIONS, StreamError  # noqa: E402
 from s2sfast.framing import FramingError, StreamFramer  # noqa: E402
+from s2sfast.protocol.errors import STREAM_CONDITIONS, StreamError  # noqa: E402
 
 with atheris.instrument_imports(
-    include=["s2sfast.incoming", "s2sfast.outgoing", "s2sfast.negotiation", "s2sfast.dialback"]
+    include=[
+        "s2sfast.protocol.incoming",
+        "s2sfast.protocol.outgoing",
+        "s2sfast.protocol.negotiation",
+        "s2sfast.protocol.dialback",
+    ]
 ):
-    from s2sfast import dialback, events, incoming, negotiation, outgoing  # noqa: E402
+    from s2sfast.protocol import dialback, events, incoming, negotiation, outgoing  # noqa: E402
 
 MODES = ("false", "optional", "required", "required_trusted")
 ACTIONS = (

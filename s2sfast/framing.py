@@ -7,7 +7,7 @@ is missing, importing this module fails and says how to build it.
 
 from __future__ import annotations
 
-from s2sfast.errors import FramingError
+from s2sfast.protocol.errors import FramingError
 
 try:
     from s2sfast._framer import Stanza, StreamClose, StreamFramer, StreamOpen

@@ -17,15 +17,15 @@ from typing import Any
 
 from lxml import etree
 
-from s2sfast.backoff import DEFAULT_INITIAL_DELAY, DEFAULT_PENDING_DEADLINE
 from s2sfast.config import Config, ListenS2S, S2SOptions
-from s2sfast.dns import Resolver
 from s2sfast.framing import Stanza
-from s2sfast.incoming import IncomingMachine
 from s2sfast.limits import IDLE_TIMEOUT, ConnectionLimiter
+from s2sfast.net.backoff import DEFAULT_INITIAL_DELAY, DEFAULT_PENDING_DEADLINE
+from s2sfast.net.dns import Resolver
+from s2sfast.net.stream import CLOSE_TIMEOUT, WRITE_STALL_TIMEOUT, XmlStream
+from s2sfast.net.tls import make_client_context, make_server_context, verify_peer
+from s2sfast.protocol.incoming import IncomingMachine
 from s2sfast.router import MAX_QUEUE, Router, stanza_from_bytes
-from s2sfast.stream import CLOSE_TIMEOUT, WRITE_STALL_TIMEOUT, XmlStream
-from s2sfast.tls import make_client_context, make_server_context, verify_peer
 
 __all__ = ["Node", "ConnectionInfo"]
 

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from s2sfast.backoff import (
+from s2sfast.config import Config, S2SOptions
+from s2sfast.framing import Stanza, StreamFramer
+from s2sfast.limits import MAX_PENDING_VERIFICATIONS
+from s2sfast.net.backoff import (
     DEFAULT_INITIAL_DELAY,
     DEFAULT_PENDING_DEADLINE,
     DEFAULT_PENDING_MAX_STANZAS,
@@ -22,12 +25,12 @@ from s2sfast.backoff import (
     PendingQueue,
     QueueFull,
 )
-from s2sfast.config import Config, S2SOptions
-from s2sfast.connect import ConnectError, connect_first
-from s2sfast.dialback import key_matches
-from s2sfast.dns import Candidate, ResolutionError, Resolver
-from s2sfast.errors import LocalStreamError, make_bounce
-from s2sfast.events import (
+from s2sfast.net.connect import ConnectError, connect_first
+from s2sfast.net.dns import Candidate, ResolutionError, Resolver
+from s2sfast.net.stream import WRITE_STALL_TIMEOUT, XmlStream
+from s2sfast.protocol.dialback import key_matches
+from s2sfast.protocol.errors import LocalStreamError, make_bounce
+from s2sfast.protocol.events import (
     Authenticated,
     AuthFailed,
     Deliver,
@@ -37,19 +40,17 @@ from s2sfast.events import (
     VerifyRequest,
     VerifyResult,
 )
-from s2sfast.framing import Stanza, StreamFramer
-from s2sfast.limits import MAX_PENDING_VERIFICATIONS
-from s2sfast.negotiation import jid_domain, stream_header
-from s2sfast.outgoing import OutgoingMachine
-from s2sfast.policy import Policy
-from s2sfast.stream import WRITE_STALL_TIMEOUT, XmlStream
+from s2sfast.protocol.jid import jid_domain
+from s2sfast.protocol.negotiation import stream_header
+from s2sfast.protocol.outgoing import OutgoingMachine
+from s2sfast.protocol.policy import Policy
 
 __all__ = ["Router", "OutboundLink", "stanza_from_bytes", "MAX_QUEUE"]
 
 log = logging.getLogger("s2sfast.router")
 
 #: stanzas held per (local, remote) pair while its stream connects, authenticates or backs off;
-#: beyond this the sender gets resource-constraint (rationale in s2sfast.backoff)
+#: beyond this the sender gets resource-constraint (rationale in s2sfast.net.backoff)
 MAX_QUEUE = DEFAULT_PENDING_MAX_STANZAS
 
 _HEADER = stream_header(from_=None, to=None)

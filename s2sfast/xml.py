@@ -14,8 +14,8 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from s2sfast.errors import FramingError
 from s2sfast.framing import Stanza, StreamFramer
+from s2sfast.protocol.errors import FramingError
 
 __all__ = [
     "SERVER_NS",

@@ -9,7 +9,7 @@ from certs import *  # noqa: F401,F403  (registers tls_ca, tls_ca_file, tls_cert
 from core_helpers import Inbox, free_port, node_config
 from dnsserver import dns_server  # noqa: F401  (fixture: a real DNS server on loopback)
 
-from s2sfast.dns import Resolver
+from s2sfast.net.dns import Resolver
 
 
 @pytest.fixture

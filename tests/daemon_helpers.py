@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from s2sfast.component import COMPONENT_NS, handshake_digest
+from s2sfast.protocol.component import COMPONENT_NS, handshake_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "running: hosts"

@@ -118,7 +118,7 @@ class DnsServer:
 
     @property
     def nameserver(self) -> str:
-        """This server as a c-ares / :class:`s2sfast.dns.Resolver` nameserver entry."""
+        """This server as a c-ares / :class:`s2sfast.net.dns.Resolver` nameserver entry."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property

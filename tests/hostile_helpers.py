@@ -16,8 +16,8 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from s2sfast.dialback import make_key
 from s2sfast.framing import FramingError, Stanza, StreamClose, StreamFramer, StreamOpen
+from s2sfast.protocol.dialback import make_key
 
 __all__ = [
     "LOOPBACK",
@@ -643,7 +643,7 @@ async def solo_node(
 
     from core_helpers import Inbox, free_port, node_config
 
-    from s2sfast.dns import Resolver
+    from s2sfast.net.dns import Resolver
     from s2sfast.node import Node
 
     connect_timeout_ms = config.pop("connect_timeout_ms", None)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from s2sfast.errors import FramingError
-from s2sfast.events import SendBytes, TlsUp
 from s2sfast.framing import StreamFramer
+from s2sfast.protocol.errors import FramingError
+from s2sfast.protocol.events import SendBytes, TlsUp
 
 
 class MachineDriver:

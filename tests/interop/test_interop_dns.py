@@ -14,7 +14,7 @@ from interop_flow import bob_to_node, error_of, is_message, node_to_bob, stanza_
 from interop_node import A, B, node_config
 from interop_peer import LOOPBACK, completed_sessions, interop_dir
 
-from s2sfast.dns import Resolver
+from s2sfast.net.dns import Resolver
 
 
 @pytest.fixture

@@ -1,0 +1,564 @@
+"""XmlStream: one S2S TCP connection on asyncio, performing a negotiation machine's actions.
+
+Bytes in go (through TLS when it is up) to the framer, framer events to the machine, and the
+machine's actions come back here: bytes to write, STARTTLS, timers, close. Everything the
+machine says about domains (VerifyKey, Authenticated, Deliver, ...) goes to the owner (router).
+
+TLS is an ``ssl.MemoryBIO`` pair around an ``ssl.SSLObject`` rather than ``loop.start_tls``:
+asyncio's TLS transport keeps a 256 KiB read buffer per connection, while an idle SSLObject
+costs only OpenSSL's own state. A new framer starts after TLS and on every stream restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from s2sfast.framing import StreamClose, StreamFramer
+from s2sfast.limits import MAX_WRITE_BUFFER, WRITE_STALL_TIMEOUT, pre_auth_limit
+from s2sfast.net.shaper import TokenBucket
+from s2sfast.net.tls import peer_chain
+from s2sfast.protocol.errors import (
+    FramingError,
+    LocalStreamError,
+    RemoteStreamError,
+    StreamError,
+    stream_error_bytes,
+)
+from s2sfast.protocol.events import (
+    Authenticated,
+    Close,
+    ConnectionLost,
+    SendBytes,
+    SetTimer,
+    StartTls,
+    TimerFired,
+    TlsUp,
+)
+
+__all__ = ["XmlStream", "StreamOwner", "CLOSE_TIMEOUT", "TLS_READ_SIZE", "WRITE_STALL_TIMEOUT"]
+
+log = logging.getLogger("s2sfast.stream")
+
+#: seconds we wait for the peer's ``</stream:stream>`` after sending ours (RFC 6120 4.4)
+CLOSE_TIMEOUT = 2.0
+#: plaintext read per SSLObject.read call: one TLS record's worth
+TLS_READ_SIZE = 16 * 1024
+#: transport buffer marks: above HIGH, Node.send() waits (backpressure) until it is below LOW
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+# WRITE_STALL_TIMEOUT (s2sfast.limits): seconds a peer may leave our buffer above the
+# high-water mark without reading it down to the low one before it counts as dead.
+
+
+class StreamOwner(Protocol):
+    """What a stream reports to (the router)."""
+
+    def stream_action(self, stream: XmlStream, action: Any) -> None: ...
+
+    def stream_closed(self, stream: XmlStream) -> None: ...
+
+    def stream_event(self, stream: XmlStream, kind: str, fields: dict[str, Any]) -> None: ...
+
+
+class XmlStream(asyncio.Protocol):
+    """One TCP connection carrying one XMPP S2S stream (incoming or outgoing).
+
+    Args:
+        machine: an IncomingMachine or OutgoingMachine.
+        owner: receives domain-level actions and the close notification.
+        direction: ``"in"`` or ``"out"``.
+        ssl_context: the context STARTTLS uses (None: TLS impossible).
+        max_stanza_size: the framer's limit (None: unlimited).
+        keepalive: seconds of write silence before a whitespace keepalive (None: never).
+        idle_timeout: seconds of read silence after which an authenticated stream is closed
+            with connection-timeout (None: never); whitespace keepalives count as traffic.
+        max_rate: inbound bytes per second (the listener's shaper; None: unlimited).
+        max_write_buffer: hard cap on bytes queued for the peer (for writers that ignore
+            backpressure); beyond it the stream fails with resource-constraint.
+        write_stall_timeout: seconds above the high-water mark without the peer reading
+            before the stream fails with resource-constraint.
+    """
+
+    def __init__(
+        self,
+        machine: Any,
+        owner: StreamOwner,
+        *,
+        direction: str,
+        ssl_context: ssl.SSLContext | None = None,
+        max_stanza_size: int | None = None,
+        keepalive: float | None = None,
+        on_connected: Callable[[XmlStream], None] | None = None,
+        idle_timeout: float | None = None,
+        max_rate: int | None = None,
+        max_write_buffer: int = 4 * MAX_WRITE_BUFFER,
+        write_stall_timeout: float = WRITE_STALL_TIMEOUT,
+    ) -> None:
+        self.machine = machine
+        self.owner = owner
+        self.direction = direction
+        self.ssl_context = ssl_context
+        self.max_stanza_size = max_stanza_size
+        self.keepalive = keepalive
+        self.idle_timeout = idle_timeout
+        self.max_write_buffer = max_write_buffer
+        self.write_stall_timeout = write_stall_timeout
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._stall: asyncio.TimerHandle | None = None
+        self.on_connected = on_connected
+        self.transport: asyncio.Transport | None = None
+        #: owner's bookkeeping (the router's outbound link; the listener's connection limiter)
+        self.link: Any = None
+        self.limiter: Any = None
+        self.admitted = False
+        self.peername: Any = None
+        self.framer = self._new_framer()
+        self.authenticated: set[tuple[str, str]] = set()
+        self.auth_method: str | None = None
+        self._loop = asyncio.get_event_loop()
+        self._bucket = TokenBucket(max_rate, now=self._loop.time()) if max_rate else None
+        self._resume: asyncio.TimerHandle | None = None
+        self._last_read = self._loop.time()
+        self._last_activity = self._last_read
+        self._ssl: ssl.SSLObject | None = None
+        self._in_bio: ssl.MemoryBIO | None = None
+        self._out_bio: ssl.MemoryBIO | None = None
+        self._handshaking = False
+        self._wbuf: list[bytes] = []
+        self._wbuf_size = 0
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._ka_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._last_write = 0.0
+        self._close_sent = False
+        self._peer_closed = False
+        self._lost = False
+        self.closed = asyncio.get_event_loop().create_future()
+
+    # --- identity for logs and connections() ---------------------------------------------------
+
+    @property
+    def tls(self) -> bool:
+        return self._ssl is not None and not self._handshaking
+
+    @property
+    def writable(self) -> bool:
+        """Whether stanzas written now will still reach the peer."""
+        return not (self._lost or self._close_sent or self.machine.closed)
+
+    @property
+    def stream_id(self) -> str | None:
+        return getattr(self.machine, "stream_id", None)
+
+    def describe(self) -> str:
+        m = self.machine
+        local = getattr(m, "local", None)
+        remote = getattr(m, "remote", None) or getattr(m, "peer_from", None)
+        return f"{self.direction} {local}<->{remote} id={self.stream_id}"
+
+    def _new_framer(self) -> Any:
+        # until a domain pair is authenticated an unknown peer gets a small element budget
+        authenticated = bool(getattr(self, "authenticated", None))
+        limit = self.max_stanza_size if authenticated else pre_auth_limit(self.max_stanza_size)
+        return StreamFramer(max_stanza_size=limit)
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peername = transport.get_extra_info("peername")
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=_HIGH_WATER, low=_LOW_WATER
+        )
+        self._last_write = time.monotonic()
+        if self.on_connected is not None:
+            self.on_connected(self)
+        if self.machine.state in self.machine.FINAL:
+            return  # refused by the owner (connection limits)
+        self._perform(self.machine.start())
+        if self._tick_interval():
+            self._ka_timer = self._loop.call_later(self._tick_interval(), self._keepalive_tick)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lost:
+            return
+        if self._close_sent and self.machine.state in self.machine.FINAL:
+            return  # after our stream error: discard, the close timer ends the connection
+        self._last_read = self._last_activity = self._loop.time()
+        if self._bucket is not None:
+            pause = self._bucket.consume(len(data), self._last_read)
+            if pause and self.transport is not None:
+                self.transport.pause_reading()
+                self._resume = self._loop.call_later(pause, self._resume_reading)
+        if self._ssl is None:
+            self._feed(data)
+            return
+        assert self._in_bio is not None
+        self._in_bio.write(data)
+        if self._handshaking:
+            self._handshake()
+            if self._handshaking or self._ssl is None:
+                return
+        self._read_tls()
+
+    # --- backpressure ---------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+        if self._stall is None and not self._lost:
+            self._stall = self._loop.call_later(self.write_stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    @property
+    def congested(self) -> bool:
+        """Whether writers should wait (:meth:`drained`) before writing more."""
+        return not self._drained.is_set()
+
+    async def drained(self) -> None:
+        """Wait until the peer has read our buffer down (or the stream is gone)."""
+        await self._drained.wait()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._lost:
+            return
+        size = self.transport.get_write_buffer_size() if self.transport else 0
+        log.warning("%s: peer stopped reading (%d bytes queued)", self.describe(), size)
+        self._perform(
+            self.machine.fail(
+                LocalStreamError("resource-constraint", "the peer does not read its stream")
+            )
+        )
+        self.abort()  # the error cannot get through a full pipe either
+        self._drained.set()
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if not self._lost and self.transport is not None:
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._drained.set()
+        for handle in (self._timer, self._ka_timer, self._close_timer, self._resume, self._stall):
+            if handle is not None:
+                handle.cancel()
+        if not self.machine.closed or self.machine.state == "CLOSING":
+            reason = str(exc) if exc else "connection closed by peer"
+            try:
+                self._perform(self.machine.receive(ConnectionLost(reason=reason)))
+            except StreamError:
+                pass
+        log.info("stream closed: %s", self.describe())
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.owner.stream_closed(self)
+
+    # --- input path ----------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            events = self.framer.feed(data)
+        except FramingError as exc:
+            if not self.tls and data[:1] == b"\x16":
+                exc = FramingError(
+                    exc.condition, "TLS record on a plaintext stream (use STARTTLS)", exc.offset
+                )
+            log.warning("framing error on %s: %s", self.describe(), exc)
+            self._fail(exc)
+            return
+        framer = self.framer
+        for event in events:
+            if self._lost:
+                return
+            if isinstance(event, StreamClose):
+                self._peer_closed = True
+                if self._close_sent:
+                    self._shutdown()
+                    return
+            if self.machine.state in self.machine.FINAL:
+                return
+            self._perform(self.machine.receive(event))
+            if self.framer is not framer:
+                return  # STARTTLS: what follows is TLS, never XML
+
+    def fail(self, exc: StreamError) -> None:
+        """Fail the stream with *exc*: our header if due, ``<stream:error/>``, close."""
+        self._fail(exc)
+
+    def _fail(self, exc: StreamError) -> None:
+        if self.machine.state in self.machine.FINAL:
+            self._shutdown()
+            return
+        self._perform(self.machine.fail(exc))
+
+    def feed_event(self, event: Any) -> None:
+        """Deliver a non-wire event (VerifyRequest, VerifyResult) to the machine."""
+        if self._lost or self.machine.state in self.machine.FINAL:
+            return
+        self._perform(self.machine.receive(event))
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def _perform(self, actions: list[Any]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is SendBytes:
+                self.write(action.data)
+            elif kind is SetTimer:
+                self._set_timer(action.seconds)
+            elif kind is StartTls:
+                self._start_tls(action)
+            elif kind is Close:
+                self._close(action)
+            else:
+                if kind is Authenticated:
+                    if not self.authenticated:  # the configured limit from now on
+                        self.framer.max_stanza_size = self.max_stanza_size
+                    self.authenticated.add((action.local, action.remote))
+                    self.auth_method = action.method
+                    log.info(
+                        "stream authenticated (%s): %s %s->%s id=%s",
+                        action.method,
+                        self.direction,
+                        action.remote if self.direction == "in" else action.local,
+                        action.local if self.direction == "in" else action.remote,
+                        self.stream_id,
+                    )
+                self.owner.stream_action(self, action)
+
+    def _set_timer(self, seconds: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if seconds is not None and not self._lost:
+            self._timer = self._loop.call_later(seconds, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._close_sent:
+            self._shutdown()
+            return
+        self.feed_event(TimerFired())
+
+    def _tick_interval(self) -> float | None:
+        periods = [p for p in (self.keepalive, self.idle_timeout) if p]
+        return min(periods) / 2 if periods else None
+
+    def _keepalive_tick(self) -> None:
+        """Housekeeping: whitespace keepalives out, idle authenticated streams closed."""
+        self._ka_timer = None
+        if self._lost or self._close_sent:
+            return
+        now = self._loop.time()
+        # idle: nothing from the peer (its keepalives count) and no stanza of ours either, so a
+        # busy outbound stream to a peer that never writes back (ejabberd) is not torn down
+        idle = now - self._last_activity
+        if self.idle_timeout and self.authenticated and idle > self.idle_timeout:
+            self._fail(LocalStreamError("connection-timeout", f"idle for {self.idle_timeout:g} s"))
+            return
+        if self.keepalive and self.authenticated:
+            if time.monotonic() - self._last_write >= self.keepalive:
+                self.write(b" ")
+        interval = self._tick_interval()
+        if interval:
+            self._ka_timer = self._loop.call_later(interval, self._keepalive_tick)
+
+    def _close(self, action: Close) -> None:
+        if action.condition:
+            log.warning("stream error %s on %s: %s", action.condition, self.describe(), action.text)
+        else:
+            log.info("closing %s: %s", self.describe(), action.text)
+        if not self._close_sent and not self._lost:
+            data = b""
+            if action.condition:
+                data = stream_error_bytes(action.condition, action.text)
+            self.write(data + b"</stream:stream>")
+            self._close_sent = True
+            if action.condition and self._ssl is None and self.transport is not None:
+                # FIN right after the error: a peer still sending then reads it, never an RST
+                self._flush()
+                if self.transport.can_write_eof():
+                    try:
+                        self.transport.write_eof()
+                    except OSError:
+                        pass  # the peer is already gone (ENOTCONN): nothing left to tell it
+        if self._peer_closed or self._handshaking:
+            self._shutdown()
+        elif self._close_timer is None and not self._lost:
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._shutdown)
+
+    def close(self, reason: str = "closing") -> None:
+        """Close the stream cleanly (``</stream:stream>``, wait for the peer's, close TCP)."""
+        if self._lost or self._close_sent:
+            return
+        if self.machine.state in self.machine.FINAL:
+            self._shutdown()
+            return
+        if not self.authenticated and reason == "shutdown":
+            # mid-negotiation peers learn why (RFC 6120 4.9.3.20)
+            self._perform(self.machine.fail(LocalStreamError("system-shutdown", "node stopping")))
+            return
+        self._perform(self.machine.close(reason))
+
+    def abort(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    def _shutdown(self) -> None:
+        """Flush what we have and close TCP (after a TLS close_notify when TLS is up)."""
+        if self._lost or self.transport is None:
+            return
+        self._flush()
+        if self._ssl is not None and not self._handshaking:
+            try:
+                self._ssl.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass
+            self._drain_bio()
+        self.transport.close()
+
+    # --- output path ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue *data* for the peer; writes coalesce until the loop's next turn."""
+        if self._lost or self._close_sent or not data:
+            return
+        self._wbuf.append(data)
+        self._wbuf_size += len(data)
+        if data != b" ":  # our own stanzas are activity; our keepalives are not
+            self._last_activity = self._loop.time()
+        if self._wbuf_size >= _HIGH_WATER:
+            self._flush()  # a burst: hand it to the transport now, so backpressure can engage
+            return
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._wbuf or self._lost or self.transport is None:
+            self._wbuf.clear()
+            self._wbuf_size = 0
+            return
+        data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
+        self._wbuf.clear()
+        self._wbuf_size = 0
+        self._last_write = time.monotonic()
+        if self._ssl is None:
+            self.transport.write(data)
+            self._check_backlog()
+            return
+        if self._handshaking:
+            log.error("dropping %d bytes written during the TLS handshake", len(data))
+            return
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            log.warning("TLS write failed on %s: %s", self.describe(), exc)
+            self.abort()
+            return
+        self._drain_bio()
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """A peer that does not read must not make us buffer without bound."""
+        if self.transport is None or self._close_sent:
+            return
+        size = self.transport.get_write_buffer_size()
+        if size > self.max_write_buffer:
+            log.warning("%s: peer does not read (%d bytes queued)", self.describe(), size)
+            self._perform(
+                self.machine.fail(
+                    LocalStreamError("resource-constraint", "the peer does not read its stream")
+                )
+            )
+            self.abort()  # the error cannot get through a full pipe either
+
+    def _drain_bio(self) -> None:
+        assert self._out_bio is not None and self.transport is not None
+        if self._out_bio.pending:
+            self.transport.write(self._out_bio.read())
+
+    # --- TLS -----------------------------------------------------------------------------------
+
+    def _start_tls(self, action: StartTls) -> None:
+        if self.ssl_context is None:
+            self._fail(RemoteStreamError("undefined-condition", "no TLS context for STARTTLS"))
+            return
+        self._flush()  # <proceed/> / <starttls/> go out in plaintext
+        self._in_bio = ssl.MemoryBIO()
+        self._out_bio = ssl.MemoryBIO()
+        self._ssl = self.ssl_context.wrap_bio(
+            self._in_bio,
+            self._out_bio,
+            server_side=action.server_side,
+            server_hostname=action.server_hostname,
+        )
+        self._handshaking = True
+        self.framer = self._new_framer()
+        self._handshake()
+
+    def _handshake(self) -> None:
+        assert self._ssl is not None
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._drain_bio()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._drain_bio()
+            reason = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            log.warning("%s on %s", reason, self.describe())
+            self.owner.stream_event(self, "tls-failed", {"reason": reason})
+            self._handshaking = False
+            self._perform(self.machine.receive(ConnectionLost(reason=reason, retry=False)))
+            self.abort()
+            return
+        self._handshaking = False
+        self._drain_bio()
+        chain = tuple(peer_chain(self._ssl))
+        log.info("TLS up (%s) on %s", self._ssl.version(), self.describe())
+        cipher = self._ssl.cipher()
+        self.owner.stream_event(
+            self,
+            "tls-up",
+            {"version": self._ssl.version(), "cipher": cipher[0] if cipher else None},
+        )
+        self._perform(self.machine.receive(TlsUp(chain=chain, version=self._ssl.version())))
+
+    def _read_tls(self) -> None:
+        assert self._ssl is not None
+        while not self._lost:
+            try:
+                chunk = self._ssl.read(TLS_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._peer_closed = True
+                self._shutdown()
+                return
+            except ssl.SSLError as exc:
+                log.warning("TLS error on %s: %s", self.describe(), exc)
+                self.abort()
+                return
+            if not chunk:
+                break
+            self._feed(chunk)
+        if not self._lost:
+            self._drain_bio()

@@ -1,0 +1,304 @@
+"""XEP-0114 (Jabber Component Protocol), accept side: the sans-IO machine.
+
+An external component (a bot, a gateway) opens ``<stream:stream xmlns='jabber:component:accept'
+to='DOMAIN'>``, we answer with a header carrying a fresh stream id, it sends
+``<handshake>hex(SHA1(id + password))</handshake>`` and we answer ``<handshake/>``. From then on
+it serves DOMAIN: stanzas for DOMAIN go to it, and what it sends is routed on (over S2S).
+
+Failures follow XEP-0114 and RFC 6120: a DOMAIN the node does not host (one of its hosts or a
+subdomain of one) gets ``host-unknown``, a wrong handshake ``not-authorized``, a second
+component for a served domain ``conflict`` (or, with ``conflict_behaviour = "kick_old"``, the old
+one gets ``conflict``), a stanza whose ``from`` lies outside DOMAIN ``invalid-from`` (with
+``check_from``).
+
+:class:`ComponentMachine` does no I/O (events in, actions out, one transition table, sticky
+errors); :mod:`s2sfast.server.component` performs its actions on asyncio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from lxml import etree
+
+from s2sfast.protocol.errors import STREAM_NS, LocalStreamError, RemoteStreamError
+from s2sfast.protocol.events import Action, ConnectionLost, SendBytes, SetTimer
+from s2sfast.protocol.jid import jid_domain, valid_domain
+from s2sfast.protocol.negotiation import Machine
+
+__all__ = [
+    "COMPONENT_NS",
+    "HANDSHAKE_TIMEOUT",
+    "ComponentUp",
+    "Route",
+    "Shutdown",
+    "ComponentMachine",
+    "handshake_digest",
+]
+
+log = logging.getLogger("s2sfast.component")
+
+COMPONENT_NS = "jabber:component:accept"
+#: seconds a component has to send its header and then its handshake (Prosody and ejabberd
+#: allow a similar few seconds); a silent connection must not hold a slot forever
+HANDSHAKE_TIMEOUT = 10.0
+_STANZA_NAMES = frozenset({"message", "presence", "iq"})
+#: what a component's stanzas may be qualified by: its stream's namespace, or jabber:client
+#: (slixmpp's use_jc_ns); both are moved into jabber:server before they leave over S2S
+_CONTENT_NS = frozenset({COMPONENT_NS, "jabber:client"})
+
+
+# --- actions the machine adds to events.py's ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComponentUp:
+    """The handshake succeeded: this stream now serves *domain*."""
+
+    domain: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """A stanza the component sent, to route on; *raw* inherits the receiving stream's namespace."""
+
+    raw: bytes
+    name: str
+    from_: str
+    to: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shutdown:
+    """Event: our side closes the stream (node shutdown, or a newer component took the domain).
+
+    *condition* None closes cleanly with ``</stream:stream>``.
+    """
+
+    condition: str | None = None
+    text: str | None = None
+
+
+def handshake_digest(stream_id: str, password: str) -> str:
+    """XEP-0114: lowercase hex of SHA-1 over the stream id followed by the shared secret."""
+    return hashlib.sha1((stream_id + password).encode("utf-8")).hexdigest()
+
+
+def _attr(value: str) -> str:
+    return value.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
+
+
+def _header(domain: str | None, stream_id: str) -> bytes:
+    from_ = f" from='{_attr(domain)}'" if domain else ""
+    return (
+        f"<?xml version='1.0'?><stream:stream xmlns:stream='{STREAM_NS}' "
+        f"xmlns='{COMPONENT_NS}'{from_} id='{stream_id}'>"
+    ).encode()
+
+
+def _start_tag_declares_default_ns(raw: bytes) -> bool:
+    """Whether the top-level start tag carries its own ``xmlns=`` (quote-aware scan)."""
+    quote = 0
+    for index, byte in enumerate(raw):
+        if quote:
+            if byte == quote:
+                quote = 0
+        elif byte in (0x22, 0x27):
+            quote = byte
+        elif byte == 0x3E:  # '>'
+            return b" xmlns=" in raw[:index].replace(b"\t", b" ").replace(b"\n", b" ")
+    return False
+
+
+def rebind_namespace(raw: bytes, from_ns: str | frozenset[str], to_ns: str) -> bytes:
+    """Move a stanza whose start tag declares ``xmlns=`` one of *from_ns* into *to_ns*.
+
+    Stanzas that inherit the stream's default namespace (the usual case) are returned as they
+    are: they change namespace simply by being written into the other stream.
+    """
+    if not _start_tag_declares_default_ns(raw):
+        return raw
+    sources = frozenset({from_ns}) if isinstance(from_ns, str) else from_ns
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    root = etree.fromstring(raw, parser)
+    for element in root.iter():
+        if isinstance(element.tag, str) and etree.QName(element).namespace in sources:
+            element.tag = f"{{{to_ns}}}{etree.QName(element).localname}"
+    # a fresh top element declaring to_ns as the default, so nothing gets an ns0: prefix
+    top = etree.Element(root.tag, attrib=dict(root.attrib), nsmap={None: to_ns})
+    top.text = root.text
+    top.extend(list(root))
+    etree.cleanup_namespaces(top, top_nsmap={None: to_ns})
+    return etree.tostring(top)
+
+
+def _handshake_text(raw: bytes) -> str:
+    try:
+        element = etree.fromstring(
+            f"<w xmlns='{COMPONENT_NS}'>".encode() + raw + b"</w>",
+            etree.XMLParser(resolve_entities=False, no_network=True),
+        )[0]
+    except (etree.XMLSyntaxError, IndexError):
+        raise RemoteStreamError("not-well-formed", "unparseable handshake") from None
+    if len(element):
+        raise RemoteStreamError("not-authorized", "the handshake carries child elements")
+    return (element.text or "").strip()
+
+
+class ComponentMachine(Machine):
+    """The accept side of one component stream (sans-IO).
+
+    Args:
+        password: the listener's shared secret.
+        is_hosted: domain -> whether the node hosts it (a host or a subdomain of one).
+        is_taken: domain -> whether another component already serves it and this one must be
+            refused with ``conflict`` (always False under ``kick_old``).
+        check_from: verify that each stanza's ``from`` is in the component's domain.
+        stream_id: the id to put in our header (random when not given).
+        state_timeout: seconds for the header and the handshake (None: no timer).
+    """
+
+    role: ClassVar[str] = "component"
+    TABLE: ClassVar[dict[tuple[str, str], str]] = {
+        ("WAIT_HEADER", "StreamOpen"): "_on_open",
+        ("WAIT_HEADER", "TimerFired"): "_timeout",
+        ("WAIT_HANDSHAKE", "Stanza"): "_on_handshake",
+        ("WAIT_HANDSHAKE", "TimerFired"): "_timeout",
+        ("WAIT_HANDSHAKE", "StreamClose"): "_on_close",
+        ("OPEN", "Stanza"): "_on_stanza",
+        ("OPEN", "StreamClose"): "_on_close",
+        ("OPEN", "TimerFired"): "_ignore",
+        ("WAIT_HEADER", "Shutdown"): "_on_shutdown",
+        ("WAIT_HANDSHAKE", "Shutdown"): "_on_shutdown",
+        ("OPEN", "Shutdown"): "_on_shutdown",
+        ("WAIT_HEADER", "ConnectionLost"): "_on_lost",
+        ("WAIT_HANDSHAKE", "ConnectionLost"): "_on_lost",
+        ("OPEN", "ConnectionLost"): "_on_lost",
+    }
+
+    def __init__(
+        self,
+        *,
+        password: str,
+        is_hosted: Callable[[str], bool],
+        is_taken: Callable[[str], bool],
+        check_from: bool = True,
+        stream_id: str | None = None,
+        state_timeout: float | None = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        super().__init__(state_timeout=state_timeout)
+        self._password = password
+        self._is_hosted = is_hosted
+        self._is_taken = is_taken
+        self.check_from = check_from
+        self.stream_id = stream_id or secrets.token_hex(8)
+        #: the domain this stream asked for (set from the header, served after the handshake)
+        self.domain: str | None = None
+
+    def start(self) -> list[Action]:
+        """The connection is up: arm the header/handshake timer."""
+        return [self._arm()]
+
+    def outgoing(self, raw: bytes) -> list[Action]:
+        """Bytes to write for a stanza routed to this component (nothing unless it is OPEN)."""
+        if self.state != "OPEN":
+            return []
+        return [SendBytes(data=rebind_namespace(bytes(raw), "jabber:server", COMPONENT_NS))]
+
+    # --- handlers --------------------------------------------------------------------------------
+
+    def _error_header(self) -> list[Action]:
+        self.header_sent = True
+        return [SendBytes(data=_header(self.domain, self.stream_id))]
+
+    def _on_open(self, event: Any) -> list[Action]:
+        namespaces = dict(event.namespaces or {})
+        name = event.name
+        # the framer reports the local name; the prefix, if any, must be bound to the streams URI
+        prefix, _, local = name.rpartition(":")
+        stream_ok = (
+            namespaces.get(prefix) == STREAM_NS if prefix else STREAM_NS in namespaces.values()
+        )
+        if local != "stream" or not stream_ok:
+            raise RemoteStreamError(
+                "invalid-namespace", f"stream element {name!r} is not {STREAM_NS}"
+            )
+        default = namespaces.get("", namespaces.get(None))
+        if default != COMPONENT_NS:
+            raise RemoteStreamError(
+                "invalid-namespace", f"default namespace {default!r} is not {COMPONENT_NS}"
+            )
+        to = (dict(event.attrs).get("to") or "").strip().lower()
+        if not to:
+            raise RemoteStreamError("improper-addressing", "the stream header has no 'to'")
+        if not valid_domain(to):
+            raise RemoteStreamError("host-unknown", f"{to!r} is not a domain")
+        if not self._is_hosted(to):
+            raise RemoteStreamError(
+                "host-unknown", f"{to} is neither a host of this node nor a subdomain of one"
+            )
+        self.domain = to
+        self.state = "WAIT_HANDSHAKE"
+        self.header_sent = True
+        return [SendBytes(data=_header(to, self.stream_id)), self._arm()]
+
+    def _on_handshake(self, event: Any) -> list[Action]:
+        if event.name != "handshake" or event.ns != COMPONENT_NS:
+            raise RemoteStreamError(
+                "not-authorized", f"<{event.name}> before the handshake; authenticate first"
+            )
+        offered = _handshake_text(bytes(event.raw)).lower().encode("ascii", "replace")
+        expected = handshake_digest(self.stream_id, self._password).encode("ascii")
+        if not hmac.compare_digest(offered, expected):
+            raise RemoteStreamError("not-authorized", "handshake does not match the password")
+        assert self.domain is not None
+        if self._is_taken(self.domain):
+            raise RemoteStreamError("conflict", f"another component already serves {self.domain}")
+        self.state = "OPEN"
+        return [
+            SetTimer(seconds=None),
+            SendBytes(data=b"<handshake/>"),
+            ComponentUp(domain=self.domain),
+        ]
+
+    def _on_stanza(self, event: Any) -> list[Action]:
+        name = event.name
+        if name not in _STANZA_NAMES:
+            raise RemoteStreamError("unsupported-stanza-type", f"<{name}> is not a stanza")
+        if event.ns not in _CONTENT_NS:
+            raise RemoteStreamError(
+                "invalid-namespace", f"<{name}> in {event.ns!r}, expected {COMPONENT_NS}"
+            )
+        from_ = event.from_ or ""
+        to = event.to or ""
+        if not to or not valid_domain(jid_domain(to)):
+            raise RemoteStreamError("improper-addressing", f"<{name}> without a valid 'to'")
+        if self.check_from and jid_domain(from_) != self.domain:
+            raise RemoteStreamError(
+                "invalid-from", f"'from' {from_!r} is not in the component's domain {self.domain}"
+            )
+        if not from_ or not valid_domain(jid_domain(from_)):
+            raise RemoteStreamError("improper-addressing", f"<{name}> without a valid 'from'")
+        raw = rebind_namespace(bytes(event.raw), _CONTENT_NS, "jabber:server")
+        return [Route(raw=raw, name=name, from_=from_, to=to)]
+
+    def _on_close(self, event: Any) -> list[Action]:
+        return self._finish("the component closed its stream")
+
+    def _on_shutdown(self, event: Shutdown) -> list[Action]:
+        if event.condition is None and self.state == "OPEN":
+            return self._finish(event.text or "closed by the node")
+        return self.fail(LocalStreamError(event.condition or "system-shutdown", event.text))
+
+    def _on_lost(self, event: ConnectionLost) -> list[Action]:
+        self.state = "CLOSED"
+        return [SetTimer(seconds=None)]
+
+    def _ignore(self, event: Any) -> list[Action]:
+        return []

@@ -1,0 +1,430 @@
+"""The receiving side of an S2S stream (sans-IO): header checks, features, STARTTLS, and the
+receiving and authoritative dialback roles.
+
+Events in: the framer's StreamOpen / Stanza / StreamClose, plus TlsUp, TimerFired,
+VerifyResult and ConnectionLost. Actions out: see s2sfast.events. No sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Collection
+from typing import Any, ClassVar
+
+from s2sfast.config import S2SOptions
+from s2sfast.limits import MAX_PENDING_RESULTS_PER_STREAM
+from s2sfast.protocol.dialback import (
+    DIALBACK_FEATURE_NS,
+    DIALBACK_NS,
+    key_matches,
+    parse_dialback,
+    result_bytes,
+    verify_bytes,
+)
+from s2sfast.protocol.errors import STREAM_NS, RemoteStreamError
+from s2sfast.protocol.events import (
+    Action,
+    Authenticated,
+    Close,
+    Deliver,
+    Drop,
+    SendBytes,
+    SetTimer,
+    StartTls,
+    VerifyKey,
+    VerifyResult,
+)
+from s2sfast.protocol.jid import jid_domain, valid_domain
+from s2sfast.protocol.negotiation import (
+    SERVER_NS,
+    TLS_NS,
+    CertChecker,
+    Machine,
+    check_header_namespaces,
+    check_version,
+    stream_header,
+)
+
+__all__ = ["IncomingMachine", "new_stream_id"]
+
+log = logging.getLogger("s2sfast.incoming")
+
+_DATA_STANZAS = frozenset({"message", "presence", "iq"})
+_TLS_MODES_REQUIRED = frozenset({"required", "required_trusted"})
+
+
+def new_stream_id() -> str:
+    """A fresh, unguessable stream id (128 random bits)."""
+    return secrets.token_hex(16)
+
+
+class IncomingMachine(Machine):
+    """One accepted TCP connection, from the peer's header to its close.
+
+    Args:
+        hosts: our local domains (``[general] hosts``).
+        options_for: the effective ``[s2s]`` options for a local domain (use_starttls, shared).
+        policy_allows: ``(local, remote) -> bool`` from s2sfast.policy.
+        tls_available: whether we have a server TLS context (a certfile) to offer STARTTLS.
+        check_cert: RFC 6125 verdict for a peer chain and domain (required_trusted).
+        stream_id: our id for this stream (random when omitted).
+        state_timeout: seconds a peer has for each negotiation step.
+    """
+
+    role = "incoming"
+    TABLE: ClassVar[dict[tuple[str, str], str]] = {
+        ("WAIT_HEADER", "StreamOpen"): "_on_header",
+        ("WAIT_HEADER", "StreamClose"): "_on_peer_close",
+        ("WAIT_HEADER", "TimerFired"): "_timeout",
+        ("WAIT_HEADER", "VerifyResult"): "_on_verify_result",
+        ("WAIT_HEADER", "ConnectionLost"): "_on_lost",
+        ("OPEN", "Stanza"): "_on_stanza",
+        ("OPEN", "StreamClose"): "_on_peer_close",
+        ("OPEN", "TimerFired"): "_timeout",
+        ("OPEN", "VerifyResult"): "_on_verify_result",
+        ("OPEN", "ConnectionLost"): "_on_lost",
+        ("TLS_PENDING", "TlsUp"): "_on_tls_up",
+        ("TLS_PENDING", "TimerFired"): "_timeout",
+        ("TLS_PENDING", "VerifyResult"): "_on_verify_result",
+        ("TLS_PENDING", "ConnectionLost"): "_on_lost",
+        ("CLOSING", "StreamClose"): "_on_closed",
+        ("CLOSING", "Stanza"): "_ignore",
+        ("CLOSING", "VerifyResult"): "_ignore",
+        ("CLOSING", "TimerFired"): "_on_closed",
+        ("CLOSING", "ConnectionLost"): "_on_lost",
+    }
+
+    def __init__(
+        self,
+        *,
+        hosts: Collection[str],
+        options_for: Callable[[str], S2SOptions],
+        policy_allows: Callable[[str, str], bool],
+        tls_available: bool = False,
+        check_cert: CertChecker | None = None,
+        stream_id: str | None = None,
+        state_timeout: float | None = 5.0,
+    ) -> None:
+        super().__init__(state_timeout=state_timeout)
+        #: live collection (the router may add domains at run time); lowercase domains
+        self.hosts = hosts
+        self.options_for = options_for
+        self.policy_allows = policy_allows
+        self.tls_available = tls_available
+        self.check_cert = check_cert
+        self.stream_id = stream_id or new_stream_id()
+        self.tls_active = False
+        self.tls_chain: tuple[bytes, ...] = ()
+        #: the peer's certificate verdict for the last domain checked (for connections())
+        self.peer_cert: Any = None
+        self.local: str | None = None
+        self.peer_from: str | None = None
+        self.version = True
+        #: (local, remote) pairs authorised to send stanzas on this stream
+        self.authorised: set[tuple[str, str]] = set()
+        #: (local, remote) pairs whose db:result awaits the authoritative server's verdict
+        self.pending_results: set[tuple[str, str]] = set()
+        self._starttls_offered = False
+        self._cert_verdicts: dict[str, Any] = {}
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def start(self) -> list[Action]:
+        """Arm the timer for the peer's stream header."""
+        return [self._arm()]
+
+    @property
+    def mode(self) -> str:
+        host = self.local or next(iter(sorted(self.hosts)), "")
+        return self.options_for(host).use_starttls if host else "false"
+
+    def _step_timer(self) -> SetTimer:
+        """Negotiating streams get state_timeout per step; authenticated ones no timer at all
+        (a piggybacked db:result or a db:verify on them must not start a countdown)."""
+        return SetTimer(seconds=None) if self.authorised else self._arm()
+
+    def _tls_missing(self) -> bool:
+        return self.mode in _TLS_MODES_REQUIRED and not self.tls_active
+
+    def _require_tls(self, what: str) -> None:
+        if self._tls_missing():
+            raise RemoteStreamError(
+                "policy-violation", f"STARTTLS is required before {what} (use_starttls={self.mode})"
+            )
+
+    def _check_trusted(self, domain: str) -> None:
+        """Record the peer certificate's verdict for *domain*; required_trusted enforces it."""
+        status = None
+        if self.tls_active and self.check_cert is not None:
+            status = self._cert_verdicts.get(domain)
+            if status is None:  # one chain per stream: verify it once per claimed domain
+                status = self._cert_verdicts[domain] = self.check_cert(self.tls_chain, domain)
+            self.peer_cert = status
+        if self.mode != "required_trusted":
+            return
+        if status is None:
+            raise RemoteStreamError("policy-violation", "no certificate verification available")
+        if not (status.trusted and status.name_matches):
+            reason = status.reason or "certificate not trusted"
+            raise RemoteStreamError(
+                "policy-violation", f"certificate of {domain} rejected: {reason}"
+            )
+
+    def _error_header(self) -> list[Action]:
+        self.header_sent = True
+        return [
+            SendBytes(
+                data=stream_header(
+                    from_=self.local, to=self.peer_from, id=self.stream_id, version=self.version
+                )
+            )
+        ]
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    def _on_header(self, ev: Any) -> list[Action]:
+        attrs = ev.attrs
+        to = (attrs.get("to") or "").lower()
+        frm = (attrs.get("from") or "").lower()
+        # Remember what we can first: an error must be preceded by a header naming us.
+        if to in self.hosts:
+            self.local = to
+        if frm and valid_domain(frm):
+            self.peer_from = frm
+        check_header_namespaces(ev)
+        self.version = check_version(attrs.get("version"))
+        if not to:
+            raise RemoteStreamError("improper-addressing", "the stream header has no 'to'")
+        if to not in self.hosts:
+            raise RemoteStreamError("host-unknown", f"{to} is not served here")
+        if frm and not valid_domain(frm):
+            raise RemoteStreamError("invalid-from", f"{frm!r} is not a domain")
+        if frm and self.tls_active:
+            self._check_trusted(frm)  # before our header: a failure sends its own first
+        actions: list[Action] = [
+            SendBytes(
+                data=stream_header(
+                    from_=to, to=frm or None, id=self.stream_id, version=self.version
+                )
+            )
+        ]
+        self.header_sent = True
+        if self.version:
+            actions.append(SendBytes(data=self._features()))
+        self.state = "OPEN"
+        actions.append(self._arm())
+        return actions
+
+    def _features(self) -> bytes:
+        parts = ["<stream:features>"]
+        mode = self.mode
+        self._starttls_offered = False
+        if not self.tls_active and mode != "false" and self.tls_available:
+            self._starttls_offered = True
+            if mode in _TLS_MODES_REQUIRED:
+                parts.append(f"<starttls xmlns='{TLS_NS}'><required/></starttls>")
+            else:
+                parts.append(f"<starttls xmlns='{TLS_NS}'/>")
+        if not self._tls_missing():
+            parts.append(f"<dialback xmlns='{DIALBACK_FEATURE_NS}'><errors/></dialback>")
+        parts.append("</stream:features>")
+        return "".join(parts).encode()
+
+    def _on_stanza(self, st: Any) -> list[Action]:
+        ns = st.ns
+        if ns == DIALBACK_NS:
+            if st.name == "result":
+                return self._on_db_result(st)
+            if st.name == "verify":
+                return self._on_db_verify(st)
+        elif ns == TLS_NS and st.name == "starttls":
+            return self._on_starttls()
+        elif ns == STREAM_NS and st.name == "error":
+            self.state = "CLOSING"
+            return [SetTimer(seconds=None), Close(condition=None, text="peer sent a stream error")]
+        elif ns == SERVER_NS and st.name in _DATA_STANZAS:
+            return self._on_data(st)
+        raise RemoteStreamError(
+            "unsupported-stanza-type", f"<{st.name} xmlns='{ns}'> is not supported here"
+        )
+
+    def _on_starttls(self) -> list[Action]:
+        if self.tls_active or not self._starttls_offered:
+            self.state = "CLOSED"
+            return [
+                SendBytes(data=f"<failure xmlns='{TLS_NS}'/>".encode()),
+                SetTimer(seconds=None),
+                Close(condition=None, text="STARTTLS was not offered"),
+            ]
+        self.state = "TLS_PENDING"
+        return [
+            SendBytes(data=f"<proceed xmlns='{TLS_NS}'/>".encode()),
+            StartTls(server_side=True),
+            self._arm(),
+        ]
+
+    def _on_tls_up(self, ev: Any) -> list[Action]:
+        self.tls_active = True
+        self.stream_id = new_stream_id()  # RFC 6120 4.3.3: a restarted stream gets a new id
+        self.tls_chain = tuple(ev.chain)
+        self.header_sent = False
+        self.state = "WAIT_HEADER"
+        return [self._arm()]
+
+    def _parse_db(self, st: Any):
+        try:
+            return parse_dialback(st.raw)
+        except ValueError as exc:
+            raise RemoteStreamError("bad-format", str(exc)) from exc
+
+    def _on_db_result(self, st: Any) -> list[Action]:
+        db = self._parse_db(st)
+        if db.type is not None:
+            return [
+                Drop(reason=f"db:result answer type={db.type} on an incoming stream", stanza=st)
+            ]
+        self._require_tls("dialback")
+        local, remote = db.to.lower(), db.from_.lower()
+        if not local or not remote:
+            raise RemoteStreamError("improper-addressing", "db:result without 'to' or 'from'")
+        if local not in self.hosts:
+            raise RemoteStreamError("host-unknown", f"{local} is not served here")
+        if not valid_domain(remote):
+            raise RemoteStreamError("invalid-from", f"{remote!r} is not a domain")
+        if not self.policy_allows(local, remote):
+            return self._deny(
+                result_bytes(
+                    from_=local, to=remote, type="error", error_condition="policy-violation"
+                ),
+                f"{remote} is not allowed to federate with {local} (policy)",
+            )
+        self._check_trusted(remote)
+        if not db.key:
+            raise RemoteStreamError("bad-format", "db:result without a key")
+        if (local, remote) not in self.pending_results and (
+            len(self.pending_results) >= MAX_PENDING_RESULTS_PER_STREAM
+        ):
+            raise RemoteStreamError(
+                "policy-violation",
+                f"more than {MAX_PENDING_RESULTS_PER_STREAM} dialback requests pending on one "
+                "stream",
+            )
+        self.pending_results.add((local, remote))
+        return [
+            VerifyKey(receiving=local, originating=remote, stream_id=self.stream_id, key=db.key),
+            self._step_timer(),
+        ]
+
+    def _deny(self, answer: bytes, text: str) -> list[Action]:
+        self.error = RemoteStreamError("policy-violation", text)
+        self.state = "ERROR"
+        return [
+            SendBytes(data=answer),
+            SetTimer(seconds=None),
+            Close(condition="policy-violation", text=text),
+        ]
+
+    def _on_db_verify(self, st: Any) -> list[Action]:
+        """Authoritative role: recompute the key we would have generated and answer."""
+        db = self._parse_db(st)
+        if db.type is not None:
+            return [
+                Drop(reason=f"db:verify answer type={db.type} on an incoming stream", stanza=st)
+            ]
+        self._require_tls("dialback")
+        ours, asker = db.to.lower(), db.from_.lower()
+        if not ours or not asker or db.id is None:
+            raise RemoteStreamError("improper-addressing", "db:verify without 'to', 'from' or 'id'")
+        if ours not in self.hosts:
+            raise RemoteStreamError("host-unknown", f"{ours} is not served here")
+        if not valid_domain(asker):
+            raise RemoteStreamError("invalid-from", f"{asker!r} is not a domain")
+        if not self.policy_allows(ours, asker):
+            return self._deny(
+                verify_bytes(
+                    from_=ours, to=asker, id=db.id, type="error", error_condition="policy-violation"
+                ),
+                f"{asker} is not allowed to federate with {ours} (policy)",
+            )
+        self._check_trusted(asker)
+        secret = self.options_for(ours).shared
+        valid = key_matches(secret, asker, ours, db.id, db.key)
+        verdict = "valid" if valid else "invalid"
+        log.info("dialback: verified key %s -> %s id=%s: %s", ours, asker, db.id, verdict)
+        return [
+            SendBytes(data=verify_bytes(from_=ours, to=asker, id=db.id, type=verdict)),
+            self._step_timer(),
+        ]
+
+    def _on_verify_result(self, ev: VerifyResult) -> list[Action]:
+        pair = (ev.receiving, ev.originating)
+        if ev.stream_id != self.stream_id or pair not in self.pending_results:
+            return [Drop(reason=f"unexpected verify result for {pair} on {ev.stream_id}")]
+        self.pending_results.discard(pair)
+        local, remote = pair
+        if ev.type == "valid":
+            self.authorised.add(pair)
+            return [
+                SendBytes(data=result_bytes(from_=local, to=remote, type="valid")),
+                SetTimer(seconds=None),
+                Authenticated(local=local, remote=remote, direction="in"),
+            ]
+        if ev.type == "invalid":
+            actions: list[Action] = [
+                SendBytes(data=result_bytes(from_=local, to=remote, type="invalid"))
+            ]
+            if not self.authorised and not self.pending_results:
+                self.error = RemoteStreamError(
+                    "not-authorized", f"invalid dialback key from {remote}"
+                )
+                self.state = "ERROR"
+                actions += [
+                    SetTimer(seconds=None),
+                    Close(condition="not-authorized", text=f"invalid dialback key from {remote}"),
+                ]
+            return actions
+        return [
+            SendBytes(
+                data=result_bytes(
+                    from_=local, to=remote, type="error", error_condition="remote-server-not-found"
+                )
+            ),
+            Drop(reason=f"could not verify {remote}'s key: {ev.text or 'error'}"),
+        ]
+
+    def _on_data(self, st: Any) -> list[Action]:
+        self._require_tls("stanzas")
+        if not self.authorised:  # RFC 6120 4.9.3.12
+            raise RemoteStreamError("not-authorized", "stanza before the stream was authenticated")
+        pair = (jid_domain(st.to), jid_domain(st.from_))
+        if pair in self.authorised:
+            return [Deliver(stanza=st)]
+        return [
+            Drop(
+                reason=f"stanza from {pair[1] or '?'} to {pair[0] or '?'} is not authorised on "
+                f"stream {self.stream_id}",
+                stanza=st,
+            )
+        ]
+
+    def _on_peer_close(self, ev: Any) -> list[Action]:
+        return self._finish("peer closed the stream")
+
+    def _on_closed(self, ev: Any) -> list[Action]:
+        self.state = "CLOSED"
+        return [SetTimer(seconds=None), Close(condition=None, text="closed")]
+
+    def _on_lost(self, ev: Any) -> list[Action]:
+        self.state = "CLOSED"
+        return [SetTimer(seconds=None)]
+
+    def _ignore(self, ev: Any) -> list[Action]:
+        return []
+
+    def close(self, reason: str = "closing") -> list[Action]:
+        """We close the stream (shutdown): ``</stream:stream>``, then wait for the peer's."""
+        if self.closed:
+            return []
+        self.state = "CLOSING"
+        return [Close(condition=None, text=reason)]

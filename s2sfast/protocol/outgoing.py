@@ -1,0 +1,448 @@
+"""The originating side of an S2S stream (sans-IO): our header, the peer's features, STARTTLS,
+our db:result (originating role) and the db:verify requests we send (receiving role).
+
+One machine per outbound stream for one (local, remote) domain pair. Events in: the framer's
+StreamOpen / Stanza / StreamClose, plus TlsUp, TimerFired, VerifyRequest, ConnectionLost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from lxml import etree
+
+from s2sfast.protocol.dialback import (
+    DIALBACK_NS,
+    PendingVerifications,
+    make_key,
+    parse_dialback,
+    result_bytes,
+    verify_bytes,
+)
+from s2sfast.protocol.errors import STREAM_NS, RemoteStreamError, StreamError, parse_stream_error
+from s2sfast.protocol.events import (
+    Action,
+    Authenticated,
+    AuthFailed,
+    Close,
+    Drop,
+    SendBytes,
+    SetTimer,
+    StartTls,
+    VerifyAnswered,
+    VerifyRequest,
+)
+from s2sfast.protocol.negotiation import (
+    TLS_NS,
+    CertChecker,
+    Machine,
+    check_header_namespaces,
+    check_version,
+    stream_header,
+)
+
+__all__ = ["OutgoingMachine", "parse_features", "Features"]
+
+log = logging.getLogger("s2sfast.outgoing")
+
+_REQUIRED = frozenset({"required", "required_trusted"})
+#: a peer closing with one of these may well accept us on a later attempt
+_TRANSIENT_STREAM_ERRORS = frozenset(
+    {
+        "connection-timeout",
+        "internal-server-error",
+        "remote-connection-failed",
+        "reset",
+        "resource-constraint",
+        "system-shutdown",
+    }
+)
+
+
+class Features:
+    """What a ``<stream:features/>`` offered (only the parts S2S cares about)."""
+
+    __slots__ = ("starttls", "starttls_required", "dialback")
+
+    def __init__(self, *, starttls: bool, starttls_required: bool, dialback: bool) -> None:
+        self.starttls = starttls
+        self.starttls_required = starttls_required
+        self.dialback = dialback
+
+
+def parse_features(raw: bytes) -> Features:
+    """Parse ``<stream:features>`` (control plane, lxml). Children may come in any order.
+
+    Raises:
+        RemoteStreamError: ``bad-format`` when it is not well-formed.
+    """
+    wrapped = b"<w xmlns:stream='" + STREAM_NS.encode() + b"'>" + raw + b"</w>"
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    try:
+        root = etree.fromstring(wrapped, parser)
+    except etree.XMLSyntaxError as exc:
+        raise RemoteStreamError("bad-format", f"malformed stream features: {exc}") from exc
+    features = root[0] if len(root) else root
+    starttls = features.find(f"{{{TLS_NS}}}starttls")
+    return Features(
+        starttls=starttls is not None,
+        starttls_required=starttls is not None
+        and starttls.find(f"{{{TLS_NS}}}required") is not None,
+        dialback=features.find("{urn:xmpp:features:dialback}dialback") is not None,
+    )
+
+
+class OutgoingMachine(Machine):
+    """One outbound stream from *local* to *remote*.
+
+    Args:
+        local, remote: the domain pair this stream authenticates.
+        use_starttls: our ``use_starttls`` mode for *local*.
+        secret: our dialback secret (``[s2s] shared``) for the key we send.
+        tls_available: whether we have a client TLS context.
+        check_cert: RFC 6125 verdict for the server's chain and *remote* (required_trusted).
+        state_timeout: seconds the peer has for each negotiation step.
+    """
+
+    role = "outgoing"
+    TABLE: ClassVar[dict[tuple[str, str], str]] = {
+        ("WAIT_HEADER", "StreamOpen"): "_on_header",
+        ("WAIT_HEADER", "StreamClose"): "_on_peer_close",
+        ("WAIT_FEATURES", "Stanza"): "_on_features",
+        ("WAIT_FEATURES", "StreamClose"): "_on_peer_close",
+        ("WAIT_PROCEED", "Stanza"): "_on_proceed",
+        ("WAIT_PROCEED", "StreamClose"): "_on_peer_close",
+        ("TLS_PENDING", "TlsUp"): "_on_tls_up",
+        ("AUTHENTICATING", "Stanza"): "_on_stanza",
+        ("AUTHENTICATING", "StreamClose"): "_on_peer_close",
+        ("ESTABLISHED", "Stanza"): "_on_stanza",
+        ("ESTABLISHED", "StreamClose"): "_on_peer_close",
+        ("CLOSING", "Stanza"): "_ignore",
+        ("CLOSING", "StreamClose"): "_on_closed",
+    }
+    for _state in ("WAIT_HEADER", "WAIT_FEATURES", "WAIT_PROCEED", "TLS_PENDING", "AUTHENTICATING"):
+        TABLE[(_state, "TimerFired")] = "_timeout"
+    for _state in (
+        "WAIT_HEADER",
+        "WAIT_FEATURES",
+        "WAIT_PROCEED",
+        "TLS_PENDING",
+        "AUTHENTICATING",
+        "ESTABLISHED",
+        "CLOSING",
+    ):
+        TABLE[(_state, "VerifyRequest")] = "_on_verify_request"
+        TABLE[(_state, "ConnectionLost")] = "_on_lost"
+    TABLE[("ESTABLISHED", "TimerFired")] = "_ignore"
+    TABLE[("CLOSING", "TimerFired")] = "_on_closed"
+    del _state
+
+    def __init__(
+        self,
+        *,
+        local: str,
+        remote: str,
+        use_starttls: str = "false",
+        secret: str,
+        tls_available: bool = False,
+        check_cert: CertChecker | None = None,
+        state_timeout: float | None = 5.0,
+    ) -> None:
+        super().__init__(state_timeout=state_timeout)
+        self.local = local.lower()
+        self.remote = remote.lower()
+        self.mode = use_starttls
+        self.secret = secret
+        self.tls_available = tls_available
+        self.check_cert = check_cert
+        self.tls_active = False
+        self.peer_cert: Any = None
+        self.stream_id: str | None = None
+        self.version = True
+        self.pending = PendingVerifications()
+        self._verify_queue: list[VerifyRequest] = []
+        self._failed_reported = False
+
+    @property
+    def established(self) -> bool:
+        return self.state == "ESTABLISHED"
+
+    def start(self) -> list[Action]:
+        """The connection is up: send our stream header."""
+        self.header_sent = True
+        return [SendBytes(data=self._header()), self._arm()]
+
+    def _header(self) -> bytes:
+        return stream_header(from_=self.local, to=self.remote)
+
+    def _error_header(self) -> list[Action]:
+        # after a TLS restart a stream error must follow a fresh header of ours
+        self.header_sent = True
+        return [SendBytes(data=self._header())]
+
+    # --- failure reporting --------------------------------------------------------------------
+
+    def _on_failure(self, exc: StreamError) -> list[Action]:
+        timeout = exc.condition == "connection-timeout"
+        condition = "remote-server-timeout" if timeout else "remote-server-not-found"
+        return self._fail_all(condition, exc.text or exc.condition, retry=timeout)
+
+    def _fail_all(self, condition: str, text: str, *, retry: bool = False) -> list[Action]:
+        """Tell the owner that the pair and every pending verification failed (once)."""
+        if self._failed_reported:
+            return []
+        self._failed_reported = True
+        actions: list[Action] = []
+        if self.state != "ESTABLISHED":
+            actions.append(
+                AuthFailed(
+                    local=self.local,
+                    remote=self.remote,
+                    condition=condition,
+                    text=text,
+                    retry=retry,
+                )
+            )
+        for originating, receiving, stream_id in self.pending.drain():
+            actions.append(
+                VerifyAnswered(
+                    receiving=receiving,
+                    originating=originating,
+                    stream_id=stream_id,
+                    type="error",
+                    text=text,
+                )
+            )
+        for req in self._verify_queue:
+            actions.append(
+                VerifyAnswered(
+                    receiving=req.receiving,
+                    originating=req.originating,
+                    stream_id=req.stream_id,
+                    type="error",
+                    text=text,
+                )
+            )
+        self._verify_queue.clear()
+        return actions
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    def _on_header(self, ev: Any) -> list[Action]:
+        check_header_namespaces(ev)
+        self.version = check_version(ev.attrs.get("version"))
+        self.stream_id = ev.attrs.get("id") or None
+        if not self.version:
+            return self._after_features(None)
+        self.state = "WAIT_FEATURES"
+        return [self._arm()]
+
+    def _on_features(self, st: Any) -> list[Action]:
+        if st.ns == STREAM_NS and st.name == "error":
+            return self._peer_error(st)
+        if st.ns != STREAM_NS or st.name != "features":
+            raise RemoteStreamError(
+                "unsupported-stanza-type", f"expected stream features, got <{st.name}>"
+            )
+        return self._after_features(parse_features(st.raw))
+
+    def _after_features(self, features: Features | None) -> list[Action]:
+        if not self.tls_active:
+            offered = features is not None and features.starttls
+            want = self.mode != "false" and self.tls_available
+            if offered and want:
+                self.state = "WAIT_PROCEED"
+                return [SendBytes(data=f"<starttls xmlns='{TLS_NS}'/>".encode()), self._arm()]
+            if self.mode in _REQUIRED:
+                raise RemoteStreamError(
+                    "policy-violation",
+                    f"{self.remote} does not offer STARTTLS but use_starttls={self.mode}",
+                )
+            if offered and features.starttls_required:
+                raise RemoteStreamError(
+                    "policy-violation",
+                    f"{self.remote} requires STARTTLS but use_starttls={self.mode}",
+                )
+        if not self.stream_id:
+            raise RemoteStreamError(
+                "undefined-condition", "no stream id from the peer: dialback impossible"
+            )
+        key = make_key(self.secret, self.remote, self.local, self.stream_id)
+        self.state = "AUTHENTICATING"
+        actions: list[Action] = [
+            SendBytes(data=result_bytes(from_=self.local, to=self.remote, key=key)),
+            self._arm(),
+        ]
+        queued, self._verify_queue = self._verify_queue, []
+        for req in queued:
+            actions.extend(self._send_verify(req))
+        return actions
+
+    def _on_proceed(self, st: Any) -> list[Action]:
+        if st.ns == TLS_NS and st.name == "proceed":
+            self.state = "TLS_PENDING"
+            return [StartTls(server_side=False, server_hostname=self.remote), self._arm()]
+        if st.ns == TLS_NS and st.name == "failure":
+            raise RemoteStreamError("undefined-condition", f"{self.remote} refused STARTTLS")
+        if st.ns == STREAM_NS and st.name == "error":
+            return self._peer_error(st)
+        raise RemoteStreamError("unsupported-stanza-type", f"expected <proceed/>, got <{st.name}>")
+
+    def _on_tls_up(self, ev: Any) -> list[Action]:
+        self.tls_active = True
+        self.header_sent = False
+        if self.check_cert is not None:
+            self.peer_cert = self.check_cert(tuple(ev.chain), self.remote)
+        if self.mode == "required_trusted":
+            status = self.peer_cert
+            if status is None or not (status.trusted and status.name_matches):
+                reason = getattr(status, "reason", None) or "no certificate verification"
+                raise RemoteStreamError(
+                    "policy-violation", f"certificate of {self.remote} rejected: {reason}"
+                )
+        self.state = "WAIT_HEADER"
+        self.header_sent = True
+        return [SendBytes(data=self._header()), self._arm()]
+
+    def _on_stanza(self, st: Any) -> list[Action]:
+        if st.ns == DIALBACK_NS:
+            try:
+                db = parse_dialback(st.raw)
+            except ValueError as exc:
+                raise RemoteStreamError("bad-format", str(exc)) from exc
+            if db.kind == "result":
+                return self._on_result(db, st)
+            return self._on_verify_answer(db, st)
+        if st.ns == STREAM_NS and st.name == "error":
+            return self._peer_error(st)
+        return [Drop(reason=f"<{st.name}> on an outbound stream is not expected", stanza=st)]
+
+    def _on_result(self, db: Any, st: Any) -> list[Action]:
+        if db.from_.lower() != self.remote or db.to.lower() != self.local:
+            return [Drop(reason=f"db:result for {db.from_}->{db.to} is not ours", stanza=st)]
+        if self.state != "AUTHENTICATING" or db.type is None:
+            return [Drop(reason=f"unexpected db:result type={db.type}", stanza=st)]
+        if db.type == "valid":
+            self.state = "ESTABLISHED"
+            return [
+                SetTimer(seconds=None),
+                Authenticated(local=self.local, remote=self.remote, direction="out"),
+            ]
+        if db.type == "invalid":
+            text = f"{self.remote} rejected our dialback key"
+            condition = "remote-server-not-found"
+        else:
+            cond = db.error_condition or "undefined-condition"
+            text = f"{self.remote} answered dialback with error {cond}"
+            condition = (
+                "service-unavailable" if cond == "policy-violation" else ("remote-server-not-found")
+            )
+        actions = self._fail_all(condition, text)
+        self.state = "CLOSING"
+        return [*actions, SetTimer(seconds=None), self._close(text)]
+
+    def _close(self, text: str) -> Close:
+        return Close(condition=None, text=text)
+
+    def _on_verify_answer(self, db: Any, st: Any) -> list[Action]:
+        if db.type is None:
+            return [Drop(reason="db:verify request on an outbound stream", stanza=st)]
+        if not self.pending.take(from_=db.from_.lower(), to=db.to.lower(), stream_id=db.id):
+            return [
+                Drop(reason=f"db:verify answer matches no pending request ({db.id})", stanza=st)
+            ]
+        return [
+            VerifyAnswered(
+                receiving=db.to.lower(),
+                originating=db.from_.lower(),
+                stream_id=db.id or "",
+                type=db.type if db.type in ("valid", "invalid") else "error",
+                text=db.error_condition,
+            )
+        ]
+
+    def _on_verify_request(self, req: VerifyRequest) -> list[Action]:
+        if self.state == "CLOSING" or self._failed_reported:
+            return [
+                VerifyAnswered(
+                    receiving=req.receiving,
+                    originating=req.originating,
+                    stream_id=req.stream_id,
+                    type="error",
+                    text="the stream to the authoritative server is closing",
+                )
+            ]
+        if self.state in ("AUTHENTICATING", "ESTABLISHED"):
+            return self._send_verify(req)
+        self._verify_queue.append(req)
+        return []
+
+    def _send_verify(self, req: VerifyRequest) -> list[Action]:
+        try:
+            self.pending.add(
+                originating=req.originating, receiving=req.receiving, stream_id=req.stream_id
+            )
+        except OverflowError as exc:
+            return [
+                VerifyAnswered(
+                    receiving=req.receiving,
+                    originating=req.originating,
+                    stream_id=req.stream_id,
+                    type="error",
+                    text=str(exc),
+                )
+            ]
+        return [
+            SendBytes(
+                data=verify_bytes(
+                    from_=req.receiving, to=req.originating, id=req.stream_id, key=req.key
+                )
+            )
+        ]
+
+    def _peer_error(self, st: Any) -> list[Action]:
+        cond, peer_text = parse_stream_error(st.raw) or ("undefined-condition", None)
+        text = f"{self.remote} sent stream error {cond}"
+        if peer_text:  # the peer's own reason is what the operator needs to read in the bounce
+            text += f" ({peer_text})"
+        condition = (
+            "service-unavailable"
+            if cond == "policy-violation"
+            else (
+                "remote-server-timeout"
+                if cond == "connection-timeout"
+                else "remote-server-not-found"
+            )
+        )
+        actions = self._fail_all(condition, text, retry=cond in _TRANSIENT_STREAM_ERRORS)
+        self.state = "CLOSED"
+        return [*actions, SetTimer(seconds=None), self._close(text)]
+
+    def _on_peer_close(self, ev: Any) -> list[Action]:
+        actions = self._fail_all(
+            "remote-server-not-found", f"{self.remote} closed the stream", retry=True
+        )
+        self.state = "CLOSED"
+        return [*actions, SetTimer(seconds=None), self._close("peer closed the stream")]
+
+    def _on_closed(self, ev: Any) -> list[Action]:
+        actions = self._fail_all("remote-server-not-found", "stream closed")
+        self.state = "CLOSED"
+        return [*actions, SetTimer(seconds=None), self._close("closed")]
+
+    def _on_lost(self, ev: Any) -> list[Action]:
+        actions = self._fail_all("remote-server-not-found", ev.reason, retry=ev.retry)
+        self.state = "CLOSED"
+        return [*actions, SetTimer(seconds=None)]
+
+    def _ignore(self, ev: Any) -> list[Action]:
+        return []
+
+    def close(self, reason: str = "closing") -> list[Action]:
+        """We close the stream (shutdown or idle): ``</stream:stream>``, wait for the peer's."""
+        if self.closed:
+            return []
+        actions = self._fail_all("remote-server-not-found", reason)
+        self.state = "CLOSING"
+        return [*actions, self._close(reason)]

@@ -1,0 +1,328 @@
+"""XEP-0114 component listener on asyncio: performs :class:`ComponentMachine`'s actions.
+
+The sans-IO protocol (handshake, addressing checks, namespace rebinding) lives in
+:mod:`s2sfast.protocol.component`; this module owns sockets, timers, the shaper and the
+registry of which connected component serves which domain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from s2sfast.config.service import ListenService
+from s2sfast.protocol.component import (
+    COMPONENT_NS,
+    HANDSHAKE_TIMEOUT,
+    ComponentMachine,
+    ComponentUp,
+    Route,
+    Shutdown,
+)
+from s2sfast.protocol.errors import StreamError
+from s2sfast.protocol.events import Action, Close, ConnectionLost, SendBytes, SetTimer, TimerFired
+
+__all__ = ["ComponentRegistry", "ComponentConnection", "ComponentServer"]
+
+log = logging.getLogger("s2sfast.component")
+
+
+class ComponentRegistry:
+    """Which connected component serves which domain (shared by all component listeners)."""
+
+    def __init__(self) -> None:
+        self._by_domain: dict[str, ComponentConnection] = {}
+
+    def get(self, domain: str) -> ComponentConnection | None:
+        return self._by_domain.get(domain.lower())
+
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self._by_domain)
+
+    def connections(self) -> tuple[ComponentConnection, ...]:
+        return tuple(self._by_domain.values())
+
+    def _register(self, domain: str, conn: ComponentConnection) -> ComponentConnection | None:
+        old = self._by_domain.get(domain)
+        self._by_domain[domain] = conn
+        return old if old is not conn else None
+
+    def _unregister(self, domain: str, conn: ComponentConnection) -> None:
+        if self._by_domain.get(domain) is conn:
+            del self._by_domain[domain]
+
+
+#: (component domain, routed stanza) -> None; called for every stanza a component sends
+OnRoute = Callable[[str, Route], None]
+#: (domain, up) -> None; called when a component starts or stops serving a domain
+OnChange = Callable[[str, bool], None]
+
+
+class ComponentConnection(asyncio.Protocol):
+    """One component's TCP connection: framer in, :class:`ComponentMachine`, bytes out."""
+
+    def __init__(self, server: ComponentServer) -> None:
+        self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._framer: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._peer = "?"
+        self._closed = asyncio.get_running_loop().create_future()
+        self._tokens = float(server.listen.max_rate or 0)
+        self._last = 0.0
+        self._paused = False
+        self.machine = server._new_machine()
+
+    @property
+    def domain(self) -> str | None:
+        return self.machine.domain if self.machine.state == "OPEN" else None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        from s2sfast.framing import StreamFramer
+
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        limit = self._server.listen.max_stanza_size
+        self._framer = StreamFramer(max_stanza_size=limit, default_ns=COMPONENT_NS)
+        self._last = asyncio.get_running_loop().time()
+        self._server._connections.add(self)
+        log.info("component stream %s from %s: connected", self.machine.stream_id, self._peer)
+        self._perform(self.machine.start())
+
+    def data_received(self, data: bytes) -> None:
+        if self.machine.closed:
+            return
+        self._shape(len(data))
+        try:
+            events = self._framer.feed(data)
+        except StreamError as exc:
+            self._perform(self.machine.fail(exc))
+            return
+        for event in events:
+            if self.machine.closed:
+                break
+            self._perform(self.machine.receive(event))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.machine.closed:
+            reason = str(exc) if exc else "connection closed by the component"
+            self._perform(self.machine.receive(ConnectionLost(reason=reason)))
+            log.info(
+                "component stream %s (%s): lost: %s",
+                self.machine.stream_id,
+                self.machine.domain or self._peer,
+                reason,
+            )
+        self._cancel_timer()
+        self._server._connections.discard(self)
+        if self.machine.domain:
+            self._server._down(self.machine.domain, self)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # the node's side
+
+    def send(self, raw: bytes) -> bool:
+        """Write a stanza to the component; False when it is not (or no longer) serving."""
+        actions = self.machine.outgoing(raw)
+        self._perform(actions)
+        return bool(actions)
+
+    def shutdown(self, condition: str | None = None, text: str | None = None) -> None:
+        """Close the stream: cleanly when *condition* is None, else with that stream error."""
+        if not self.machine.closed:
+            self._perform(self.machine.receive(Shutdown(condition=condition, text=text)))
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+    # internals
+
+    def _shape(self, size: int) -> None:
+        """A token bucket for [shaper] max_rate: pause reading while the component is over it."""
+        rate = self._server.listen.max_rate
+        if not rate or self._transport is None:
+            return
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(float(rate), self._tokens + (now - self._last) * rate) - size
+        self._last = now
+        if self._tokens < 0 and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+            asyncio.get_running_loop().call_later(-self._tokens / rate, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self.machine.closed:
+            self._perform(self.machine.receive(TimerFired()))
+
+    def _perform(self, actions: list[Action] | list[Any]) -> None:
+        transport = self._transport
+        for action in actions:
+            if isinstance(action, SendBytes):
+                if transport is not None and not transport.is_closing():
+                    transport.write(action.data)
+            elif isinstance(action, SetTimer):
+                self._cancel_timer()
+                if action.seconds is not None:
+                    loop = asyncio.get_running_loop()
+                    self._timer = loop.call_later(action.seconds, self._on_timer)
+            elif isinstance(action, ComponentUp):
+                log.info(
+                    "component stream %s from %s: authenticated, serving %s",
+                    self.machine.stream_id,
+                    self._peer,
+                    action.domain,
+                )
+                self._server._up(action.domain, self)
+            elif isinstance(action, Route):
+                self._server._route(self.machine.domain or "", action)
+            elif isinstance(action, Close):
+                self._close(action)
+
+    def _close(self, action: Close) -> None:
+        transport = self._transport
+        domain = self.machine.domain or "?"
+        if action.condition:
+            from s2sfast.protocol.errors import stream_error_bytes
+
+            log.info(
+                "component stream %s from %s (%s): closing with %s: %s",
+                self.machine.stream_id,
+                self._peer,
+                domain,
+                action.condition,
+                action.text,
+            )
+            payload = stream_error_bytes(action.condition, action.text) + b"</stream:stream>"
+        else:
+            log.info(
+                "component stream %s from %s (%s): closed: %s",
+                self.machine.stream_id,
+                self._peer,
+                domain,
+                action.text,
+            )
+            payload = b"</stream:stream>"
+        if transport is not None and not transport.is_closing():
+            transport.write(payload)
+            transport.close()
+        if self.machine.domain and self.machine.state != "OPEN":
+            self._server._down(self.machine.domain, self)
+
+
+class ComponentServer:
+    """One ``[[listen.service]]`` listener: accepts components and keeps the registry current.
+
+    Args:
+        listen: the listener's options.
+        registry: shared by every component listener of the node (conflicts span them).
+        is_hosted: domain -> whether the node hosts it (a host or a subdomain of one).
+        on_route: called with (component domain, :class:`Route`) for each stanza a component sends.
+        on_change: called with (domain, True/False) when a component starts/stops serving it.
+    """
+
+    def __init__(
+        self,
+        listen: ListenService,
+        *,
+        registry: ComponentRegistry,
+        is_hosted: Callable[[str], bool],
+        on_route: OnRoute,
+        on_change: OnChange | None = None,
+        state_timeout: float | None = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.listen = listen
+        self.registry = registry
+        self._is_hosted = is_hosted
+        self._on_route = on_route
+        self._on_change = on_change
+        self._state_timeout = state_timeout
+        self._server: asyncio.Server | None = None
+        self._connections: set[ComponentConnection] = set()
+
+    async def start(self) -> None:
+        """Bind and listen (``listen.port`` 0 picks a free port; see :attr:`addresses`)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ComponentConnection(self),
+            self.listen.ip_address,
+            self.listen.port,
+            backlog=self.listen.backlog,
+        )
+        for host, port in self.addresses:
+            log.info("component listener on %s port %d", host, port)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, close every component stream with ``</stream:stream>``, wait for them."""
+        if self._server is not None:
+            self._server.close()
+        connections = list(self._connections)
+        for conn in connections:
+            conn.shutdown(None, "the node is shutting down")
+        if connections:
+            await asyncio.wait(
+                [asyncio.ensure_future(c.wait_closed()) for c in connections], timeout=timeout
+            )
+        for conn in connections:
+            if conn._transport is not None:
+                conn._transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # called by connections
+
+    def _new_machine(self) -> ComponentMachine:
+        kick_old = self.listen.conflict_behaviour == "kick_old"
+        return ComponentMachine(
+            password=self.listen.password,
+            is_hosted=self._is_hosted,
+            is_taken=(lambda domain: False)
+            if kick_old
+            else (lambda domain: self.registry.get(domain) is not None),
+            check_from=self.listen.check_from,
+            state_timeout=self._state_timeout,
+        )
+
+    def _up(self, domain: str, conn: ComponentConnection) -> None:
+        old = self.registry._register(domain, conn)
+        if old is not None:
+            old.shutdown("conflict", f"a newer component connected for {domain}")
+        if self._on_change is not None:
+            self._on_change(domain, True)
+
+    def _down(self, domain: str, conn: ComponentConnection) -> None:
+        if self.registry.get(domain) is conn:
+            self.registry._unregister(domain, conn)
+            if self._on_change is not None:
+                self._on_change(domain, False)
+
+    def _route(self, domain: str, route: Route) -> None:
+        self._on_route(domain, route)

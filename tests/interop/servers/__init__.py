@@ -1,0 +1,77 @@
+"""Real XMPP servers as federation peers for the interop tests: Debian's Prosody 0.12 and
+ejabberd 23.01, each a throw-away process on 127.0.0.1 with its state in one directory.
+
+API (the same for both servers)::
+
+    from servers import ProsodyServer, EjabberdServer, server_missing
+
+    peer = ProsodyServer("b.test", tmp_path / "b", tls="required", remotes={"a.test": 5269})
+    peer = EjabberdServer("b.test", tmp_path / "b", tls="optional", remotes={"a.test": 5269})
+    peer.start()                 # returns once its c2s and s2s ports listen; ServerError if not
+    peer.adduser("bob", "pw")    # an account for interop_c2s.C2SClient (SASL PLAIN, no TLS)
+    peer.c2s_port, peer.s2s_port, peer.domain, peer.pid, peer.log(), peer.cert_path
+    peer.s2s_sessions(), peer.completed_sessions("in")   # its S2S streams, from its log
+    peer.stop()                  # SIGTERM by PID, wait (SIGKILL after stop_timeout)
+    peer.stop(wait=False); ...; peer.wait_stopped()   # Prosody takes ~1.5 s to exit
+    peer.kill()                  # SIGKILL by PID: a crash, for fault tests
+    peer.start()                 # again: same ports, certificate, accounts (a restart)
+
+Constructor keywords (both): ``tls`` (``required`` | ``optional`` | ``off``), ``remotes``
+(remote domain -> loopback S2S port), ``dns`` (a running ``dnsserver.DnsServer`` zone to
+resolve through), ``extra_config`` (lines for the global section: Lua for Prosody, YAML for
+ejabberd), ``certificate`` (a tests/certs.py ``IssuedCert``; default: self-signed for the
+domain), ``log_level``, ``c2s_port``/``s2s_port`` (default: fresh free ports). ejabberd also
+takes ``cafile`` (``s2s_cafile``) and has ``command(name, **args)`` (its admin commands).
+
+Both servers find remote domains through DNS only, never the machine's resolver: SRV/A records
+for ``remotes`` in ``dns`` if given, else in a private loopback zone (tests/dnsserver.py) that
+lives while the server runs. Prosody asks it through libunbound, ejabberd through Erlang's
+resolver (``ERL_INETRC``). Neither reads /etc/prosody or /etc/ejabberd, and both run as the
+calling user (root included), so Debian's system instances are irrelevant except for ports.
+
+Skipping: ``server_missing("prosody"|"ejabberd")`` says why a server cannot run (and how to
+install it: ``INSTALL``), or None. With ``S2SFAST_REQUIRE_INTEROP=1`` (``required()``) the
+fixtures turn that into a failure instead of a skip (CI).
+"""
+
+from ._process import (
+    INSTALL,
+    LOOPBACK,
+    REQUIRE_ENV,
+    ServerError,
+    ServerProcess,
+    Session,
+    free_ports,
+    required,
+)
+from .dns import add_xmpp_domain
+from .ejabberd import EjabberdServer, ejabberd_missing, ejabberd_sessions
+from .prosody import ProsodyServer, prosody_missing, s2s_sessions
+
+__all__ = [
+    "INSTALL",
+    "LOOPBACK",
+    "REQUIRE_ENV",
+    "SERVERS",
+    "EjabberdServer",
+    "ProsodyServer",
+    "ServerError",
+    "ServerProcess",
+    "Session",
+    "add_xmpp_domain",
+    "ejabberd_missing",
+    "ejabberd_sessions",
+    "free_ports",
+    "prosody_missing",
+    "required",
+    "s2s_sessions",
+    "server_missing",
+]
+
+#: server name -> class
+SERVERS = {"prosody": ProsodyServer, "ejabberd": EjabberdServer}
+
+
+def server_missing(name: str) -> str | None:
+    """Why the server *name* ("prosody" or "ejabberd") cannot run here, or None."""
+    return {"prosody": prosody_missing, "ejabberd": ejabberd_missing}[name]()

@@ -1,4 +1,4 @@
-"""The framer on real Prosody 0.12.3 / ejabberd 23.01 wire captures (../shared/captures/).
+"""The framer on real Prosody 0.12.3 / ejabberd 23.01 wire captures (tests/data/captures/).
 
 Each capture is framed whole and split at the TCP read boundaries the recording proxy saw, and
 must give the stanza sequence below (read from the captures and cross-checked against their
@@ -14,17 +14,8 @@ from pathlib import Path
 import pytest
 from framer_oracle import check_run, judge, run_framer
 
-CANDIDATES = [
-    Path(__file__).resolve().parents[2] / "shared" / "captures",
-    Path("/work/shared/captures"),
-]
-CAPTURES = next((p for p in CANDIDATES if p.is_dir()), None)
-if CAPTURES is None:
-    pytest.skip(
-        f"wire captures not found (looked in {', '.join(map(str, CANDIDATES))}); "
-        "check out the shared/ directory beside the repository",
-        allow_module_level=True,
-    )
+#: the committed captures (a missing file fails the tests that read it)
+CAPTURES = Path(__file__).resolve().parent.parent / "data" / "captures"
 
 S = "jabber:server"
 C = "jabber:client"
@@ -33,16 +24,13 @@ ST = "http://etherx.jabber.org/streams"
 TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 
-#: Recorded TCP reads, "dir@offset+len" in the order the proxy saw them (captures/README.md).
-CHUNKS = {
-    "01-s1plain-a.test-to-b.test": "c2a@0+200; a2c@0+317; c2a@200+113; c2a@313+155; a2c@317+168; "
-    "a2c@485+168; c2a@468+429; c2a@897+193; c2a@1090+1; c2a@1091+1; a2c@653+1; c2a@1092+1; "
-    "a2c@654+1; c2a@1093+180; a2c@655+16",
-    "11-s2plain-b.test-to-e.test": "c2a@0+200; a2c@0+220; a2c@220+154; c2a@200+113; a2c@374+51; "
-    "c2a@313+429; c2a@742+191; c2a@933+155; a2c@425+93; c2a@1088+1; c2a@1089+64; c2a@1153+129; "
-    "c2a@1282+134; c2a@1416+1; c2a@1417+1; c2a@1418+1",
-    "12-s2plain-e.test-to-b.test": "c2a@0+194; a2c@0+317; c2a@194+139; a2c@317+152; c2a@333+16",
-}
+#: Connections whose recorded TCP reads are kept beside them (STEM.chunks: one "dir@offset+len"
+#: line per read, in the order the proxy saw them; tests/data/captures/README.md).
+CHUNKS = (
+    "01-s1plain-a.test-to-b.test",
+    "11-s2plain-b.test-to-e.test",
+    "12-s2plain-e.test-to-b.test",
+)
 
 #: Offset of the first TLS record (16 03 ..) in the STARTTLS scenario files.
 TLS_FROM = {
@@ -183,7 +171,7 @@ FILES = sorted(EXPECTED)
 
 
 def parse_chunks(spec: str) -> dict[str, list[tuple[int, int]]]:
-    """Parse the README's chunk list: "c2a@0+200; a2c@0+317" -> {"c2a": [(0, 200)], ...}."""
+    """Parse a chunk list: "c2a@0+200; a2c@0+317" -> {"c2a": [(0, 200)], ...}."""
     out: dict[str, list[tuple[int, int]]] = {"c2a": [], "a2c": []}
     for item in spec.split(";"):
         direction, rest = item.strip().split("@")
@@ -250,7 +238,7 @@ def test_capture_framed_whole(name):
 def test_capture_split_at_recorded_tcp_reads(conn, direction):
     name = f"{conn}.{direction}.xml"
     data = (CAPTURES / name).read_bytes()
-    reads = parse_chunks(CHUNKS[conn])[direction]
+    reads = parse_chunks("; ".join((CAPTURES / f"{conn}.chunks").read_text().split()))[direction]
     # The recorded reads tile the file exactly, in order.
     assert [off for off, _ in reads] == [sum(n for _, n in reads[:i]) for i in range(len(reads))]
     assert sum(n for _, n in reads) == len(data)

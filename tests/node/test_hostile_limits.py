@@ -272,7 +272,7 @@ async def test_a_burst_to_an_honest_reading_peer_arrives_whole(federation):
 
 async def test_idle_timeout_spares_a_busy_outbound_stream_to_a_silent_peer(dns_server):
     """A receiving server owes us no bytes on our outbound stream (ejabberd sends none at
-    all, see ../shared/captures): while we keep writing, the stream is not idle."""
+    all, see tests/data/captures): while we keep writing, the stream is not idle."""
     quiet = FakeServer("receiver", "quiet.test")
     await quiet.start()
     try:

@@ -10,10 +10,9 @@ proxy forwards bytes unchanged and writes, per accepted connection,
 ``recv()`` the proxy got, in the order it got them: the TCP read boundaries and how the two
 directions interleave). Past STARTTLS the files hold the raw TLS records.
 
-Routing: Prosody reaches each remote domain at a per-pair proxy through the harness's
-``remotes`` override (mod_s2s_connect_override); ejabberd finds remote domains through SRV
-records on a loopback DNS server (tests/dnsserver.py) that point at its per-pair proxies. So
-each proxy knows which server initiated, and dialback back-connections are recorded too.
+Routing: each server's ``remotes`` (published by the harness as SRV/A records in a loopback DNS
+zone of its own) send every remote domain to a proxy for that (server, remote) pair. So each
+proxy knows which server initiated, and dialback back-connections are recorded too.
 
 Scenarios (the numbering of tests/data/captures/README.md; NN counts accepted connections):
 
@@ -347,7 +346,6 @@ class _Cluster:
     work: Path
     keepalive: float
     servers: dict[str, Any] = field(default_factory=dict)
-    dns: list[Any] = field(default_factory=list)
 
     def prosody(self, domain: str, tls: str) -> Any:
         cfg = f"network_settings = {{ read_timeout = {self.keepalive:g} }}"
@@ -356,22 +354,14 @@ class _Cluster:
         return s
 
     def ejabberd(self, domain: str, tls: str) -> Any:
-        from dnsserver import DnsServer
-
-        dns = DnsServer()
-        self.dns.append(dns)
-        s = _harness().EjabberdServer(domain, self.work / domain, tls=tls, dns=dns)
-        s.zone = dns
+        s = _harness().EjabberdServer(domain, self.work / domain, tls=tls)
         self.servers[domain] = s
         return s
 
     @staticmethod
     def route(server: Any, domain: str, port: int) -> None:
-        """*server* reaches *domain* at 127.0.0.1:*port*."""
-        if hasattr(server, "zone"):  # ejabberd: SRV with an IP-literal target
-            server.zone.add_srv(f"_xmpp-server._tcp.{domain}", 0, 0, port, LOOPBACK)
-        else:
-            server.remotes[domain] = port
+        """*server* reaches *domain* at 127.0.0.1:*port* (SRV/A in its DNS zone at start)."""
+        server.remotes[domain] = port
 
     async def start(self, users: dict[str, Iterable[str]]) -> None:
         for domain, s in self.servers.items():
@@ -390,8 +380,6 @@ class _Cluster:
         for s in self.servers.values():
             s.stop()
         self.servers.clear()
-        for dns in self.dns:
-            dns.close()
 
 
 async def _login(server: Any, user: str, port: int | None = None) -> Any:

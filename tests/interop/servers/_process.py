@@ -177,7 +177,7 @@ class ServerProcess:
     # -- DNS --------------------------------------------------------------------------------
 
     @property
-    def zone(self) -> DnsServer | None:
+    def dns_zone(self) -> DnsServer | None:
         """The DNS zone the server resolves remote domains through while it runs."""
         return self.dns or self._own_dns
 

@@ -77,6 +77,9 @@ class EjabberdServer(ServerProcess):
         dns: a running :class:`dnsserver.DnsServer` to resolve through; None: a private zone
             with just the ``remotes``.
         cafile: ``s2s_cafile``: the CA certificates it checks peers' certificates against.
+        dialback: False unloads mod_s2s_dialback: peers must then authenticate with SASL
+            EXTERNAL, i.e. a certificate ejabberd trusts (23.01 rewrites ``s2s_use_starttls:
+            required_trusted`` into exactly that: ``required`` without dialback).
         extra_config: YAML lines added at the top level.
         certificate: a tests/certs.py ``IssuedCert`` to present; None: a self-signed one.
         log_level: ``info`` (default) or ``debug`` (every element sent and received).
@@ -93,6 +96,7 @@ class EjabberdServer(ServerProcess):
         remotes: dict[str, int] | None = None,
         dns: DnsServer | None = None,
         cafile: str | None = None,
+        dialback: bool = True,
         extra_config: str = "",
         certificate: Any = None,
         log_level: str = "info",
@@ -106,6 +110,7 @@ class EjabberdServer(ServerProcess):
         self.api_port = api_port or free_ports(1)[0]
         self.tls = tls
         self.cafile = cafile
+        self.dialback = dialback
         self.extra_config = extra_config
         self.log_level = log_level
         self._certificate = certificate
@@ -164,6 +169,7 @@ class EjabberdServer(ServerProcess):
                 LOG_LEVEL=self.log_level,
                 TLS=_TLS[self.tls],
                 CAFILE=f's2s_cafile: "{self.cafile}"' if self.cafile else "",
+                DIALBACK="  mod_s2s_dialback: {}" if self.dialback else "",
                 EXTRA=self.extra_config,
             )
         )

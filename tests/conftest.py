@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 from certs import *  # noqa: F401,F403  (registers tls_ca, tls_ca_file, tls_certfile)
 from core_helpers import Inbox, free_port, node_config
 from dnsserver import dns_server  # noqa: F401  (fixture: a real DNS server on loopback)
+from hypothesis import HealthCheck, settings
 
 from s2sfast.net.dns import Resolver
+
+# Property tests. "ci" is deterministic, so that a landing never depends on luck: the examples
+# are derived from each test's source (derandomize), no example database carries failures from
+# one run to the next, the timing-based health check cannot fail a loaded machine, and a failure
+# prints its @reproduce_failure blob. "dev" explores new examples on every run. Tests that set
+# max_examples keep theirs; both profiles leave timing to bench/ (deadline=None).
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE")
+    or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
+)
 
 
 @pytest.fixture

@@ -161,20 +161,44 @@ def _dns_match(pattern: str, domain: str) -> bool:
     return bool(dot) and bool(label) and rest == suffix
 
 
+def _is_ip_literal(domain: str) -> bool:
+    """Whether *domain* is an IP address: RFC 7622's IP-literal domainpart (an IPv4 address, or
+    an IPv6 address in brackets), or an IPv6 address without them."""
+    if domain.startswith("[") and domain.endswith("]"):
+        domain = domain[1:-1]
+    try:
+        ipaddress.ip_address(domain)
+    except ValueError:
+        return False
+    return True
+
+
 def name_matches(names: PeerNames, domain: str) -> bool:
     """Whether *names* identify the XMPP server *domain* (RFC 6125; no CN fallback).
 
     dNSName: exact, or ``*.`` wildcard over exactly one left-most label. SRV-ID: service
-    ``_xmpp-server`` and the exact domain. xmppAddr: the domain JID itself.
+    ``_xmpp-server`` and the exact domain. xmppAddr: the domain JID itself. Comparison is
+    case-insensitive, a trailing dot is ignored, and a U-label domain is compared as A-labels.
+
+    A *domain* that is an IP address (``192.0.2.1``, ``2001:db8::1``, ``[2001:db8::1]``; RFC
+    7622 allows such a domainpart) never matches. RFC 6125 identifies services by DNS domain
+    names only (section 1.7.2 leaves IP addresses out of scope) and its DNS-ID, SRV-ID and
+    xmppAddr rules compare DNS names; RFC 9525, which replaces it, compares an address only
+    with an iPAddress SAN, never with a DNS-ID. Comparing the address as text would accept a
+    certificate whose dNSName merely spells it (``0.0.0.0``). So a peer whose domain is an
+    address is never RFC 6125-verified, and ``required_trusted`` refuses it. Dotted names that
+    are not addresses (``256.1.1.1``, ``1.2.3``) are compared as names.
+
+    Args:
+        names: the identities of the peer's certificate (:func:`peer_names`).
+        domain: the XMPP domain the peer should be.
+
+    Returns:
+        True when one identity names *domain*.
     """
     want = _norm_domain(domain)
-    if not want:
+    if not want or _is_ip_literal(want):
         return False
-    try:
-        ipaddress.ip_address(want)
-        return False  # XMPP domains are DNS names; an IP literal never matches a dNSName here
-    except ValueError:
-        pass
     if any(_dns_match(n, want) for n in names.dns_names):
         return True
     if any(s == XMPP_SERVER_SERVICE and d == want for s, d in names.srv_ids):

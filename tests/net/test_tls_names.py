@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from certs import ID_ON_DNSSRV, ID_ON_XMPPADDR, make_ca, self_signed, utcnow
@@ -97,6 +101,52 @@ def test_no_common_name_fallback(ca, cafile):
 
 def test_ip_address_san_is_not_a_domain(ca):
     assert not name_matches(names_of(ca.issue(["127.0.0.1"])), "127.0.0.1")
+
+
+_IP_LITERALS = [
+    "0.0.0.0",
+    "127.0.0.1",
+    "192.0.2.1",
+    "255.255.255.255",
+    "::",
+    "::1",
+    "[::1]",
+    "2001:db8::1",
+    "[2001:DB8::1]",
+    "::ffff:192.0.2.1",
+    "[::ffff:192.0.2.1]",
+    "fe80::1%eth0",
+]
+
+
+@pytest.mark.parametrize("literal", _IP_LITERALS)
+def test_an_ip_literal_domain_matches_no_identity(literal):
+    """RFC 6125 names DNS domains only: an address matches nothing, even where every identity
+    of the certificate spells it (bare, bracketed, wildcarded, with a trailing dot)."""
+    bare = literal.lower().removeprefix("[").removesuffix("]")
+    spelled = (literal, bare, f"[{bare}]")
+    wildcard = ("*." + bare.partition(".")[2],) if "." in bare else ()
+    names = PeerNames(
+        dns_names=spelled + wildcard,
+        srv_ids=tuple(("_xmpp-server", s) for s in spelled),
+        xmpp_addrs=spelled,
+    )
+    assert not name_matches(names, literal)
+    assert not name_matches(names, literal.upper())
+    if ":" not in literal:
+        assert not name_matches(names, literal + ".")
+
+
+def test_a_certificate_for_an_address_does_not_verify_the_address(ca, cafile):
+    status = verify_peer(ca.issue(["0.0.0.0"]).chain_der, "0.0.0.0", cafile=cafile)
+    assert status.trusted and not status.name_matches and not status.ok
+
+
+@pytest.mark.parametrize("domain", ["256.1.1.1", "1.2.3", "0.0.0.0.example", "a.0.0.0.0"])
+def test_dotted_names_that_are_not_addresses_are_compared_as_names(domain):
+    assert name_matches(PeerNames(dns_names=(domain,)), domain)
+    assert name_matches(PeerNames(srv_ids=(("_xmpp-server", domain),)), domain)
+    assert not name_matches(PeerNames(dns_names=(domain,)), f"x.{domain}")
 
 
 def test_unicode_domain_matches_a_label_dns_name(ca):
@@ -249,13 +299,23 @@ def test_rsa_leaf(ca, cafile):
 _LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8).filter(
     lambda s: not s.startswith("-") and not s.endswith("-")
 )
+# A DNS name's top-level label is never all digits (RFC 3696 section 2); that is also what keeps
+# a generated name from being an IPv4 address (0.0.0.0), which matches nothing (tested above).
+_TLD = _LABEL.filter(lambda s: not s.isdigit())
+
+
+def _names(min_labels: int, max_labels: int) -> st.SearchStrategy[str]:
+    """Dotted DNS names of min..max labels whose last label is not all digits."""
+    return st.tuples(st.lists(_LABEL, min_size=min_labels - 1, max_size=max_labels - 1), _TLD).map(
+        lambda parts: ".".join([*parts[0], parts[1]])
+    )
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     label=_LABEL,
     extra=_LABEL,
-    suffix=st.lists(_LABEL, min_size=1, max_size=3).map(".".join),
+    suffix=_names(1, 3),
 )
 def test_wildcard_covers_exactly_one_label(label, extra, suffix):
     names = PeerNames(dns_names=(f"*.{suffix}",))
@@ -272,7 +332,7 @@ def test_wildcard_covers_exactly_one_label(label, extra, suffix):
 
 
 @settings(max_examples=100, deadline=None)
-@given(domain=st.lists(_LABEL, min_size=1, max_size=4).map(".".join), other=_LABEL)
+@given(domain=_names(1, 4), other=_LABEL)
 def test_exact_identities_match_only_their_domain(domain, other):
     for names in (
         PeerNames(dns_names=(domain,)),
@@ -284,3 +344,41 @@ def test_exact_identities_match_only_their_domain(domain, other):
         assert not name_matches(names, f"{other}.{domain}")
         assert not name_matches(names, f"{domain}.{other}x")
     assert not name_matches(PeerNames(common_names=(domain,)), domain)
+
+
+@settings(max_examples=200)
+@given(ip=st.ip_addresses())
+def test_no_ip_address_matches_even_where_every_identity_spells_it(ip):
+    forms = [str(ip), ip.exploded]
+    if ip.version == 6:
+        forms += [f"[{ip}]", f"[{ip.exploded}]", str(ip).upper()]
+    names = PeerNames(
+        dns_names=tuple(forms),
+        srv_ids=tuple(("_xmpp-server", f) for f in forms),
+        xmpp_addrs=tuple(forms),
+    )
+    for form in forms:
+        assert not name_matches(names, form)
+
+
+@pytest.mark.parametrize(
+    ("env", "derandomized"),
+    [({"CI": "true"}, True), ({"HYPOTHESIS_PROFILE": "ci"}, True), ({}, False)],
+)
+def test_ci_runs_the_properties_derandomized(env, derandomized):
+    """tests/conftest.py selects the "ci" hypothesis profile under CI=true (or
+    HYPOTHESIS_PROFILE=ci, which .ci/run sets): the same examples on every run."""
+    tests = Path(__file__).resolve().parents[1]
+    clean = {k: v for k, v in os.environ.items() if k not in ("CI", "HYPOTHESIS_PROFILE")}
+    clean["PYTHONPATH"] = os.pathsep.join([str(tests), str(tests.parent)])
+    code = (
+        "import conftest\n"
+        "from hypothesis import settings\n"
+        "s = settings.default\n"
+        "print(s.derandomize, s.database is None, s.deadline, s.print_blob)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, cwd=tests
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(derandomized), str(derandomized), "None", "True"]

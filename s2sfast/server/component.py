@@ -84,8 +84,8 @@ class ComponentConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         from s2sfast.framing import StreamFramer
 
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport, but not always an asyncio.Transport subclass (uvloop's are not)
+        self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         limit = self._server.listen.max_stanza_size

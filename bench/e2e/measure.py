@@ -1,0 +1,241 @@
+"""One contender's measurement: warm-up, flood (throughput, latency, CPU, peak RSS), then a
+paced run at half the measured peak rate (latency at moderate load)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.e2e import paths, procstat, traffic
+from bench.e2e.progress import Progress
+
+
+@dataclass
+class Sizes:
+    messages: int = 30000
+    library_messages: int = 100000
+    size: int = 200
+    half_seconds: float = 5.0
+    stall: float = 20.0
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(procstat.cpu_seconds(p) for p in pids)
+
+
+async def _wait(counter: traffic.Counter, progress: Progress | None, stall: float) -> None:
+    """Until every message arrived, or nothing new came for *stall* seconds."""
+    loop = asyncio.get_running_loop()
+    last, changed = -1, loop.time()
+    while not counter.done.done():
+        if progress is not None:
+            progress.update(counter.count)
+        if counter.count != last:
+            last, changed = counter.count, loop.time()
+        elif loop.time() - changed > stall:
+            return
+        await asyncio.wait([counter.done], timeout=0.2)
+    if progress is not None:
+        progress.update(counter.count)
+    counter.done.result()  # a receiver that closed raises here
+
+
+def _flood_result(
+    n: int, counter: traffic.Counter, first_ns: int, cpu: float, pids: list[int]
+) -> dict[str, Any]:
+    seconds = max(1e-9, (counter.last_ns - first_ns) / 1e9)
+    return {
+        "messages": n,
+        "received": counter.count,
+        "missing": counter.missing(),
+        "duplicates": counter.duplicates,
+        "seconds": seconds,
+        "msg_per_s": counter.count / seconds,
+        "latency_ms": traffic.percentiles(counter.latencies),
+        "cpu_s": cpu,
+        "cpu_s_per_10k": cpu / max(1, counter.count) * 10000,
+        "peak_rss_kib": [procstat.peak_rss_kib(p) for p in pids],
+    }
+
+
+async def measure_servers(contender: Any, sizes: Sizes) -> dict[str, Any]:
+    """A server contender (already started): flood, then half the peak rate."""
+    sender, receiver = await contender.open()
+    tmpl = contender.template(sizes.size)
+    pids = contender.pids()
+    try:
+        counter = receiver.start_counting(1)  # warm-up: S2S connect, TLS, dialback
+        await sender.flood(tmpl, 1)
+        await _wait(counter, None, 30)
+        if counter.count != 1:
+            raise RuntimeError(f"{contender.name}: the warm-up message did not arrive")
+        n = sizes.messages
+        counter = receiver.start_counting(n)
+        progress = Progress(f"{contender.name}: flood", n)
+        cpu0 = _cpu(pids)
+        flood = asyncio.ensure_future(sender.flood(tmpl, n))
+        await _wait(counter, progress, sizes.stall)
+        first = await flood
+        cpu = _cpu(pids) - cpu0
+        result = _flood_result(n, counter, first, cpu, pids)
+        progress.finish(f"{result['msg_per_s']:,.0f} msg/s, {counter.missing()} missing")
+        result["half_peak"] = await _half_peak_servers(contender, sender, receiver, tmpl, result,
+                                                      sizes)  # fmt: skip
+        return result
+    finally:
+        sender.close()
+        receiver.close()
+
+
+async def _half_peak_servers(
+    contender: Any, sender: Any, receiver: Any, tmpl: bytes, flood: dict[str, Any], sizes: Sizes
+) -> dict[str, Any]:
+    rate = flood["msg_per_s"] / 2
+    m = max(200, int(rate * sizes.half_seconds))
+    counter = receiver.start_counting(m)
+    progress = Progress(f"{contender.name}: half peak", m)
+    task = asyncio.ensure_future(sender.paced(tmpl, m, rate))
+    await _wait(counter, progress, sizes.stall)
+    await task
+    progress.finish()
+    return _half_result(rate, m, counter.count, counter.missing(), counter.latencies)
+
+
+def _half_result(rate: float, m: int, received: int, missing: int, lat: Any) -> dict[str, Any]:
+    return {
+        "rate": rate,
+        "messages": m,
+        "received": received,
+        "missing": missing,
+        "latency_ms": lat if isinstance(lat, dict) else traffic.percentiles(lat),
+    }
+
+
+# --- the library path: two worker processes ---------------------------------------------------
+
+
+class Worker:
+    """``python3 -m bench.e2e.library ROLE ...`` driven over its stdin/stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+
+    @classmethod
+    async def start(cls, role: str, log: Path, *args: str) -> Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.e2e.library", role, *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=open(log, "wb"), cwd=paths.ROOT, env=paths.child_env(),
+        )  # fmt: skip
+        self = cls(proc, role)
+        await self.expect("ready", 30)
+        return self
+
+    async def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not raw:
+            raise RuntimeError(f"library {self.name} worker exited ({await self.proc.wait()})")
+        return raw.decode().strip()
+
+    async def expect(self, word: str, timeout: float, progress: Progress | None = None) -> str:
+        while True:
+            line = await self.line(timeout)
+            if line.startswith("progress ") and progress is not None:
+                progress.update(int(line.split()[1]))
+            if line.split(" ", 1)[0] == word:
+                return line[len(word) + 1 :]
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                await self.send("quit")
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except (TimeoutError, ConnectionError, BrokenPipeError):
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def measure_library(workdir: Path, loop: str, sizes: Sizes) -> dict[str, Any]:
+    """Node.send in process A -> B's on_stanza handler, one TLS stream; both on *loop*."""
+    import certs
+    from daemon_helpers import free_port
+
+    d = workdir / f"library-{loop}"
+    d.mkdir(parents=True, exist_ok=True)
+    ca = certs.make_ca("bench e2e library CA")
+    cafile = ca.write_pem(d, "ca.pem")
+    port = {"a": free_port(), "b": free_port()}
+    common = ["--ca", cafile, "--size", str(sizes.size), "--loop", loop,
+              "--stall", str(sizes.stall)]  # fmt: skip
+
+    def args(side: str, other: str) -> list[str]:
+        cert = ca.issue([f"{side}.test"]).write_pem(d, f"{side}.pem")
+        return ["--host", f"{side}.test", "--port", str(port[side]), "--peer", f"{other}.test",
+                "--peer-port", str(port[other]), "--cert", cert, *common]  # fmt: skip
+
+    recv = await Worker.start("recv", d / "b.log", *args("b", "a"))
+    send = await Worker.start("send", d / "a.log", *args("a", "b"))
+    name = f"s2sfast library ({loop})"
+    pids = [send.proc.pid, recv.proc.pid]
+    try:
+        await recv.send("expect 1")
+        await recv.expect("ok", 10)
+        await send.send("flood 1")
+        await send.expect("sent", 60)
+        warm = json.loads(await recv.expect("result", 60))
+        if warm["received"] != 1:
+            raise RuntimeError(f"{name}: the warm-up message did not arrive")
+        n = sizes.library_messages
+        progress = Progress(f"{name}: flood", n)
+        await recv.send(f"expect {n}")
+        await recv.expect("ok", 10)
+        cpu0 = _cpu(pids)
+        await send.send(f"flood {n}")
+        got = json.loads(await recv.expect("result", 600, progress))
+        first = int(await send.expect("sent", 60))
+        cpu = _cpu(pids) - cpu0
+        seconds = max(1e-9, (got["last_ns"] - first) / 1e9)
+        result = {
+            "messages": n,
+            "received": got["received"],
+            "missing": got["missing"],
+            "duplicates": got["duplicates"],
+            "seconds": seconds,
+            "msg_per_s": got["received"] / seconds,
+            "latency_ms": got["latency_ms"],
+            "cpu_s": cpu,
+            "cpu_s_per_10k": cpu / max(1, got["received"]) * 10000,
+            "peak_rss_kib": [procstat.peak_rss_kib(p) for p in pids],
+        }
+        progress.finish(f"{result['msg_per_s']:,.0f} msg/s, {got['missing']} missing")
+        rate = result["msg_per_s"] / 2
+        m = max(200, int(rate * sizes.half_seconds))
+        progress = Progress(f"{name}: half peak", m)
+        await recv.send(f"expect {m}")
+        await recv.expect("ok", 10)
+        await send.send(f"paced {m} {rate:.1f}")
+        half = json.loads(await recv.expect("result", 600, progress))
+        await send.expect("sent", 60)
+        progress.finish()
+        result["half_peak"] = _half_result(rate, m, half["received"], half["missing"],
+                                           half["latency_ms"])  # fmt: skip
+        return result
+    finally:
+        await send.stop()
+        await recv.stop()
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -1,0 +1,303 @@
+"""``python3 -m bench.e2e``: the deployed node end to end, side by side with Prosody and ejabberd.
+
+Contenders (each measured alone, one after another, in the same run):
+  - ``s2sfast daemons (LOOP)``: two ``s2sfast run`` processes, a.test and b.test, TLS required,
+    dialback; an XEP-0114 component on each (A's sends, B's receives). LOOP: asyncio, uvloop.
+  - ``s2sfast library (LOOP)``: ``await node.send()`` in process A, B's ``on_stanza`` handler.
+  - ``Prosody``, ``ejabberd``: two servers each (Debian's packages, tests/interop/servers),
+    TLS required, dialback, c2s user alice@a.test -> bob@b.test (SASL PLAIN, loopback).
+For each: msg/s, p50/p99/p99.9 latency, CPU seconds per 10k messages of both servers, peak RSS
+of each, and p50/p99 latency at half the measured peak rate. Then the scale section (one daemon,
+10,000 TLS streams; see bench/e2e/scale.py). Writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # python3 bench/e2e/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.e2e import paths  # noqa: E402
+
+paths.setup()
+
+from bench.e2e.measure import Sizes, measure_library, measure_servers, stamp  # noqa: E402
+from bench.e2e.progress import say  # noqa: E402
+
+CONTENDERS = ("s2sfast", "library", "prosody", "ejabberd")
+OUT = paths.ROOT / "bench" / "e2e" / "results"
+
+
+def _loop_runner(loop: str) -> asyncio.Runner:
+    if loop == "uvloop":
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
+
+
+def run_contender(kind: str, loop: str, workdir: Path, sizes: Sizes, client_loop: str) -> dict:
+    from bench.e2e.contenders import Daemons, Peers
+
+    if kind == "library":
+        with _loop_runner(client_loop) as runner:
+            result = runner.run(measure_library(workdir, loop, sizes))
+        result.update(name=f"s2sfast library ({loop})", kind="library", loop=loop)
+        return result
+    contender = Daemons(workdir, loop) if kind == "s2sfast" else Peers(kind, workdir)
+    say(f"starting {contender.name}")
+    contender.start()
+    try:
+        with _loop_runner(client_loop) as runner:
+            result = runner.run(measure_servers(contender, sizes))
+    except BaseException:
+        say(contender.log())
+        raise
+    finally:
+        contender.stop()
+    result.update(name=contender.name, kind=contender.kind, loop=loop)
+    return result
+
+
+def _ms(value: float) -> str:
+    return f"{value:8.2f}" if value == value else "       -"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The human table; "vs peer" = msg/s over the faster of Prosody and ejabberd."""
+    peers = [r["msg_per_s"] for r in results if r["kind"] == "peer" and not r.get("error")]
+    best = max(peers) if peers else None
+    head = (
+        f"{'contender (TLS required, dialback)':<34} {'msg/s':>9} {'vs peer':>7} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8} {'CPU s/10k':>9} {'RSS MiB A/B':>12} "
+        f"{'@half p50':>9} {'@half p99':>9} {'lost':>5}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r.get("error"):
+            lines.append(f"{r['name']:<34} {'error: ' + r['error'][:80]}")
+            continue
+        lat, half = r["latency_ms"], r["half_peak"]["latency_ms"]
+        ratio = f"{r['msg_per_s'] / best:6.2f}x" if best else "      -"
+        rss = "/".join(f"{k / 1024:.0f}" for k in r["peak_rss_kib"])
+        lost = r["missing"] + r["half_peak"]["missing"]
+        lines.append(
+            f"{r['name']:<34} {r['msg_per_s']:>9,.0f} {ratio:>7} {_ms(lat['p50'])} "
+            f"{_ms(lat['p99'])} {_ms(lat['p99.9'])} {r['cpu_s_per_10k']:>9.3f} {rss:>12} "
+            f"{half['p50']:>9.2f} {half['p99']:>9.2f} {lost:>5}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], scale: dict[str, Any] | None, path: Path) -> bool:
+    """Throughput and latency per contender as a PNG; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [r for r in results if not r.get("error")]
+    names = [r["name"].replace(" (", "\n(") for r in ok]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    colours = ["#2a7ab0" if r["kind"] != "peer" else "#b0502a" for r in ok]
+    ax1.bar(names, [r["msg_per_s"] for r in ok], color=colours)
+    ax1.set_ylabel("messages/s (flood)")
+    ax1.set_title("throughput")
+    x = range(len(ok))
+    width = 0.2
+    series = [
+        ("p50 flood", [r["latency_ms"]["p50"] for r in ok]),
+        ("p99 flood", [r["latency_ms"]["p99"] for r in ok]),
+        ("p50 @ half peak", [r["half_peak"]["latency_ms"]["p50"] for r in ok]),
+        ("p99 @ half peak", [r["half_peak"]["latency_ms"]["p99"] for r in ok]),
+    ]
+    for i, (label, values) in enumerate(series):
+        ax2.bar([v + (i - 1.5) * width for v in x], values, width, label=label)
+    ax2.set_yscale("log")
+    ax2.set_xticks(list(x), names)
+    ax2.set_ylabel("latency, ms (log)")
+    ax2.set_title("latency")
+    ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelsize=7)
+    title = f"s2sfast bench/e2e, {stamp()}"
+    if scale and not scale.get("error"):
+        title += (
+            f"  |  scale: {scale['streams']:,} TLS streams, "
+            f"{scale['kib_per_stream']:.1f} KiB/stream, {scale['msg_per_s']:,.0f} msg/s"
+        )
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(paths.ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        return ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python3 -m bench.e2e",
+        description="s2sfast end to end: two daemons (and the library path) against two Prosody "
+        "and two ejabberd servers on loopback, same traffic, same run; then one daemon holding "
+        "many TLS streams.",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (about a minute): 5,000 messages, 20,000 on the library "
+                   "path, 2 s at half peak, scale 300 domains")  # fmt: skip
+    p.add_argument("--messages", type=int, help="chat messages per server contender (30000)")
+    p.add_argument("--library-messages", type=int, help="messages on the library path (100000)")
+    p.add_argument("--size", type=int, default=200, help="bytes per message (200)")
+    p.add_argument("--half-seconds", type=float, help="seconds at half the peak rate (5)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"comma-separated subset of {','.join(CONTENDERS)}")  # fmt: skip
+    p.add_argument("--loops", help="event loops for s2sfast (default: asyncio,uvloop if installed)")
+    p.add_argument("--client-loop", choices=("asyncio", "uvloop"),
+                   help="the load client's loop (default: uvloop if installed)")  # fmt: skip
+    p.add_argument("--no-scale", action="store_true", help="skip the scale section")
+    p.add_argument("--scale-domains", type=int, help="remote domains, 2 streams each (5000)")
+    p.add_argument("--scale-new", type=int, help="new domains timed at the end (500 = 1,000 "
+                   "streams)")  # fmt: skip
+    p.add_argument("--scale-messages", type=int, help="messages with all streams open (20000)")
+    p.add_argument("--scale-loop", help="the scale daemon's loop (default: asyncio)")
+    p.add_argument("--json", type=Path, help=f"result file (default {OUT}/e2e.json)")
+    p.add_argument("--png", type=Path, help=f"plot (default {OUT}/e2e.png)")
+    p.add_argument("--workdir", type=Path, help="keep configs and logs here (default: temporary)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bench.e2e.contenders import Peers, available_loops
+
+    quick = args.quick
+    sizes = Sizes(
+        messages=args.messages or (5000 if quick else 30000),
+        library_messages=args.library_messages or (20000 if quick else 100000),
+        size=args.size,
+        half_seconds=args.half_seconds or (2.0 if quick else 5.0),
+    )
+    loops = args.loops.split(",") if args.loops else available_loops()
+    client_loop = args.client_loop or available_loops()[-1]
+    wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    for c in wanted:
+        if c not in CONTENDERS:
+            print(f"unknown contender {c!r} (choose from {', '.join(CONTENDERS)})", file=sys.stderr)
+            return 2
+    json_path = args.json or OUT / "e2e.json"
+    png_path = args.png or OUT / "e2e.png"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="s2sfast-e2e-")
+        workdir = Path(tmp.name)
+    else:
+        workdir = args.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    scale: dict[str, Any] | None = None
+    try:
+        for kind in wanted:
+            if kind in ("prosody", "ejabberd"):
+                why = Peers.missing(kind)
+                if why:
+                    skipped[kind] = why
+                    say(f"{kind}: skipped ({why})")
+                    continue
+                runs = [(kind, "-")]
+            else:
+                runs = [(kind, loop) for loop in loops]
+            for k, loop in runs:
+                try:
+                    results.append(run_contender(k, loop, workdir, sizes, client_loop))
+                except Exception as exc:  # one contender failing does not lose the others
+                    traceback.print_exc()
+                    results.append({"name": f"{k} ({loop})", "kind": k, "loop": loop,
+                                    "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+        if not args.no_scale:
+            from bench.e2e import scale as scale_mod
+
+            try:
+                scale = scale_mod.run(
+                    workdir,
+                    domains=args.scale_domains or (300 if quick else 5000),
+                    new=args.scale_new or (100 if quick else 500),
+                    messages=args.scale_messages or (5000 if quick else 20000),
+                    loop=args.scale_loop or "asyncio",
+                )
+            except Exception as exc:
+                traceback.print_exc()
+                scale = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    doc = {
+        "when": stamp(),
+        "git_head": _git_head(),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+        "sizes": sizes.__dict__,
+        "client_loop": client_loop,
+        "skipped": skipped,
+        "results": results,
+        "scale": scale,
+    }
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    print()
+    print(table(results))
+    if scale is not None:
+        print()
+        print(scale_text(scale))
+    print(f"\nJSON: {json_path}")
+    if plot(results, scale, png_path):
+        print(f"plot: {png_path}")
+    else:
+        print("plot: matplotlib is not installed (pip install 's2sfast[bench]')")
+    failed = [r for r in results if r.get("error") or r.get("missing")]
+    return 1 if failed else 0
+
+
+def scale_text(scale: dict[str, Any]) -> str:
+    if scale.get("error"):
+        return f"scale: error: {scale['error']}"
+    lines = [
+        f"scale: one daemon ({scale['loop']}), {scale['domains']:,} remote domains, "
+        f"{scale['streams']:,} authenticated TLS streams ({scale['daemon_sockets']:,} sockets "
+        f"on the daemon), RLIMIT_NOFILE {scale['nofile']}",
+        f"  RSS per idle stream      {scale['kib_per_stream']:8.1f} KiB  "
+        f"(daemon {scale['rss_before_kib'] / 1024:.0f} -> {scale['rss_after_kib'] / 1024:.0f} MiB)",
+        f"  open all                 {scale['open_seconds']:8.1f} s",
+        f"  authenticate {scale['new_streams']:,} new    {scale['new_seconds']:8.2f} s  "
+        f"({scale['new_streams'] / scale['new_seconds']:,.0f} streams/s, with all open)",
+        f"  messages, all open       {scale['msg_per_s']:8,.0f} msg/s  "
+        f"({scale['messages']:,} over {scale['domains']:,} domains, {scale['missing']} missing)",
+    ]
+    if scale.get("bound"):
+        lines.append(f"  bound: {scale['bound']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

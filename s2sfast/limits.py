@@ -20,6 +20,9 @@ __all__ = [
     "MAX_PENDING_VERIFICATIONS",
     "MAX_WRITE_BUFFER",
     "WRITE_STALL_TIMEOUT",
+    "SM_MAX_UNACKED",
+    "SM_ACK_EVERY",
+    "SM_ACK_AFTER",
     "pre_auth_limit",
     "Refusal",
     "ConnectionLimiter",
@@ -68,6 +71,26 @@ MAX_WRITE_BUFFER = 1024 * 1024
 #: interop suite lost 12,000 stanzas to Prosody that way). TCP itself gives up on a silent
 #: peer after minutes; 30 s is far beyond any scheduling hiccup of a live server.
 WRITE_STALL_TIMEOUT = 30.0
+
+#: XEP-0198: stanzas one outbound stream may have sent and not yet seen acknowledged (each is
+#: kept, raw, to be resent or bounced if the stream dies). Past it the router holds new stanzas
+#: in the domain's pending queue until an ack opens the window. The window must cover rate x
+#: ack round trip: 8,000 stanzas/s over a 100 ms path keeps ~800 + one request interval in
+#: flight; 5,000 leaves room for a peer that acks late, and at ~0.5 KiB a stanza costs ~2.5 MiB
+#: per stream at worst. ``[s2s] stream_management.buffer_max`` sets it (MongooseIM's name for
+#: its c2s bound, whose default of 100 is sized for one client, not a federation link).
+SM_MAX_UNACKED = 5000
+
+#: XEP-0198: ask the peer for an ack (``<r/>``) after this many stanzas since the last request.
+#: One 26-byte ``<r/>`` per 100 stanzas is noise on the wire, and at most one request interval
+#: of stanzas is in doubt on top of those in flight. ``[s2s] stream_management.ack_freq``.
+SM_ACK_EVERY = 100
+
+#: XEP-0198: seconds of unacknowledged output before we ask for an ack anyway (a quiet stream
+#: that sent fewer than SM_ACK_EVERY stanzas). Short enough that a low-rate stream holds its
+#: stanzas briefly and learns of a dead peer within a second or two; long enough that a busy
+#: stream never hits it (the count asks first).
+SM_ACK_AFTER = 1.0
 
 
 def pre_auth_limit(max_stanza_size: int | None) -> int:

@@ -36,6 +36,12 @@ def _s2s_dict(o: S2SOptions) -> dict[str, Any]:
             "connection_timeout": _inf(o.outgoing.connection_timeout),
         },
         "dns": {"timeout": o.dns.timeout, "retries": o.dns.retries},
+        "stream_management": {
+            "enabled": o.stream_management.enabled,
+            "resend": o.stream_management.resend,
+            "buffer_max": o.stream_management.buffer_max,
+            "ack_freq": o.stream_management.ack_freq,
+        },
     }
 
 

@@ -36,6 +36,7 @@ from s2sfast.config.checks import run_check as _check
 from s2sfast.config.checks import string as _string
 from s2sfast.config.checks import table as _table
 from s2sfast.config.dump import config_to_dict
+from s2sfast.limits import SM_ACK_EVERY, SM_MAX_UNACKED
 
 if TYPE_CHECKING:
     from s2sfast.config.service import ListenService
@@ -49,6 +50,7 @@ __all__ = [
     "AddressOverride",
     "OutgoingOptions",
     "DnsOptions",
+    "StreamManagementOptions",
     "ConfigError",
     "load_config",
     "config_from_dict",
@@ -135,6 +137,32 @@ class DnsOptions:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StreamManagementOptions:
+    """``[s2s] stream_management``: XEP-0198 on S2S streams (an s2sfast addition; MongooseIM
+    has XEP-0198 for c2s only, and its ``mod_stream_management`` names lend the knob names).
+
+    ``resend`` chooses what happens to the stanzas a dead stream's peer never acknowledged:
+    true (the default) resends them on the next stream to that domain, false bounces each to its
+    sender with ``recipient-unavailable``. Either way nothing vanishes silently; the difference
+    is which mistake is possible. A stanza the peer handled but whose ack was lost with the
+    stream comes out as a duplicate when resent, and as a bounce of a delivered stanza when
+    bounced. Resend is the default because the window in doubt is small (at most the stanzas in
+    flight plus one ack interval), receivers and clients tolerate a rare duplicate (message ids,
+    XEP-0359), and a bounce makes a person or a bot resend anyway, usually later, or drop the
+    message; stanzas that still find no stream within the pending deadline bounce regardless.
+    """
+
+    #: offer ``<sm/>`` on incoming streams and enable it on outgoing ones when offered
+    enabled: bool = True
+    #: resend (True) or bounce (False) what a dead stream left unacknowledged
+    resend: bool = True
+    #: unacknowledged stanzas one stream may hold (MongooseIM's ``buffer_max``)
+    buffer_max: int = SM_MAX_UNACKED
+    #: stanzas between ack requests (MongooseIM's ``ack_freq``)
+    ack_freq: int = SM_ACK_EVERY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class S2SOptions:
     """The ``[s2s]`` section (or a ``[[host_config]]`` override of it)."""
 
@@ -150,6 +178,7 @@ class S2SOptions:
     max_retry_delay: int = 300
     outgoing: OutgoingOptions = field(default_factory=OutgoingOptions)
     dns: DnsOptions = field(default_factory=DnsOptions)
+    stream_management: StreamManagementOptions = field(default_factory=StreamManagementOptions)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,7 +344,7 @@ def _resolve_shaper(rule: str, path: str, raw: Mapping[str, Any]) -> tuple[str |
 
 _S2S_KEYS = tuple(
     "default_policy host_policy use_starttls certfile shared "
-    "address ciphers max_retry_delay outgoing dns".split()
+    "address ciphers max_retry_delay outgoing dns stream_management".split()
 )
 
 
@@ -367,7 +396,30 @@ def _s2s(value: Any, path: str, base: S2SOptions) -> S2SOptions:
         if "retries" in sub:
             dns["retries"] = _positive(sub["retries"], f"{path}.dns.retries")
         changes["dns"] = replace(base.dns, **dns)
+    if "stream_management" in table:
+        changes["stream_management"] = _stream_management(
+            table["stream_management"], f"{path}.stream_management", base.stream_management
+        )
     return replace(base, **changes)
+
+
+def _stream_management(
+    value: Any, path: str, base: StreamManagementOptions
+) -> StreamManagementOptions:
+    table = _table(value, path)
+    _known(table, path, ("enabled", "resend", "buffer_max", "ack_freq"))
+    changes: dict[str, Any] = {}
+    for key in ("enabled", "resend"):
+        if key in table:
+            if not isinstance(table[key], bool):
+                _fail(f"{path}.{key}", table[key], "a boolean (true or false)")
+            changes[key] = table[key]
+    if "buffer_max" in table:
+        changes["buffer_max"] = _positive(table["buffer_max"], f"{path}.buffer_max", " (stanzas)")
+    if "ack_freq" in table:
+        changes["ack_freq"] = _positive(table["ack_freq"], f"{path}.ack_freq", " (stanzas)")
+    return replace(base, **changes)
+
 
 
 def _outgoing(value: Any, path: str, base: OutgoingOptions) -> OutgoingOptions:

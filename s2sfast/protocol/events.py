@@ -17,6 +17,7 @@ __all__ = [
     "ConnectionLost",
     "VerifyRequest",
     "VerifyResult",
+    "Handled",
     # actions
     "SendBytes",
     "StartTls",
@@ -28,6 +29,8 @@ __all__ = [
     "Deliver",
     "Drop",
     "Close",
+    "Acked",
+    "Unacked",
     "Action",
 ]
 
@@ -84,6 +87,15 @@ class VerifyResult:
     stream_id: str
     type: str
     text: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handled:
+    """XEP-0198: the inbound stanza numbered *seq* (see :class:`Deliver`) has left this process
+    towards its next hop (written out, or handed to a local handler) or was answered with an
+    error; the stream's ``h`` may now cover it."""
+
+    seq: int
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -159,9 +171,13 @@ class AuthFailed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Deliver:
-    """An authorised inbound stanza for a local domain (the framer's Stanza, raw bytes kept)."""
+    """An authorised inbound stanza for a local domain (the framer's Stanza, raw bytes kept).
+
+    *seq*: with XEP-0198 on, the stanza's number; feed :class:`Handled` back once it is handled.
+    """
 
     stanza: Any
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,6 +199,25 @@ class Close:
     text: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acked:
+    """XEP-0198: the peer acknowledged *count* more stanzas (the unacked window has room)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unacked:
+    """XEP-0198: the outbound stream for (local, remote) is over and these stanzas we sent on it
+    were never acknowledged: resend them on the next stream or bounce them (the owner's
+    ``stream_management.resend``). *reason* says how the stream ended."""
+
+    local: str
+    remote: str
+    raws: tuple[bytes, ...]
+    reason: str
+
+
 Action = (
     SendBytes
     | StartTls
@@ -194,4 +229,6 @@ Action = (
     | Deliver
     | Drop
     | Close
+    | Acked
+    | Unacked
 )

@@ -29,6 +29,7 @@ from s2sfast.protocol.events import (
     Close,
     Deliver,
     Drop,
+    Handled,
     SendBytes,
     SetTimer,
     StartTls,
@@ -36,6 +37,17 @@ from s2sfast.protocol.events import (
     VerifyResult,
 )
 from s2sfast.protocol.jid import jid_domain, valid_domain
+from s2sfast.protocol.sm import (
+    ENABLED,
+    FEATURE,
+    SM_NS,
+    HandledCountTooHigh,
+    SmInbound,
+    SmOutbound,
+    failed_bytes,
+    handled_count_too_high_bytes,
+    parse_ack,
+)
 from s2sfast.protocol.negotiation import (
     SERVER_NS,
     TLS_NS,
@@ -84,6 +96,7 @@ class IncomingMachine(Machine):
         ("OPEN", "TimerFired"): "_timeout",
         ("OPEN", "VerifyResult"): "_on_verify_result",
         ("OPEN", "ConnectionLost"): "_on_lost",
+        ("OPEN", "Handled"): "_on_handled",
         ("TLS_PENDING", "TlsUp"): "_on_tls_up",
         ("TLS_PENDING", "TimerFired"): "_timeout",
         ("TLS_PENDING", "VerifyResult"): "_on_verify_result",
@@ -93,6 +106,7 @@ class IncomingMachine(Machine):
         ("CLOSING", "VerifyResult"): "_ignore",
         ("CLOSING", "TimerFired"): "_on_closed",
         ("CLOSING", "ConnectionLost"): "_on_lost",
+        ("CLOSING", "Handled"): "_ignore",
     }
 
     def __init__(
@@ -127,6 +141,12 @@ class IncomingMachine(Machine):
         self.pending_results: set[tuple[str, str]] = set()
         self._starttls_offered = False
         self._cert_verdicts: dict[str, Any] = {}
+        #: XEP-0198, once the peer enabled it: what we received (and handled) on this stream
+        self.sm_in: SmInbound | None = None
+        #: ... and what we sent (nothing: S2S stanzas flow on the peer's own stream; kept to
+        #: check its acks)
+        self.sm_out: SmOutbound | None = None
+        self._sm_offered = False
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -228,6 +248,11 @@ class IncomingMachine(Machine):
                 parts.append(f"<starttls xmlns='{TLS_NS}'/>")
         if not self._tls_missing():
             parts.append(f"<dialback xmlns='{DIALBACK_FEATURE_NS}'><errors/></dialback>")
+            self._sm_offered = self._sm_allowed()
+            if self._sm_offered:
+                # XEP-0198: offered now (dialback never restarts the stream to offer it after
+                # authentication); <enable/> is refused until a pair is authenticated
+                parts.append(FEATURE.decode())
         parts.append("</stream:features>")
         return "".join(parts).encode()
 
@@ -245,6 +270,8 @@ class IncomingMachine(Machine):
             return [SetTimer(seconds=None), Close(condition=None, text="peer sent a stream error")]
         elif ns == SERVER_NS and st.name in _DATA_STANZAS:
             return self._on_data(st)
+        elif ns == SM_NS:
+            return self._on_sm(st)
         raise RemoteStreamError(
             "unsupported-stanza-type", f"<{st.name} xmlns='{ns}'> is not supported here"
         )
@@ -398,18 +425,85 @@ class IncomingMachine(Machine):
         if not self.authorised:  # RFC 6120 4.9.3.12
             raise RemoteStreamError("not-authorized", "stanza before the stream was authenticated")
         pair = (jid_domain(st.to), jid_domain(st.from_))
+        sm = self.sm_in
         if pair in self.authorised:
-            return [Deliver(stanza=st)]
-        return [
+            if sm is None:
+                return [Deliver(stanza=st)]
+            return [Deliver(stanza=st, seq=sm.receive())]
+        actions: list[Action] = [
             Drop(
                 reason=f"stanza from {pair[1] or '?'} to {pair[0] or '?'} is not authorised on "
                 f"stream {self.stream_id}",
                 stanza=st,
             )
         ]
+        if sm is not None:  # dropped is handled: nothing of it stays in our memory
+            ack = sm.handled(sm.receive())
+            if ack is not None:
+                actions.append(SendBytes(data=ack))
+        return actions
+
+    # --- XEP-0198 -------------------------------------------------------------------------------
+
+    def _sm_allowed(self) -> bool:
+        host = self.local or next(iter(sorted(self.hosts)), "")
+        return bool(host) and self.options_for(host).stream_management.enabled
+
+    def _on_sm(self, st: Any) -> list[Action]:
+        name = st.name
+        if name == "enable":
+            if not self._sm_offered:
+                return [SendBytes(data=failed_bytes("feature-not-implemented"))]
+            if not self.authorised or self.sm_in is not None:
+                # XEP-0198 section 3: only after authentication, and only once
+                why = "already enabled" if self.sm_in is not None else "not authenticated yet"
+                return [
+                    SendBytes(data=failed_bytes("unexpected-request")),
+                    Drop(reason=f"<enable/> refused on {self.stream_id}: {why}", stanza=st),
+                ]
+            opts = self.options_for(self.local or next(iter(self.authorised))[0])
+            self.sm_in = SmInbound()
+            self.sm_out = SmOutbound(
+                max_unacked=opts.stream_management.buffer_max,
+                request_every=opts.stream_management.ack_freq,
+            )
+            log.info("stream management enabled on incoming stream %s", self.stream_id)
+            return [SendBytes(data=ENABLED)]
+        if self.sm_in is None or self.sm_out is None:
+            return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> before <enable/>", stanza=st)]
+        if name == "r":
+            ack = self.sm_in.request()
+            return [SendBytes(data=ack)] if ack is not None else []
+        if name == "a":
+            try:
+                self.sm_out.ack(parse_ack(st.raw))
+            except HandledCountTooHigh as exc:
+                return self._sm_fail(exc)
+            return []
+        return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> is not used on S2S", stanza=st)]
+
+    def _sm_fail(self, exc: HandledCountTooHigh) -> list[Action]:
+        """XEP-0198 section 4: undefined-condition with <handled-count-too-high/>, then close."""
+        self.error = exc
+        self.state = "ERROR"
+        return [
+            SendBytes(data=handled_count_too_high_bytes(exc)),
+            SetTimer(seconds=None),
+            Close(condition=None, text=f"stream error undefined-condition: {exc.text}"),
+        ]
+
+    def _on_handled(self, ev: Handled) -> list[Action]:
+        ack = self.sm_in.handled(ev.seq) if self.sm_in is not None else None
+        return [SendBytes(data=ack)] if ack is not None else []
+
+    def _final_ack(self) -> list[Action]:
+        """XEP-0198: our last <a/> goes out before our </stream:stream>."""
+        if self.sm_in is None:
+            return []
+        return [SendBytes(data=self.sm_in.final_ack())]
 
     def _on_peer_close(self, ev: Any) -> list[Action]:
-        return self._finish("peer closed the stream")
+        return [*self._final_ack(), *self._finish("peer closed the stream")]
 
     def _on_closed(self, ev: Any) -> list[Action]:
         self.state = "CLOSED"
@@ -427,4 +521,4 @@ class IncomingMachine(Machine):
         if self.closed:
             return []
         self.state = "CLOSING"
-        return [Close(condition=None, text=reason)]
+        return [*self._final_ack(), Close(condition=None, text=reason)]

@@ -22,6 +22,7 @@ from s2sfast.protocol.dialback import (
 )
 from s2sfast.protocol.errors import STREAM_NS, RemoteStreamError, StreamError, parse_stream_error
 from s2sfast.protocol.events import (
+    Acked,
     Action,
     Authenticated,
     AuthFailed,
@@ -30,8 +31,20 @@ from s2sfast.protocol.events import (
     SendBytes,
     SetTimer,
     StartTls,
+    Unacked,
     VerifyAnswered,
     VerifyRequest,
+)
+from s2sfast.protocol.sm import (
+    ENABLE,
+    REQUEST,
+    SM_NS,
+    HandledCountTooHigh,
+    SmInbound,
+    SmOutbound,
+    ack_bytes,
+    handled_count_too_high_bytes,
+    parse_ack,
 )
 from s2sfast.protocol.negotiation import (
     TLS_NS,
@@ -63,12 +76,16 @@ _TRANSIENT_STREAM_ERRORS = frozenset(
 class Features:
     """What a ``<stream:features/>`` offered (only the parts S2S cares about)."""
 
-    __slots__ = ("starttls", "starttls_required", "dialback")
+    __slots__ = ("starttls", "starttls_required", "dialback", "sm")
 
-    def __init__(self, *, starttls: bool, starttls_required: bool, dialback: bool) -> None:
+    def __init__(
+        self, *, starttls: bool, starttls_required: bool, dialback: bool, sm: bool = False
+    ) -> None:
         self.starttls = starttls
         self.starttls_required = starttls_required
         self.dialback = dialback
+        #: XEP-0198 ``<sm xmlns='urn:xmpp:sm:3'/>``
+        self.sm = sm
 
 
 def parse_features(raw: bytes) -> Features:
@@ -90,6 +107,7 @@ def parse_features(raw: bytes) -> Features:
         starttls_required=starttls is not None
         and starttls.find(f"{{{TLS_NS}}}required") is not None,
         dialback=features.find("{urn:xmpp:features:dialback}dialback") is not None,
+        sm=features.find(f"{{{SM_NS}}}sm") is not None,
     )
 
 
@@ -103,6 +121,7 @@ class OutgoingMachine(Machine):
         tls_available: whether we have a client TLS context.
         check_cert: RFC 6125 verdict for the server's chain and *remote* (required_trusted).
         state_timeout: seconds the peer has for each negotiation step.
+        sm: ``[s2s] stream_management`` (None: XEP-0198 off): enable it when offered.
     """
 
     role = "outgoing"
@@ -118,7 +137,6 @@ class OutgoingMachine(Machine):
         ("AUTHENTICATING", "StreamClose"): "_on_peer_close",
         ("ESTABLISHED", "Stanza"): "_on_stanza",
         ("ESTABLISHED", "StreamClose"): "_on_peer_close",
-        ("CLOSING", "Stanza"): "_ignore",
         ("CLOSING", "StreamClose"): "_on_closed",
     }
     for _state in ("WAIT_HEADER", "WAIT_FEATURES", "WAIT_PROCEED", "TLS_PENDING", "AUTHENTICATING"):
@@ -134,8 +152,9 @@ class OutgoingMachine(Machine):
     ):
         TABLE[(_state, "VerifyRequest")] = "_on_verify_request"
         TABLE[(_state, "ConnectionLost")] = "_on_lost"
-    TABLE[("ESTABLISHED", "TimerFired")] = "_ignore"
+    TABLE[("ESTABLISHED", "TimerFired")] = "_on_ack_timer"
     TABLE[("CLOSING", "TimerFired")] = "_on_closed"
+    TABLE[("CLOSING", "Stanza")] = "_on_closing_stanza"
     del _state
 
     def __init__(
@@ -148,8 +167,10 @@ class OutgoingMachine(Machine):
         tls_available: bool = False,
         check_cert: CertChecker | None = None,
         state_timeout: float | None = 5.0,
+        sm: Any = None,
     ) -> None:
         super().__init__(state_timeout=state_timeout)
+        self.sm_options = sm if sm is not None and sm.enabled else None
         self.local = local.lower()
         self.remote = remote.lower()
         self.mode = use_starttls
@@ -163,10 +184,123 @@ class OutgoingMachine(Machine):
         self.pending = PendingVerifications()
         self._verify_queue: list[VerifyRequest] = []
         self._failed_reported = False
+        #: XEP-0198: the peer's features offered <sm/>
+        self.sm_offered = False
+        #: XEP-0198 after our <enable/>: the stanzas we sent, kept until acknowledged
+        self.sm_out: SmOutbound | None = None
+        #: ... and after the peer's <enabled/>: what it sends us (acks for its <r/>)
+        self.sm_in: SmInbound | None = None
 
     @property
     def established(self) -> bool:
         return self.state == "ESTABLISHED"
+
+    # --- XEP-0198 ------------------------------------------------------------------------------
+
+    @property
+    def window_full(self) -> bool:
+        """Whether the unacked window is full: hold further stanzas until an ack (Acked)."""
+        return self.sm_out is not None and self.sm_out.window_full
+
+    def sent(self, raw: bytes) -> list[Action]:
+        """A stanza was just written to this stream (the data path calls this directly: no
+        event dispatch per stanza). With XEP-0198 on, it is counted and kept until acked.
+
+        Returns:
+            An ``<r/>`` when the request policy asks for one, and the ack timer when the
+            unacked queue was empty.
+        """
+        sm = self.sm_out
+        if sm is None:
+            return []
+        actions: list[Action] = []
+        if not sm.unacked:
+            actions.append(SetTimer(seconds=sm.request_after))
+        if sm.record(raw):
+            sm.requested()
+            actions.append(SendBytes(data=REQUEST))
+        return actions
+
+    def _on_ack_timer(self, ev: Any) -> list[Action]:
+        """Unacked output for request_after seconds: ask (again) and keep the timer going."""
+        sm = self.sm_out
+        if sm is None or not sm.unacked:
+            return []
+        sm.requested()
+        return [SendBytes(data=REQUEST), SetTimer(seconds=sm.request_after)]
+
+    def _enable_sm(self) -> list[Action]:
+        """After dialback succeeded (XEP-0198 section 3): <enable/> when the peer offered it.
+
+        Stanzas written from now on are counted: the peer starts its count on reading
+        <enable/>, so they need not wait for <enabled/>.
+        """
+        opts = self.sm_options
+        if opts is None or not self.sm_offered:
+            return []
+        self.sm_out = SmOutbound(max_unacked=opts.buffer_max, request_every=opts.ack_freq)
+        return [SendBytes(data=ENABLE)]
+
+    def _on_sm(self, st: Any) -> list[Action]:
+        name = st.name
+        sm = self.sm_out
+        if sm is None:
+            return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> without <enable/>", stanza=st)]
+        if name == "a":
+            try:
+                count = sm.ack(parse_ack(st.raw))
+            except HandledCountTooHigh as exc:
+                return self._sm_fail(exc)
+            actions: list[Action] = [Acked(count=count)] if count else []
+            if self.state == "ESTABLISHED":
+                actions.append(SetTimer(seconds=sm.request_after if sm.unacked else None))
+            return actions
+        if name == "enabled":
+            self.sm_in = SmInbound()
+            log.info("stream management enabled on %s -> %s", self.local, self.remote)
+            return []
+        if name == "failed":
+            # the peer counts nothing: what we wrote is as good as on any plain stream
+            count = len(sm.take_unacked())
+            self.sm_out = None
+            log.info("%s refused stream management", self.remote)
+            return [Acked(count=count), SetTimer(seconds=None)]
+        if name == "r":
+            sm_in = self.sm_in
+            return [SendBytes(data=ack_bytes(sm_in.h if sm_in is not None else 0))]
+        return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> is not used on S2S", stanza=st)]
+
+    def _sm_release(self, reason: str) -> list[Action]:
+        """The stream is over: hand back what the peer never acknowledged (once)."""
+        sm, self.sm_out = self.sm_out, None
+        if sm is None or not sm.unacked:
+            return []
+        raws = tuple(sm.take_unacked())
+        log.warning(
+            "%s -> %s: stream ended with %d unacknowledged stanza(s): %s",
+            self.local,
+            self.remote,
+            len(raws),
+            reason,
+        )
+        return [Unacked(local=self.local, remote=self.remote, raws=raws, reason=reason)]
+
+    def _sm_fail(self, exc: HandledCountTooHigh) -> list[Action]:
+        """XEP-0198 section 4: undefined-condition with <handled-count-too-high/>, then close."""
+        self.error = exc
+        self.state = "ERROR"
+        return [
+            SendBytes(data=handled_count_too_high_bytes(exc)),
+            *self._sm_release(exc.text or "handled-count-too-high"),
+            SetTimer(seconds=None),
+            Close(condition=None, text=f"stream error undefined-condition: {exc.text}"),
+        ]
+
+    def _on_closing_stanza(self, st: Any) -> list[Action]:
+        """While we close: the peer's last <a/> still counts (XEP-0198 section 4)."""
+        if st.ns == SM_NS and st.name == "a" and self.sm_out is not None:
+            return self._on_sm(st)
+        return []
 
     def start(self) -> list[Action]:
         """The connection is up: send our stream header."""
@@ -186,7 +320,8 @@ class OutgoingMachine(Machine):
     def _on_failure(self, exc: StreamError) -> list[Action]:
         timeout = exc.condition == "connection-timeout"
         condition = "remote-server-timeout" if timeout else "remote-server-not-found"
-        return self._fail_all(condition, exc.text or exc.condition, retry=timeout)
+        text = exc.text or exc.condition
+        return [*self._fail_all(condition, text, retry=timeout), *self._sm_release(text)]
 
     def _fail_all(self, condition: str, text: str, *, retry: bool = False) -> list[Action]:
         """Tell the owner that the pair and every pending verification failed (once)."""
@@ -268,6 +403,7 @@ class OutgoingMachine(Machine):
             raise RemoteStreamError(
                 "undefined-condition", "no stream id from the peer: dialback impossible"
             )
+        self.sm_offered = features is not None and features.sm
         key = make_key(self.secret, self.remote, self.local, self.stream_id)
         self.state = "AUTHENTICATING"
         actions: list[Action] = [
@@ -316,7 +452,17 @@ class OutgoingMachine(Machine):
             return self._on_verify_answer(db, st)
         if st.ns == STREAM_NS and st.name == "error":
             return self._peer_error(st)
-        return [Drop(reason=f"<{st.name}> on an outbound stream is not expected", stanza=st)]
+        if st.ns == SM_NS:
+            return self._on_sm(st)
+        actions: list[Action] = [
+            Drop(reason=f"<{st.name}> on an outbound stream is not expected", stanza=st)
+        ]
+        sm_in = self.sm_in
+        if sm_in is not None and st.name in ("message", "presence", "iq"):
+            ack = sm_in.handled(sm_in.receive())  # dropped is handled
+            if ack is not None:
+                actions.append(SendBytes(data=ack))
+        return actions
 
     def _on_result(self, db: Any, st: Any) -> list[Action]:
         if db.from_.lower() != self.remote or db.to.lower() != self.local:
@@ -327,6 +473,7 @@ class OutgoingMachine(Machine):
             self.state = "ESTABLISHED"
             return [
                 SetTimer(seconds=None),
+                *self._enable_sm(),  # before Authenticated: queued stanzas follow <enable/>
                 Authenticated(local=self.local, remote=self.remote, direction="out"),
             ]
         if db.type == "invalid":
@@ -416,6 +563,7 @@ class OutgoingMachine(Machine):
             )
         )
         actions = self._fail_all(condition, text, retry=cond in _TRANSIENT_STREAM_ERRORS)
+        actions += self._sm_release(text)
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None), self._close(text)]
 
@@ -423,16 +571,19 @@ class OutgoingMachine(Machine):
         actions = self._fail_all(
             "remote-server-not-found", f"{self.remote} closed the stream", retry=True
         )
+        actions += self._sm_release(f"{self.remote} closed the stream")
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None), self._close("peer closed the stream")]
 
     def _on_closed(self, ev: Any) -> list[Action]:
         actions = self._fail_all("remote-server-not-found", "stream closed")
+        actions += self._sm_release("stream closed")
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None), self._close("closed")]
 
     def _on_lost(self, ev: Any) -> list[Action]:
         actions = self._fail_all("remote-server-not-found", ev.reason, retry=ev.retry)
+        actions += self._sm_release(ev.reason)
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None)]
 
@@ -444,5 +595,7 @@ class OutgoingMachine(Machine):
         if self.closed:
             return []
         actions = self._fail_all("remote-server-not-found", reason)
+        if self.sm_out is not None and self.sm_out.unacked:
+            actions.append(SendBytes(data=REQUEST))  # the peer's last <a/> settles the rest
         self.state = "CLOSING"
         return [*actions, self._close(reason)]

@@ -279,8 +279,10 @@ class RecordingProxy:
 
     async def start(self) -> RecordingProxy:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Link(self).client, LOOPBACK, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # a port from the harness, which then never hands it to a server of this run
+        (port,) = _harness().free_ports(1)
+        self._server = await loop.create_server(lambda: _Link(self).client, LOOPBACK, port)
+        self.port = port
         return self
 
     def close(self) -> None:

@@ -120,16 +120,19 @@ def _half_result(rate: float, m: int, received: int, missing: int, lat: Any) -> 
 
 
 class Worker:
-    """``python3 -m bench.e2e.library ROLE ...`` driven over its stdin/stdout."""
+    """``python3 -m MODULE ROLE ...`` (bench.e2e.library, bench.e2e.scale) driven over its
+    stdin/stdout, one line per command and answer."""
 
     def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
         self.proc = proc
         self.name = name
 
     @classmethod
-    async def start(cls, role: str, log: Path, *args: str) -> Worker:
+    async def start(
+        cls, role: str, log: Path, *args: str, module: str = "bench.e2e.library"
+    ) -> Worker:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.e2e.library", role, *args,
+            sys.executable, "-m", module, role, *args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=open(log, "wb"), cwd=paths.ROOT, env=paths.child_env(),
         )  # fmt: skip

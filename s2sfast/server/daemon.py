@@ -39,7 +39,7 @@ from s2sfast.server.defaults import (
     embedded_config,
 )
 
-__all__ = ["add_run_parser", "run", "Daemon", "EXIT_CONFIG"]
+__all__ = ["add_run_parser", "run", "run_command", "loop_factory", "Daemon", "EXIT_CONFIG"]
 
 log = logging.getLogger("s2sfast.daemon")
 
@@ -47,6 +47,10 @@ log = logging.getLogger("s2sfast.daemon")
 EXIT_CONFIG = 1
 #: seconds the shutdown waits for queued stanzas to leave before closing streams anyway
 DRAIN_TIMEOUT = 10.0
+#: event loops ``s2sfast run --loop`` can run on (uvloop: ``pip install 's2sfast[uvloop]'``)
+LOOPS = ("asyncio", "uvloop")
+#: the loop used without --loop (bench/e2e measures both; see bench/README.md)
+DEFAULT_LOOP = "asyncio"
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -266,8 +270,41 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PORT",
         help=f"embedded defaults only: the component port (default {DEFAULT_COMPONENT_PORT})",
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=DEFAULT_LOOP,
+        help=f"the event loop (default {DEFAULT_LOOP}; uvloop needs pip install 's2sfast[uvloop]')",
+    )
+    parser.set_defaults(func=run_command)
     return parser
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``--loop NAME`` (None: asyncio's own); ImportError when
+    uvloop is asked for and not installed."""
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    raise ValueError(f"unknown event loop {name!r} (choose from {', '.join(LOOPS)})")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``s2sfast run`` on the event loop ``--loop`` names."""
+    try:
+        factory = loop_factory(getattr(args, "loop", DEFAULT_LOOP))
+    except ImportError as exc:
+        print(
+            f"s2sfast run: --loop {args.loop} is not available ({exc}); "
+            "pip install 's2sfast[uvloop]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(run(args))
 
 
 def _setup_logging(level: str) -> None:
@@ -368,6 +405,7 @@ async def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 await daemon.stop()
             return EXIT_CONFIG
+        log.info("event loop: %s", type(loop).__module__.split(".")[0])
         log.info("running: hosts %s", ", ".join(config.hosts))
         await stop.wait()
         log.info("shutting down")

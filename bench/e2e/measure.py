@@ -77,12 +77,15 @@ async def measure_servers(contender: Any, sizes: Sizes) -> dict[str, Any]:
         n = sizes.messages
         counter = receiver.start_counting(n)
         progress = Progress(f"{contender.name}: flood", n)
-        cpu0 = _cpu(pids)
+        cpu0, client0 = _cpu(pids), time.process_time()
         flood = asyncio.ensure_future(sender.flood(tmpl, n))
         await _wait(counter, progress, sizes.stall)
         first = await flood
-        cpu = _cpu(pids) - cpu0
+        cpu, client = _cpu(pids) - cpu0, time.process_time() - client0
         result = _flood_result(n, counter, first, cpu, pids)
+        # the load client's own CPU (this process): far below one core means it kept up
+        result["client_cpu_s_per_10k"] = client / max(1, counter.count) * 10000
+        result["client_cpu_share"] = client / result["seconds"]
         progress.finish(f"{result['msg_per_s']:,.0f} msg/s, {counter.missing()} missing")
         result["half_peak"] = await _half_peak_servers(contender, sender, receiver, tmpl, result,
                                                       sizes)  # fmt: skip

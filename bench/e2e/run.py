@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -47,6 +48,13 @@ def _loop_runner(loop: str) -> asyncio.Runner:
 
 
 def run_contender(kind: str, loop: str, workdir: Path, sizes: Sizes, client_loop: str) -> dict:
+    result = _run_contender(kind, loop, workdir, sizes, client_loop)
+    # the machine is shared: what else ran shows in the load average (1 minute)
+    result["loadavg_after"] = os.getloadavg()[0]
+    return result
+
+
+def _run_contender(kind: str, loop: str, workdir: Path, sizes: Sizes, client_loop: str) -> dict:
     from bench.e2e.contenders import Daemons, Peers
 
     if kind == "library":
@@ -96,6 +104,12 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{_ms(lat['p99'])} {_ms(lat['p99.9'])} {r['cpu_s_per_10k']:>9.3f} {rss:>12} "
             f"{half['p50']:>9.2f} {half['p99']:>9.2f} {lost:>5}"
         )
+    clients = [r for r in results if "client_cpu_share" in r]
+    if clients:
+        lines.append(
+            "load client (c2s / component, this process) busy during the flood: "
+            + ", ".join(f"{r['name']} {r['client_cpu_share']:.0%}" for r in clients)
+        )
     return "\n".join(lines)
 
 
@@ -109,7 +123,7 @@ def plot(results: list[dict[str, Any]], scale: dict[str, Any] | None, path: Path
     except ImportError:
         return False
     ok = [r for r in results if not r.get("error")]
-    names = [r["name"].replace(" (", "\n(") for r in ok]
+    names = [r["name"].replace(" ", "\n") for r in ok]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
     colours = ["#2a7ab0" if r["kind"] != "peer" else "#b0502a" for r in ok]
     ax1.bar(names, [r["msg_per_s"] for r in ok], color=colours)
@@ -257,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": stamp(),
         "git_head": _git_head(),
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "sizes": sizes.__dict__,
         "client_loop": client_loop,
         "skipped": skipped,

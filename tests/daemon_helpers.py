@@ -27,9 +27,17 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    """``python -m s2sfast run ARGS`` with its stdout and stderr collected line by line."""
+    """``python -m s2sfast run ARGS`` with its stdout and stderr collected line by line.
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    ``--log-level info`` is added unless ARGS has a ``--log-level`` or *log_level* is None (then
+    the configuration's ``[general] loglevel`` decides): the ready line is an info line.
+    """
+
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, log_level: str | None = "info"
+    ) -> None:
+        if log_level is not None and "--log-level" not in args:
+            args = (*args, "--log-level", log_level)
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})

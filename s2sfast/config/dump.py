@@ -85,7 +85,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     if config.listen_service:
         listen["service"] = [_service_dict(s) for s in config.listen_service if is_dataclass(s)]
     return {
-        "general": {"hosts": list(config.hosts)},
+        "general": {"hosts": list(config.hosts), "loglevel": config.loglevel},
         "listen": listen,
         "s2s": _s2s_dict(config.s2s),
         "host_config": [

@@ -36,6 +36,7 @@ from s2sfast.config.checks import run_check as _check
 from s2sfast.config.checks import string as _string
 from s2sfast.config.checks import table as _table
 from s2sfast.config.dump import config_to_dict
+from s2sfast.config.loglevel import DEFAULT_LOGLEVEL, parse_loglevel
 from s2sfast.limits import SM_ACK_EVERY, SM_MAX_UNACKED
 
 if TYPE_CHECKING:
@@ -196,6 +197,9 @@ class Config:
     listen_service: tuple[ListenService, ...] = ()
     #: True when ``[s2s] shared`` was not set and a random secret was made for this load
     shared_generated: bool = False
+    #: ``[general] loglevel``, MongooseIM's level names (s2sfast.config.loglevel): how much
+    #: ``s2sfast run`` logs unless ``--log-level`` says otherwise
+    loglevel: str = DEFAULT_LOGLEVEL
 
     def s2s_for(self, host: str) -> S2SOptions:
         """The effective [s2s] options for local *host* (its [[host_config]] override, if any)."""
@@ -421,7 +425,6 @@ def _stream_management(
     return replace(base, **changes)
 
 
-
 def _outgoing(value: Any, path: str, base: OutgoingOptions) -> OutgoingOptions:
     table = _table(value, path)
     _known(table, path, ("port", "ip_versions", "connection_timeout"))
@@ -493,7 +496,7 @@ def _hosts(raw: Mapping[str, Any], ignored: list[str]) -> tuple[str, ...]:
     if "general" not in raw:
         _missing("general.hosts", "a non-empty array of the local domain names")
     general = _table(raw["general"], "general")
-    ignored.extend(f"general.{key}" for key in general if key != "hosts")
+    ignored.extend(f"general.{key}" for key in general if key not in ("hosts", "loglevel"))
     if "hosts" not in general:
         _missing("general.hosts", "a non-empty array of the local domain names")
     hosts = general["hosts"]
@@ -602,6 +605,7 @@ def config_from_dict(
     raw = _table(data, "(document)")
     ignored: list[str] = []
     hosts = _hosts(raw, ignored)
+    loglevel = parse_loglevel(raw["general"])
 
     listen = _table(raw.get("listen", {}), "listen")
     services: tuple[Any, ...] = ()
@@ -657,6 +661,7 @@ def config_from_dict(
         source=source,
         listen_service=services,
         shared_generated=shared_generated,
+        loglevel=loglevel,
     )
 
 

@@ -56,7 +56,7 @@ def _rate(listener: Any) -> str:
 def summary(config: Config) -> str:
     """A few human lines saying what the configuration will do."""
     lines = [f"{config.source or 'configuration'}: valid"]
-    lines.append(f"hosts: {', '.join(config.hosts)}")
+    lines.append(f"hosts: {', '.join(config.hosts)}; loglevel {config.loglevel}")
     if not config.listen_s2s:
         lines.append("listen.s2s: none (outgoing connections only)")
     for lst in config.listen_s2s:

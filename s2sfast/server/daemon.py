@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from s2sfast.config import Config, ConfigError, load_config
+from s2sfast.config.loglevel import DEFAULT_LOGLEVEL, LOGLEVELS, logging_level
 from s2sfast.config.service import ListenService
 from s2sfast.protocol.component import Route
 from s2sfast.protocol.jid import jid_domain
@@ -51,7 +52,6 @@ DRAIN_TIMEOUT = 10.0
 LOOPS = ("asyncio", "uvloop")
 #: the loop used without --loop (bench/e2e measures both; see bench/README.md)
 DEFAULT_LOOP = "asyncio"
-_LEVELS = ("debug", "info", "warning", "error")
 
 
 def is_hosted(hosts: tuple[str, ...], domain: str) -> bool:
@@ -257,7 +257,12 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="where the embedded defaults keep their certificate and component password "
         "(default: $XDG_DATA_HOME/s2sfast or ~/.local/share/s2sfast)",
     )
-    parser.add_argument("--log-level", choices=_LEVELS, default="info", help="default: info")
+    parser.add_argument(
+        "--log-level",
+        choices=tuple(LOGLEVELS),
+        help="how much to log, MongooseIM's level names (default: the file's [general] "
+        "loglevel, else warning; info on the embedded defaults)",
+    )
     parser.add_argument(
         "--s2s-port",
         type=int,
@@ -307,14 +312,41 @@ def run_command(args: argparse.Namespace) -> int:
         return runner.run(run(args))
 
 
-def _setup_logging(level: str) -> None:
+class _Held(logging.Handler):
+    """Keeps the records logged before the level is known (while the configuration loads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _hold_logging() -> _Held:
+    """Route every record into a :class:`_Held` until :func:`_setup_logging` knows the level."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    held = _Held()
+    root.addHandler(held)
+    root.setLevel(1)
+    return held
+
+
+def _setup_logging(level: str, held: _Held | None = None) -> None:
+    """Log to stderr at the MongooseIM level *level*; replay what *held* kept at that level."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging_level(level))
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(logging_level(level))
+    for record in held.records if held else ():
+        if record.levelno >= handler.level:
+            handler.handle(record)
 
 
 def _prometheus_listeners(config: Config, path: str) -> tuple[Any, ...]:
@@ -380,12 +412,18 @@ def _prepare(args: argparse.Namespace) -> _Prepared | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """``s2sfast run``: start, serve until SIGINT/SIGTERM, drain, return the exit code."""
-    _setup_logging(args.log_level)
+    """``s2sfast run``: start, serve until SIGINT/SIGTERM, drain, return the exit code.
+
+    The log level is ``--log-level`` when given, else the configuration's ``[general] loglevel``
+    (what loading the file logs is held until then, and shown at that level).
+    """
+    held = _hold_logging()
     prepared = _prepare(args)
     if prepared is None:
+        _setup_logging(args.log_level or DEFAULT_LOGLEVEL, held)
         return EXIT_CONFIG
     config, services, prometheus = prepared
+    _setup_logging(args.log_level or config.loglevel, held)
     daemon = Daemon(config, services, listen_prometheus=prometheus)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

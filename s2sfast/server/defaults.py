@@ -5,6 +5,8 @@ self-signed certificate (EC P-256, SAN ``DNS:localhost``) made on first start, a
 listener on 127.0.0.1:5347 (XEP-0114's conventional port) with a random password. The certificate
 and the password live in a per-user data directory (0700; secrets 0600) so that a restart reuses
 them: peers that pinned the certificate and components configured with the password keep working.
+They log at ``info`` (a configuration file's ``[general] loglevel`` defaults to MongooseIM's
+``warning``): whoever tries s2sfast out sees where its files are and that the node runs.
 """
 
 from __future__ import annotations
@@ -206,6 +208,7 @@ def embedded_config(
             shared=secrets.token_hex(10),
         ),
         source=None,
+        loglevel="info",
     )
     service = ListenService(port=component_port, ip_address=_LOOPBACK, password=password)
     return Embedded(

@@ -612,7 +612,8 @@ def test_other_sections_are_ignored_with_one_info_line(caplog):
         acl={"local": [{}]},
         outgoing_pools={"rdbms": {}},
     )
-    data["general"]["loglevel"] = "warning"
+    data["general"]["language"] = "en"
+    data["general"]["loglevel"] = "warning"  # read: s2sfast run logs at that level
     with caplog.at_level(logging.INFO, logger="s2sfast.config"):
         config_from_dict(data, source="my.toml")
     lines = [r for r in caplog.records if r.name == "s2sfast.config"]
@@ -621,8 +622,8 @@ def test_other_sections_are_ignored_with_one_info_line(caplog):
     assert text.startswith("my.toml: ")
     for name in ("auth", "modules", "acl", "outgoing_pools", "listen.c2s", "listen.http"):
         assert name in text
-    assert "general.loglevel" in text
-    assert "listen.s2s" not in text
+    assert "general.language" in text
+    assert "general.loglevel" not in text and "listen.s2s" not in text
 
 
 def test_nothing_ignored_means_no_log_line(caplog):
@@ -728,7 +729,7 @@ def test_file_errors_start_with_the_file_and_keep_the_path(tmp_path):
 def test_config_to_dict_has_every_default_keyed_like_the_toml():
     config = config_from_dict(doc(listen={"s2s": [{"port": 5269}]}, s2s={"shared": "s"}))
     assert config_to_dict(config) == {
-        "general": {"hosts": ["localhost"]},
+        "general": {"hosts": ["localhost"], "loglevel": "warning"},
         "listen": {
             "s2s": [
                 {

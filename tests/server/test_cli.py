@@ -45,7 +45,8 @@ def write(tmp_path: Path, text: str, name: str = "mongooseim.toml") -> str:
 VALID = """
 [general]
   hosts = ["localhost", "example.com"]
-  loglevel = "warning"
+  loglevel = "notice"
+  language = "en"
 
 [[listen.s2s]]
   port = 5269
@@ -101,14 +102,21 @@ def test_check_config_valid_prints_a_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith(f"{path}: valid\n")
-    assert "hosts: localhost, example.com" in out
+    assert "hosts: localhost, example.com; loglevel notice\n" in out
     assert "0.0.0.0:5269" in out and "fast (50000 B/s)" in out
     assert "default_policy deny" in out
     assert "host_config example.com" in out
     # the ignored sections are named once, on stderr, at info level
     info = [line for line in result.stderr.splitlines() if "ignoring" in line]
     assert len(info) == 1
-    assert "listen.c2s" in info[0] and "general.loglevel" in info[0]
+    assert "listen.c2s" in info[0] and "general.language" in info[0]
+    assert "loglevel" not in info[0]  # read, not ignored
+
+
+def test_check_config_summary_ends_with_one_newline(tmp_path):
+    for text in (VALID, '[general]\nhosts = ["a.test"]\n'):
+        out = run("check-config", write(tmp_path, text)).stdout
+        assert out.endswith("\n") and not out.endswith("\n\n"), repr(out[-40:])
 
 
 def test_check_config_json_has_every_default_keyed_like_the_toml(tmp_path):
@@ -116,7 +124,7 @@ def test_check_config_json_has_every_default_keyed_like_the_toml(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) == {"general", "listen", "s2s", "host_config"}
-    assert data["general"] == {"hosts": ["localhost", "example.com"]}
+    assert data["general"] == {"hosts": ["localhost", "example.com"], "loglevel": "notice"}
     [lst] = data["listen"]["s2s"]
     assert lst["port"] == 5269 and lst["ip_address"] == "0.0.0.0"
     assert lst["max_stanza_size"] == "infinity" and lst["max_connections"] == "infinity"
@@ -147,7 +155,7 @@ def test_check_config_example(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
     data = json.loads(run("check-config", "--json", str(EXAMPLE)).stdout)
-    assert data["general"]["hosts"] == ["localhost"]
+    assert data["general"] == {"hosts": ["localhost"], "loglevel": "warning"}
     assert data["s2s"]["default_policy"] == "deny"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +23,27 @@ class Sizes:
     size: int = 200
     half_seconds: float = 5.0
     stall: float = 20.0
+    #: py-spy profiles of the s2sfast processes during the flood go here (None: no profiling)
+    profile: Path | None = None
+
+
+def _profile(sizes: Sizes, name: str, pids: list[int]) -> list[Any]:
+    """Start py-spy on each of *pids* (A, B) when profiling is on."""
+    if sizes.profile is None:
+        return []
+    from bench.e2e.profile import Profiler
+
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    profilers = [
+        Profiler(pid, sizes.profile / f"{slug}-{side}.txt")
+        for pid, side in zip(pids, "ab", strict=True)
+    ]
+    time.sleep(1.0)  # py-spy needs a moment to attach before the flood starts
+    return profilers
+
+
+def _profiled(profilers: list[Any]) -> dict[str, Any]:
+    return {side: p.stop() for side, p in zip("ab", profilers, strict=True)}
 
 
 def _cpu(pids: list[int]) -> float:
@@ -77,12 +99,15 @@ async def measure_servers(contender: Any, sizes: Sizes) -> dict[str, Any]:
         n = sizes.messages
         counter = receiver.start_counting(n)
         progress = Progress(f"{contender.name}: flood", n)
+        profilers = _profile(sizes, contender.name, pids) if contender.kind == "daemon" else []
         cpu0, client0 = _cpu(pids), time.process_time()
         flood = asyncio.ensure_future(sender.flood(tmpl, n))
         await _wait(counter, progress, sizes.stall)
         first = await flood
         cpu, client = _cpu(pids) - cpu0, time.process_time() - client0
         result = _flood_result(n, counter, first, cpu, pids)
+        if profilers:
+            result["profile"] = _profiled(profilers)
         # the load client's own CPU (this process): far below one core means it kept up
         result["client_cpu_s_per_10k"] = client / max(1, counter.count) * 10000
         result["client_cpu_share"] = client / result["seconds"]
@@ -207,11 +232,13 @@ async def measure_library(workdir: Path, loop: str, sizes: Sizes) -> dict[str, A
         progress = Progress(f"{name}: flood", n)
         await recv.send(f"expect {n}")
         await recv.expect("ok", 10)
+        profilers = _profile(sizes, name, pids)
         cpu0 = _cpu(pids)
         await send.send(f"flood {n}")
         got = json.loads(await recv.expect("result", 600, progress))
         first = int(await send.expect("sent", 60))
         cpu = _cpu(pids) - cpu0
+        profile = _profiled(profilers) if profilers else None
         seconds = max(1e-9, (got["last_ns"] - first) / 1e9)
         result = {
             "messages": n,
@@ -225,6 +252,8 @@ async def measure_library(workdir: Path, loop: str, sizes: Sizes) -> dict[str, A
             "cpu_s_per_10k": cpu / max(1, got["received"]) * 10000,
             "peak_rss_kib": [procstat.peak_rss_kib(p) for p in pids],
         }
+        if profile:
+            result["profile"] = profile
         progress.finish(f"{result['msg_per_s']:,.0f} msg/s, {got['missing']} missing")
         rate = result["msg_per_s"] / 2
         m = max(200, int(rate * sizes.half_seconds))

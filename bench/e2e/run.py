@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help=f"result file (default {OUT}/e2e.json)")
     p.add_argument("--png", type=Path, help=f"plot (default {OUT}/e2e.png)")
     p.add_argument("--workdir", type=Path, help="keep configs and logs here (default: temporary)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy each s2sfast process during the flood; collapsed stacks and a "
+                   "top-functions summary per process go to DIR")  # fmt: skip
     return p
 
 
@@ -210,7 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         library_messages=args.library_messages or (20000 if quick else 100000),
         size=args.size,
         half_seconds=args.half_seconds or (2.0 if quick else 5.0),
+        profile=args.profile,
     )
+    if args.profile is not None:
+        from bench.e2e.profile import available
+
+        why = available()
+        if why:
+            print(f"--profile: {why}", file=sys.stderr)
+            return 2
     loops = args.loops.split(",") if args.loops else available_loops()
     client_loop = args.client_loop or available_loops()[-1]
     wanted = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -272,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_head": _git_head(),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "sizes": sizes.__dict__,
+        "sizes": {k: str(v) if isinstance(v, Path) else v for k, v in sizes.__dict__.items()},
         "client_loop": client_loop,
         "skipped": skipped,
         "results": results,
@@ -284,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     if scale is not None:
         print()
         print(scale_text(scale))
+    if args.profile is not None:
+        print(f"\nprofiles (py-spy, during the flood): {args.profile}/*.top.txt")
+        for r in results:
+            for side, top in (r.get("profile") or {}).items():
+                head = ", ".join(f"{name} {share:.0%}" for name, share in top["self"][:4])
+                print(f"  {r['name']} {side.upper()}: self {head}")
     print(f"\nJSON: {json_path}")
     if plot(results, scale, png_path):
         print(f"plot: {png_path}")

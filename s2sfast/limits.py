@@ -23,6 +23,7 @@ __all__ = [
     "SM_MAX_UNACKED",
     "SM_ACK_EVERY",
     "SM_ACK_AFTER",
+    "SM_ACK_TIMEOUT",
     "pre_auth_limit",
     "Refusal",
     "ConnectionLimiter",
@@ -91,6 +92,13 @@ SM_ACK_EVERY = 100
 #: stanzas briefly and learns of a dead peer within a second or two; long enough that a busy
 #: stream never hits it (the count asks first).
 SM_ACK_AFTER = 1.0
+
+#: XEP-0198: seconds an ack request may stay unanswered while stanzas are unacknowledged before
+#: the outbound stream is failed (connection-timeout) and its stanzas resent or bounced: a peer
+#: that reads but never acks would otherwise hold our senders (they wait for the window) and
+#: the stanzas forever. The same 30 s as WRITE_STALL_TIMEOUT, for the same reason: a live
+#: server answers in milliseconds, a scheduling hiccup never lasts this long.
+SM_ACK_TIMEOUT = 30.0
 
 
 def pre_auth_limit(max_stanza_size: int | None) -> int:

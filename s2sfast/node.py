@@ -200,6 +200,8 @@ class Node:
         if stream is not None and stream.congested:
             # backpressure: the peer reads slower than we are asked to send
             await stream.drained()
+        if stream is not None and self.router.sm_blocked(stream):
+            await self.router.sm_room(stream)  # XEP-0198: half the unacked window is in flight
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush queued stanzas (up to *timeout*), stop accepting, close every stream cleanly.
@@ -318,7 +320,10 @@ class Node:
     def _check_cert(self, chain: tuple[bytes, ...], domain: str) -> Any:
         return verify_peer(list(chain), domain, cafile=self.cafile)
 
-    def _deliver(self, stanza: Stanza) -> None:
+    def _deliver(self, stanza: Stanza) -> asyncio.Future[Any] | None:
+        """Hand *stanza* to every handler; returns what finishes when the async ones are done
+        (XEP-0198 counts the stanza as handled then), or None when all were synchronous."""
+        tasks = []
         for handler in self._handlers:
             try:
                 result = handler(stanza)
@@ -329,6 +334,10 @@ class Node:
                 task = asyncio.ensure_future(result)
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
+                tasks.append(task)
+        if not tasks:
+            return None
+        return tasks[0] if len(tasks) == 1 else asyncio.gather(*tasks, return_exceptions=True)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

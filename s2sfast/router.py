@@ -31,10 +31,13 @@ from s2sfast.net.stream import WRITE_STALL_TIMEOUT, XmlStream
 from s2sfast.protocol.dialback import key_matches
 from s2sfast.protocol.errors import LocalStreamError, make_bounce
 from s2sfast.protocol.events import (
+    Acked,
     Authenticated,
     AuthFailed,
     Deliver,
     Drop,
+    Handled,
+    Unacked,
     VerifyAnswered,
     VerifyKey,
     VerifyRequest,
@@ -172,6 +175,8 @@ class Router:
         self.streams: set[XmlStream] = set()
         self._policies: dict[int, Policy] = {}
         self.closing = False
+        #: XEP-0198: senders waiting for an ack to open a stream's unacked window
+        self._sm_waiters: dict[XmlStream, asyncio.Future[None]] = {}
 
     # --- configuration views -------------------------------------------------------------------
 
@@ -246,7 +251,16 @@ class Router:
         link = self.outbound.get((local, remote))
         if link is not None and link.established and link.stream is not None:
             if link.stream.writable:
-                link.stream.write(raw)
+                if not link.queue and not link.stream.machine.window_full:
+                    link.stream.write_stanzas([raw])
+                    return link.stream
+                # XEP-0198 window full (or stanzas already wait for it): queue behind them
+                try:
+                    link.queue.push(raw, self._now())
+                except QueueFull as exc:
+                    self.bounce(raw, local, exc.condition, f"stanzas to {remote} wait: {exc}")
+                    return None
+                self._arm_expiry(link)
                 return link.stream
             # closing (idle close, peer's </stream:stream>): a fresh stream takes over
             del self.outbound[(local, remote)]
@@ -335,6 +349,7 @@ class Router:
             tls_available=ctx is not None,
             check_cert=self.cert_checker,
             state_timeout=self.state_timeout,
+            sm=opts.stream_management,
         )
 
         def attach(stream: XmlStream) -> None:
@@ -505,7 +520,17 @@ class Router:
     def stream_action(self, stream: XmlStream, action: Any) -> None:
         kind = type(action)
         if kind is Deliver:
-            self.deliver(action.stanza)
+            if action.seq is None:
+                self.deliver(action.stanza)
+            else:
+                self.sm_deliver(stream, action)
+        elif kind is Acked:
+            if stream.link is not None and stream.link.stream is stream:
+                self.sm_flush(stream.link)
+            if not self.sm_blocked(stream):
+                self._sm_wake(stream)
+        elif kind is Unacked:
+            self.requeue(action.local, action.remote, action.raws, action.reason)
         elif kind is VerifyKey:
             # index under the id the key names (the id changes when TLS restarts the stream)
             self.inbound[action.stream_id] = stream
@@ -533,8 +558,7 @@ class Router:
                 backoff = self._backoff.get(link.remote)
                 if backoff is not None:
                     backoff.reset()
-                if link.queue:
-                    stream.write(b"".join(link.queue.drain()))
+                self.sm_flush(link)
                 if not link.done.done():
                     link.done.set_result(True)
             elif stream.direction == "in":
@@ -561,6 +585,85 @@ class Router:
         else:  # pragma: no cover - a new action kind without routing is a bug
             raise TypeError(f"router cannot perform {kind.__name__}")
 
+    # --- XEP-0198 (s2sfast.protocol.sm does the counting; these only move stanzas) ----------
+
+    def sm_deliver(self, stream: XmlStream, action: Deliver) -> None:
+        """Deliver a counted inbound stanza; tell its stream once it is handled (the handler
+        returned, or the awaitable it returned finished), so the ack covers only that."""
+        done = self.deliver(action.stanza)
+        handled = Handled(seq=action.seq)  # type: ignore[arg-type]
+        if done is None or not hasattr(done, "add_done_callback"):
+            stream.feed_event(handled)
+            return
+        done.add_done_callback(lambda _f: stream.feed_event(handled))
+
+    def sm_blocked(self, stream: XmlStream) -> bool:
+        """Whether a sender should wait for acks before writing more to *stream*: half its
+        unacked window is in flight (the other half absorbs senders already on their way)."""
+        sm = getattr(stream.machine, "sm_out", None)
+        return sm is not None and 2 * len(sm.unacked) >= sm.max_unacked and stream.writable
+
+    async def sm_room(self, stream: XmlStream) -> None:
+        """Wait until an ack opens *stream*'s window or the stream ends (XEP-0198 backpressure;
+        a peer that stops acking is failed by its machine after SM_ACK_TIMEOUT)."""
+        waiter = self._sm_waiters.get(stream)
+        if waiter is None:
+            waiter = self._sm_waiters[stream] = asyncio.get_event_loop().create_future()
+        await asyncio.shield(waiter)
+
+    def _sm_wake(self, stream: XmlStream) -> None:
+        waiter = self._sm_waiters.pop(stream, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def sm_flush(self, link: OutboundLink) -> None:
+        """Write what waits in *link*'s queue while its stream's unacked window has room."""
+        stream = link.stream
+        if stream is None or not link.queue or not stream.writable:
+            return
+        machine = stream.machine
+        if machine.sm_out is None:
+            stream.write_stanzas(link.queue.drain())
+        else:
+            room = machine.sm_out.max_unacked - len(machine.sm_out.unacked)
+            batch = link.queue.take(room) if room > 0 else []
+            stream.write_stanzas(batch)
+        if not link.queue and link.expiry_timer is not None:
+            link.expiry_timer.cancel()
+            link.expiry_timer = None
+
+    def requeue(self, local: str, remote: str, raws: tuple[bytes, ...], reason: str) -> None:
+        """A dead stream's unacknowledged stanzas: ahead of the pair's queue for its next
+        stream (``[s2s] stream_management.resend = true``), else bounced to their senders."""
+        opts = self.options_for(local).stream_management
+        if not opts.resend or self.closing:
+            why = "the node is shutting down" if self.closing else reason
+            for raw in raws:
+                self.bounce(
+                    raw,
+                    local,
+                    "recipient-unavailable",
+                    f"the stream to {remote} ended before {remote} acknowledged this stanza "
+                    f"({why}); it may or may not have been delivered",
+                )
+            return
+        link = self.outbound.get((local, remote))
+        if link is None:
+            link = self._open(local, remote)
+        elif link.stream is None or not link.stream.writable:
+            link.established = False  # the next stream must authenticate before it writes
+        waiting = link.queue.drain()
+        now = self._now()
+        for raw in (*raws, *waiting):
+            try:
+                link.queue.push(raw, now)
+            except QueueFull as exc:
+                self.bounce(raw, local, exc.condition, f"stanzas to {remote} wait: {exc}")
+        self.emit("sm-requeue", local=local, remote=remote, count=len(raws), reason=reason)
+        if link.established and link.stream is not None and link.stream.writable:
+            self.sm_flush(link)  # another stream to the domain is up: resend there now
+        self._arm_expiry(link)
+
     @staticmethod
     def _address(stream: XmlStream) -> str:
         return str(stream.peername[0]) if stream.peername else "?"
@@ -570,6 +673,7 @@ class Router:
 
     def stream_closed(self, stream: XmlStream) -> None:
         self.streams.discard(stream)
+        self._sm_wake(stream)
         if stream.direction == "in":
             for key in [k for k, v in self.inbound.items() if v is stream]:
                 del self.inbound[key]

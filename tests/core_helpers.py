@@ -18,6 +18,7 @@ from s2sfast.config import (
     ListenTls,
     OutgoingOptions,
     S2SOptions,
+    StreamManagementOptions,
 )
 from s2sfast.framing import Stanza, StreamFramer, StreamOpen
 
@@ -44,6 +45,7 @@ def node_config(
     host_policy: dict[str, str] | None = None,
     state_timeout_ms: int = 5000,
     max_stanza_size: int | None = None,
+    stream_management: StreamManagementOptions | None = None,
 ) -> Config:
     """A Config for one test node listening on 127.0.0.1:*port*; *addresses* maps remote
     domains to loopback ports ([s2s] address overrides)."""
@@ -58,6 +60,7 @@ def node_config(
             for h, p in (addresses or {}).items()
         ),
         outgoing=OutgoingOptions(connection_timeout=3000),
+        stream_management=stream_management or StreamManagementOptions(),
     )
     return Config(
         hosts=tuple(hosts),

@@ -194,6 +194,16 @@ class PendingQueue(Generic[T]):
             return None
         return self._items[0][0] + (self.deadline if deadline is None else deadline)
 
+    def take(self, count: int) -> list[T]:
+        """Remove and return up to *count* items, oldest first (to send as a window opens)."""
+        out: list[T] = []
+        items = self._items
+        while items and len(out) < count:
+            _, size, item = items.popleft()
+            self._bytes -= size
+            out.append(item)
+        return out
+
     def drain(self) -> list[T]:
         """Remove and return every item, oldest first (to send, or to bounce)."""
         out = [item for _, _, item in self._items]

@@ -435,6 +435,20 @@ class XmlStream(asyncio.Protocol):
 
     # --- output path ---------------------------------------------------------------------------
 
+    def write_stanzas(self, raws: list[bytes]) -> None:
+        """Write stanzas for the peer and let the machine count and keep each one (XEP-0198:
+        kept until acknowledged; its ``<r/>`` and ack timer are performed here)."""
+        if not raws:
+            return
+        self.write(raws[0] if len(raws) == 1 else b"".join(raws))
+        sent = getattr(self.machine, "sent", None)
+        if sent is None:
+            return
+        for raw in raws:
+            actions = sent(raw)
+            if actions:
+                self._perform(actions)
+
     def write(self, data: bytes) -> None:
         """Queue *data* for the peer; writes coalesce until the loop's next turn."""
         if self._lost or self._close_sent or not data:

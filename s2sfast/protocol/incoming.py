@@ -37,6 +37,15 @@ from s2sfast.protocol.events import (
     VerifyResult,
 )
 from s2sfast.protocol.jid import jid_domain, valid_domain
+from s2sfast.protocol.negotiation import (
+    SERVER_NS,
+    TLS_NS,
+    CertChecker,
+    Machine,
+    check_header_namespaces,
+    check_version,
+    stream_header,
+)
 from s2sfast.protocol.sm import (
     ENABLED,
     FEATURE,
@@ -47,15 +56,6 @@ from s2sfast.protocol.sm import (
     failed_bytes,
     handled_count_too_high_bytes,
     parse_ack,
-)
-from s2sfast.protocol.negotiation import (
-    SERVER_NS,
-    TLS_NS,
-    CertChecker,
-    Machine,
-    check_header_namespaces,
-    check_version,
-    stream_header,
 )
 
 __all__ = ["IncomingMachine", "new_stream_id"]

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from lxml import etree
 
+from s2sfast.limits import SM_ACK_TIMEOUT
 from s2sfast.protocol.dialback import (
     DIALBACK_NS,
     PendingVerifications,
@@ -20,7 +21,13 @@ from s2sfast.protocol.dialback import (
     result_bytes,
     verify_bytes,
 )
-from s2sfast.protocol.errors import STREAM_NS, RemoteStreamError, StreamError, parse_stream_error
+from s2sfast.protocol.errors import (
+    STREAM_NS,
+    LocalStreamError,
+    RemoteStreamError,
+    StreamError,
+    parse_stream_error,
+)
 from s2sfast.protocol.events import (
     Acked,
     Action,
@@ -35,6 +42,14 @@ from s2sfast.protocol.events import (
     VerifyAnswered,
     VerifyRequest,
 )
+from s2sfast.protocol.negotiation import (
+    TLS_NS,
+    CertChecker,
+    Machine,
+    check_header_namespaces,
+    check_version,
+    stream_header,
+)
 from s2sfast.protocol.sm import (
     ENABLE,
     REQUEST,
@@ -45,14 +60,6 @@ from s2sfast.protocol.sm import (
     ack_bytes,
     handled_count_too_high_bytes,
     parse_ack,
-)
-from s2sfast.protocol.negotiation import (
-    TLS_NS,
-    CertChecker,
-    Machine,
-    check_header_namespaces,
-    check_version,
-    stream_header,
 )
 
 __all__ = ["OutgoingMachine", "parse_features", "Features"]
@@ -190,6 +197,8 @@ class OutgoingMachine(Machine):
         self.sm_out: SmOutbound | None = None
         #: ... and after the peer's <enabled/>: what it sends us (acks for its <r/>)
         self.sm_in: SmInbound | None = None
+        #: ack-timer periods in a row that found a request unanswered
+        self._sm_silent = 0
 
     @property
     def established(self) -> bool:
@@ -226,6 +235,11 @@ class OutgoingMachine(Machine):
         sm = self.sm_out
         if sm is None or not sm.unacked:
             return []
+        self._sm_silent = self._sm_silent + 1 if sm.awaiting else 0
+        if self._sm_silent * sm.request_after >= SM_ACK_TIMEOUT:
+            raise LocalStreamError(
+                "connection-timeout", f"no XEP-0198 ack from {self.remote} for {SM_ACK_TIMEOUT:g} s"
+            )
         sm.requested()
         return [SendBytes(data=REQUEST), SetTimer(seconds=sm.request_after)]
 
@@ -251,6 +265,7 @@ class OutgoingMachine(Machine):
                 count = sm.ack(parse_ack(st.raw))
             except HandledCountTooHigh as exc:
                 return self._sm_fail(exc)
+            self._sm_silent = 0
             actions: list[Action] = [Acked(count=count)] if count else []
             if self.state == "ESTABLISHED":
                 actions.append(SetTimer(seconds=sm.request_after if sm.unacked else None))

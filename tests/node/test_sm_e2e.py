@@ -1,0 +1,169 @@
+"""XEP-0198 between two real nodes on 127.0.0.1: enabled on the streams of both directions,
+acks that empty the unacked queues, and a stream killed mid-burst that loses nothing - every
+stanza is delivered (resend on: duplicates counted) or bounced to its sender (resend off)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from core_helpers import message
+
+from s2sfast.config import StreamManagementOptions
+from s2sfast.router import stanza_from_bytes
+
+
+def _out(node, remote):
+    """The node's outbound stream to *remote* (its machine)."""
+    (stream,) = [
+        s for s in node.router.streams if s.direction == "out" and s.machine.remote == remote
+    ]
+    return stream
+
+
+def _ins(node):
+    return [s for s in node.router.streams if s.direction == "in"]
+
+
+async def _until(predicate, timeout=10.0):
+    """Poll *predicate* (a hang guard, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+async def test_sm_is_enabled_on_both_streams_and_acks_empty_the_queues(federation):
+    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    for i in range(250):
+        await a.send(message("u@a.test", "v@b.test", f"ab{i}", id=f"ab{i}"))
+        await b.send(message("v@b.test", "u@a.test", f"ba{i}", id=f"ba{i}"))
+    assert [(await b.inbox.get()).id for _ in range(250)] == [f"ab{i}" for i in range(250)]
+    assert [(await a.inbox.get()).id for _ in range(250)] == [f"ba{i}" for i in range(250)]
+    for node, remote in ((a, "b.test"), (b, "a.test")):
+        machine = _out(node, remote).machine
+        assert machine.sm_in is not None  # the peer answered <enable/> with <enabled/>
+        # every stanza was acknowledged (the ack timer asks for the last partial interval)
+        await _until(lambda m=machine: not m.sm_out.unacked)
+        assert machine.sm_out.sent == machine.sm_out.acked == 250
+    for node in (a, b):
+        (inbound,) = _ins(node)
+        assert inbound.machine.sm_in.received == inbound.machine.sm_in.h == 250
+
+
+async def test_a_peer_without_sm_gets_plain_streams(federation):
+    off = StreamManagementOptions(enabled=False)
+    nodes = await federation(
+        {"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"], "stream_management": off}}
+    )
+    a, b = nodes["A"], nodes["B"]
+    await a.send(message("u@a.test", "v@b.test", "x", id="x"))
+    await b.send(message("v@b.test", "u@a.test", "y", id="y"))
+    assert (await b.inbox.get()).id == "x" and (await a.inbox.get()).id == "y"
+    # B does not offer <sm/>, so A does not enable it; B does not enable it on its own stream
+    assert _out(a, "b.test").machine.sm_out is None
+    assert _out(b, "a.test").machine.sm_out is None
+    assert all(s.machine.sm_in is None for s in _ins(a) + _ins(b))
+
+
+def _ids(stanzas):
+    return [s.id for s in stanzas]
+
+
+async def _kill_mid_burst(federation, *, resend: bool, n: int = 3000, kill_at: int = 1000):
+    """A sends *n* numbered messages to B; B's inbound stream is aborted (TCP reset) right
+    after its handler got *kill_at* of them. Returns (delivered ids, bounced ids)."""
+    sm = StreamManagementOptions(resend=resend)
+    opts = {"max_queue": 10 * n, "retry_initial": 0.05, "stream_management": sm}
+    nodes = await federation({"A": {"hosts": ["a.test"], **opts}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    killed = []
+
+    def killer(stanza):
+        if len(b.inbox.seen) >= kill_at and not killed:
+            (victim,) = _ins(b)
+            killed.append(victim.machine.sm_in.h)
+            victim.transport.abort()  # RST: what was written to it and not acked is in doubt
+
+    b.on_stanza(killer)
+    for i in range(n):
+        await a.send(message("u@a.test", "v@b.test", "z" * 100, id=f"k{i}"))
+        if i % 50 == 49:
+            await asyncio.sleep(0.002)  # a paced sender (~25,000/s): acks flow meanwhile
+    want = {f"k{i}" for i in range(n)}
+
+    def accounted():
+        bounced = {s.id for s in a.inbox.seen if s.type == "error"}
+        return want <= set(_ids(b.inbox.seen)) | bounced
+
+    await _until(accounted, timeout=30)
+    assert killed, "the stream was never killed"
+    delivered = [i for i in _ids(b.inbox.seen) if i in want]
+    bounced = [s for s in a.inbox.seen if s.type == "error"]
+    return delivered, bounced
+
+
+async def test_killed_stream_mid_burst_resends_everything_unacknowledged(federation):
+    delivered, bounced = await _kill_mid_burst(federation, resend=True)
+    assert bounced == []  # resend on: nothing bounced, nothing lost
+    assert set(delivered) == {f"k{i}" for i in range(3000)}
+    duplicates = len(delivered) - len(set(delivered))
+    # only stanzas B handled whose ack died with the stream come twice: what was in flight
+    print(f"resend: 3000 sent, {len(set(delivered))} delivered, {duplicates} duplicates")
+    assert duplicates <= 1000 + 1000  # at most those B had when killed (plus one read batch)
+
+
+async def test_killed_stream_mid_burst_bounces_everything_unacknowledged(federation):
+    delivered, bounced = await _kill_mid_burst(federation, resend=False)
+    assert bounced, "the unacknowledged stanzas must come back"
+    bounced_ids = [b.id for b in bounced]
+    for error in bounced:
+        assert b"recipient-unavailable" in error.raw
+        assert error.from_ == "v@b.test" and error.to == "u@a.test"
+    assert len(bounced_ids) == len(set(bounced_ids))  # each bounced once
+    assert set(delivered) | set(bounced_ids) == {f"k{i}" for i in range(3000)}
+    assert len(delivered) == len(set(delivered))  # no resend: nothing twice
+    both = set(delivered) & set(bounced_ids)  # handled by B, ack lost with the stream
+    print(
+        f"bounce: 3000 sent, {len(set(delivered))} delivered, {len(bounced_ids)} bounced, "
+        f"{len(both)} of them delivered too"
+    )
+
+
+async def test_ack_waits_for_an_async_handler(federation):
+    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    release = asyncio.Event()
+
+    async def slow(stanza):
+        await release.wait()
+
+    b.on_stanza(slow)
+    await a.send(message("u@a.test", "v@b.test", "held", id="held"))
+    assert (await b.inbox.get()).id == "held"
+    out = _out(a, "b.test").machine
+    await asyncio.sleep(1.5)  # past the ack timer: A asked, B owes the ack
+    assert out.sm_out.sent == 1 and len(out.sm_out.unacked) == 1
+    release.set()
+    await _until(lambda: not out.sm_out.unacked)
+    assert out.sm_out.acked == 1
+
+
+@pytest.mark.parametrize("h", [b"2", b"4294967295"])
+async def test_an_ack_for_stanzas_never_sent_is_a_stream_error(federation, h):
+    """B (a raw peer here) acknowledges more than A sent: XEP-0198's handled-count-too-high."""
+    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
+    a = nodes["A"]
+    await a.send(message("u@a.test", "v@b.test", "one", id="one"))
+    assert (await nodes["B"].inbox.get()).id == "one"
+    stream = _out(a, "b.test")
+    stream.data_received(b"<a xmlns='urn:xmpp:sm:3' h='" + h + b"'/>")
+    assert stream.machine.state == "ERROR"
+    assert stream.machine.error.condition == "undefined-condition"
+    # the stanza that was in doubt goes out again on a new stream (resend is the default)
+    got = await nodes["B"].inbox.get()
+    assert got.id == "one"
+    assert stanza_from_bytes(got.raw).id == "one"

@@ -1,12 +1,15 @@
-"""Fixtures for the Prosody interop suite: a Prosody peer (b.test) and an s2sfast Node (a.test).
+"""Fixtures for the interop suite: real Prosody and ejabberd peers serving b.test (the harness in
+``servers/``) and an s2sfast Node serving a.test, all on 127.0.0.1.
 
-Every test gets its own Prosody in a PEER_DIR under its tmp_path, on fresh loopback ports, and
-the fixture stops it (by the PID the shared script recorded) when the test ends.
+Every test gets its own servers, with their state under its tmp_path and fresh loopback ports;
+teardown stops them by PID. A test that needs a server that is not installed is skipped with the
+reason and how to install it - or fails, when ``S2SFAST_REQUIRE_INTEROP=1`` (CI sets it).
 """
 
 from __future__ import annotations
 
-import subprocess
+import functools
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,82 +17,119 @@ from typing import Any
 import pytest
 from interop_c2s import C2SClient
 from interop_node import B, Inbox
-from interop_peer import Prosody, free_ports, missing_reason
+from servers import REQUIRE_ENV, SERVERS, ServerProcess, free_ports, required, server_missing
 
 from s2sfast.config import Config
 
 PASSWORD = "pw"
-#: seconds a background stop may take (the script itself escalates to SIGKILL after 5 s)
-_STOP_WAIT = 15
+#: the servers a scenario runs against when it applies to both
+BOTH = ("prosody", "ejabberd")
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    reason = missing_reason()
     here = Path(__file__).parent
     for item in items:
-        if Path(str(item.fspath)).parent == here:
+        if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.interop)
-            if reason is not None:
-                item.add_marker(pytest.mark.skip(reason=f"interop: {reason}"))
 
 
-#: Prosody instances being stopped in the background (waited for at the end of the session)
-_STOPPING: list[subprocess.Popen[bytes]] = []
+def need(kind: str) -> None:
+    """Skip the test (or fail it, under S2SFAST_REQUIRE_INTEROP=1) when *kind* cannot run."""
+    why = server_missing(kind)
+    if why is None:
+        return
+    message = f"interop: {kind} cannot run here: {why}"
+    if required():
+        pytest.fail(f"{message}; {REQUIRE_ENV}=1 makes that a failure", pytrace=False)
+    pytest.skip(message)
+
+
+#: servers stopped by a teardown, exiting in the background (Prosody takes ~1.5 s, ejabberd ~1 s)
+_STOPPING: list[threading.Thread] = []
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _prosody_stops_finish():
-    """Every Prosody stopped by a test's teardown has exited before the session ends."""
+def _servers_exit():
+    """Every server a test stopped has exited before the session ends."""
     yield
-    for proc in _STOPPING:
-        try:
-            proc.wait(_STOP_WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    for t in _STOPPING:
+        t.join()
 
 
 @pytest.fixture
-def prosody(tmp_path: Path):
-    """Factory: ``prosody(tls="optional", remotes={"a.test": port})`` -> a started Prosody
-    serving b.test with users bob and alice (password "pw"); stopped at teardown.
-    ``certificate=`` (a tests/certs.py IssuedCert) replaces its self-signed certificate;
-    ``domain=`` serves another domain than b.test."""
-    started: list[Prosody] = []
+def start_peer(tmp_path: Path):
+    """Factory: ``start_peer("prosody" | "ejabberd", tls=..., remotes={"a.test": port})`` -> a
+    started server for b.test (``domain=`` for another) with users bob and alice (password
+    "pw"); other keywords go to the server class (``dns``, ``extra_config``, ``certificate``,
+    ``cafile``, ...). Stopped at teardown."""
+    started: list[ServerProcess] = []
 
     def make(
+        kind: str,
         tls: str = "required",
         remotes: dict[str, int] | None = None,
         users: tuple[str, ...] = ("bob", "alice"),
-        certificate: Any = None,
         domain: str = B,
         **kw: Any,
-    ) -> Prosody:
-        p = Prosody(domain, tmp_path / f"prosody-{len(started)}", remotes or {}, tls=tls, **kw)
-        if certificate is not None:  # a tests/certs.py IssuedCert
-            p.install_certificate(certificate.cert_pem(), certificate.key_pem())
-        started.append(p)
-        p.start()
+    ) -> ServerProcess:
+        need(kind)
+        server = SERVERS[kind](
+            domain, tmp_path / f"{kind}-{domain}-{len(started)}", tls=tls, remotes=remotes, **kw
+        )
+        started.append(server)
+        server.start()
         for user in users:
-            p.adduser(user, PASSWORD)
-        return p
+            server.adduser(user, PASSWORD)
+        return server
 
     yield make
-    for p in started:
-        proc = p.stop_nowait()  # SIGTERM now; the script waits for the exit in the background
-        if proc is not None:
-            _STOPPING.append(proc)
+    for server in started:
+        server.stop(wait=False)  # SIGTERM now; the exit is waited for in the background
+        t = threading.Thread(target=server.wait_stopped, daemon=True)
+        t.start()
+        _STOPPING.append(t)
+
+
+@pytest.fixture
+def prosody(start_peer):
+    """Factory: a started Prosody (see start_peer)."""
+    return functools.partial(start_peer, "prosody")
+
+
+@pytest.fixture
+def ejabberd(start_peer):
+    """Factory: a started ejabberd (see start_peer)."""
+    return functools.partial(start_peer, "ejabberd")
+
+
+@pytest.fixture(params=BOTH)
+def server(request) -> str:
+    """The peer server a scenario runs against: "prosody", then "ejabberd"."""
+    return request.param
+
+
+@pytest.fixture
+def peer(start_peer, server):
+    """Factory: a started server of the kind ``server`` names (see start_peer)."""
+    return functools.partial(start_peer, server)
 
 
 @pytest.fixture
 async def s2sfast_node():
     """Factory: ``await s2sfast_node(config)`` -> a started Node with ``.inbox``; stopped at
     teardown."""
+    from dnsserver import DnsServer
+
+    from s2sfast.net.dns import Resolver
     from s2sfast.node import Node
 
     started: list[Node] = []
+    zones: list[DnsServer] = []
 
     async def make(config: Config, **kw: Any) -> Node:
+        if "resolver" not in kw:  # never the machine's resolver: an empty loopback zone
+            zones.append(DnsServer())
+            kw["resolver"] = Resolver([zones[-1].nameserver], timeout=1, retries=1)
         node = Node(config, **kw)
         node.inbox = Inbox()
         node.on_stanza(node.inbox)
@@ -100,14 +140,16 @@ async def s2sfast_node():
     yield make
     for node in reversed(started):
         await node.stop(timeout=3)
+    for zone in zones:
+        zone.close()
 
 
 @pytest.fixture
 async def c2s():
-    """Factory: ``await c2s(prosody, "bob")`` -> a logged-in C2SClient; closed at teardown."""
+    """Factory: ``await c2s(server, "bob")`` -> a logged-in C2SClient; closed at teardown."""
     clients: list[C2SClient] = []
 
-    async def make(peer: Prosody, user: str, resource: str = "r") -> C2SClient:
+    async def make(peer: ServerProcess, user: str, resource: str = "r") -> C2SClient:
         c = await C2SClient.login(peer.c2s_port, f"{user}@{peer.domain}", PASSWORD, resource)
         clients.append(c)
         return c

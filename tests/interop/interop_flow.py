@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any
 
 from interop_c2s import STANZA_ERR_NS, C2SClient, local, text_of
@@ -10,6 +12,7 @@ from interop_node import A, parse
 
 __all__ = [
     "bob_to_node",
+    "eventually",
     "error_of",
     "is_message",
     "node_to_bob",
@@ -57,3 +60,14 @@ async def node_to_bob(
 
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """*check()* once it is truthy (polled every 50 ms), else its last value after *timeout*
+    seconds. For what a peer writes to its log after the fact (ejabberd's logger writes
+    asynchronously, so a line may land after the stanza it is about)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := check()) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return value

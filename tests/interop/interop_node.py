@@ -8,7 +8,7 @@ import secrets
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from interop_peer import LOOPBACK
+from servers import LOOPBACK
 
 from s2sfast.config import (
     AddressOverride,

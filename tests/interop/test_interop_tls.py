@@ -1,8 +1,10 @@
-"""Every s2sfast ``use_starttls`` value against Prosody with S2S TLS required, optional and off.
+"""Every s2sfast ``use_starttls`` value against Prosody and ejabberd with S2S TLS required,
+optional and off.
 
-Pairs that must federate do, in both directions (a Prosody user over c2s -> the Node handler, and
-node.send -> the Prosody user), with TLS on the wire exactly when either side requires it or both
-can; pairs that must not federate don't, and each side's stanza comes back as an error stanza.
+Pairs that must federate do, in both directions (a user of the peer over c2s -> the Node
+handler, and node.send -> that user), with TLS on the wire exactly when either side requires it
+or both can; pairs that must not federate don't, and each side's stanza comes back as an error
+stanza that says why.
 """
 
 from __future__ import annotations
@@ -11,16 +13,24 @@ import asyncio
 
 import pytest
 from interop_c2s import local
-from interop_flow import bob_to_node, error_of, is_message, node_to_bob, stanza_error
+from interop_flow import (
+    bob_to_node,
+    error_of,
+    eventually,
+    is_message,
+    node_to_bob,
+    stanza_error,
+)
 from interop_node import A, B, node_config
-from interop_peer import completed_sessions, s2s_sessions
 
 MODES = ("false", "optional", "required", "required_trusted")
-PROSODY_TLS = ("required", "optional", "off")
+PEER_TLS = ("required", "optional", "off")
 
-# (s2sfast use_starttls, Prosody S2S_TLS) -> TLS on both streams, or None: must not federate
+# (s2sfast use_starttls, peer's S2S TLS) -> TLS on both streams, or None: must not federate.
+# The same for Prosody (s2s_require_encryption / s2s_allow_encryption) and ejabberd
+# (s2s_use_starttls).
 EXPECTED: dict[tuple[str, str], bool | None] = {
-    ("false", "required"): None,  # Prosody insists on STARTTLS, s2sfast never does TLS
+    ("false", "required"): None,  # the peer insists on STARTTLS, s2sfast never does TLS
     ("false", "optional"): False,
     ("false", "off"): False,
     ("optional", "required"): True,
@@ -28,57 +38,80 @@ EXPECTED: dict[tuple[str, str], bool | None] = {
     ("optional", "off"): False,
     ("required", "required"): True,
     ("required", "optional"): True,
-    ("required", "off"): None,  # s2sfast insists, Prosody cannot
+    ("required", "off"): None,  # s2sfast insists, the peer cannot
     ("required_trusted", "required"): True,
     ("required_trusted", "optional"): True,
     ("required_trusted", "off"): None,
 }
 
-# What each side says when they must not federate: (s2sfast's bounce text, Prosody's bounce text)
-REFUSAL_TEXT = {
-    ("false", "required"): (
-        "b.test requires STARTTLS but use_starttls=false",
-        "TLS negotiation failed",
-    ),
-    ("required", "off"): (
-        "b.test does not offer STARTTLS but use_starttls=required",
-        "policy-violation (STARTTLS is required before dialback (use_starttls=required))",
-    ),
+# What each side says when they must not federate: s2sfast's bounce text (the same whoever the
+# peer is), then the peer's bounce to its user: (error type, condition, text)
+NODE_REFUSAL = {
+    ("false", "required"): "b.test requires STARTTLS but use_starttls=false",
+    ("required", "off"): "b.test does not offer STARTTLS but use_starttls=required",
     ("required_trusted", "off"): (
-        "b.test does not offer STARTTLS but use_starttls=required_trusted",
-        "policy-violation (STARTTLS is required before dialback (use_starttls=required_trusted))",
+        "b.test does not offer STARTTLS but use_starttls=required_trusted"
     ),
 }
 
 
-async def _setup(prosody, s2sfast_node, c2s, ports, tls_certfile, mode, ptls, trust=True):
+def _prosody_bounce(reason: str) -> tuple[str, str, str]:
+    return ("wait", "remote-server-timeout", f"Server-to-server connection failed: {reason}")
+
+
+def _ejabberd_bounce(reason: str, by: str = "local host") -> tuple[str, str, str]:
+    return ("wait", "remote-server-timeout", f"Stream closed by {by}: {reason}")
+
+
+PEER_REFUSAL = {
+    ("prosody", "false", "required"): _prosody_bounce("TLS negotiation failed"),
+    ("prosody", "required", "off"): _prosody_bounce(
+        "policy-violation (STARTTLS is required before dialback (use_starttls=required))"
+    ),
+    ("prosody", "required_trusted", "off"): _prosody_bounce(
+        "policy-violation (STARTTLS is required before dialback (use_starttls=required_trusted))"
+    ),
+    # ejabberd closes its own outgoing stream and quotes its reason
+    ("ejabberd", "false", "required"): _ejabberd_bounce(
+        "Use of STARTTLS required (policy-violation)"
+    ),
+    ("ejabberd", "required", "off"): _ejabberd_bounce(
+        "STARTTLS is disabled in local configuration (unsupported-feature)"
+    ),
+    ("ejabberd", "required_trusted", "off"): _ejabberd_bounce(
+        "STARTTLS is disabled in local configuration (unsupported-feature)"
+    ),
+}
+
+
+async def _setup(peer, s2sfast_node, c2s, ports, tls_certfile, mode, ptls, trust=True):
     (port,) = ports(1)
-    peer = prosody(tls=ptls, remotes={A: port})
-    cafile = str(peer.cert_path) if mode == "required_trusted" and trust else None
+    server = peer(tls=ptls, remotes={A: port})
+    cafile = str(server.cert_path) if mode == "required_trusted" and trust else None
     config = node_config(
-        port, mode=mode, certfile=tls_certfile(A), cafile=cafile, peer_port=peer.s2s_port
+        port, mode=mode, certfile=tls_certfile(A), cafile=cafile, peer_port=server.s2s_port
     )
     node = await s2sfast_node(config)
-    bob = await c2s(peer, "bob")
-    return peer, node, bob
+    bob = await c2s(server, "bob")
+    return server, node, bob
 
 
-@pytest.mark.parametrize("ptls", PROSODY_TLS)
+@pytest.mark.parametrize("ptls", PEER_TLS)
 @pytest.mark.parametrize("mode", MODES)
-async def test_use_starttls_against_prosody(
-    prosody, s2sfast_node, c2s, ports, tls_certfile, mode, ptls
-):
-    peer, node, bob = await _setup(prosody, s2sfast_node, c2s, ports, tls_certfile, mode, ptls)
+async def test_use_starttls(peer, server, s2sfast_node, c2s, ports, tls_certfile, mode, ptls):
+    srv, node, bob = await _setup(peer, s2sfast_node, c2s, ports, tls_certfile, mode, ptls)
     expected = EXPECTED[(mode, ptls)]
     if expected is None:
-        await _refused_both_ways(peer, node, bob, *REFUSAL_TEXT[(mode, ptls)])
+        await _refused_both_ways(
+            srv, node, bob, NODE_REFUSAL[(mode, ptls)], PEER_REFUSAL[(server, mode, ptls)]
+        )
         return
 
-    # Prosody originates (b.test -> a.test), s2sfast receives and verifies back
+    # the peer originates (b.test -> a.test), s2sfast receives and verifies back
     got = await bob_to_node(bob, node, "p1", f"hello over {ptls}")
     assert (got.from_, got.to, got.type) == (bob.full_jid, f"carol@{A}/x", "chat")
     assert f"hello over {ptls}".encode() in got.raw
-    # s2sfast originates (a.test -> b.test), Prosody dials back
+    # s2sfast originates (a.test -> b.test), the peer dials back
     reply = await node_to_bob(node, bob, "s1", f"reply with {mode}")
     assert reply.get("from") == f"carol@{A}/x"
     assert [c.text for c in reply if local(c.tag) == "body"] == [f"reply with {mode}"]
@@ -92,17 +125,18 @@ async def test_use_starttls_against_prosody(
     if mode == "required_trusted":
         for c in conns.values():
             assert c.peer_certificate.trusted and c.peer_certificate.name_matches, c
-    # ... and as Prosody's log tells it ("Stream encrypted (TLSv1.3 ...)" per session)
-    log = peer.log()
-    incoming = completed_sessions(log, "in")
-    outgoing = completed_sessions(log, "out")
+    # ... and as the peer's log tells it (Prosody: "Stream encrypted (TLSv1.3 ...)" per
+    # session; ejabberd: the socket of "Accepted ... s2s dialback authentication" is tls|...)
+    await eventually(lambda: srv.completed_sessions("in") and srv.completed_sessions("out"))
+    incoming = srv.completed_sessions("in")
+    outgoing = srv.completed_sessions("out")
     assert incoming and outgoing
     assert {s.completed[0] for s in incoming} == {(A, B)}
     assert {s.completed[0] for s in outgoing} == {(B, A)}
     assert {s.encrypted for s in incoming + outgoing} == {expected}
 
 
-async def _refused_both_ways(peer, node, bob, node_reason: str, prosody_reason: str) -> None:
+async def _refused_both_ways(srv, node, bob, node_reason: str, peer_error) -> None:
     """Both sides try at once; each gets its stanza back as an error, nothing is delivered."""
     bob.send(f"<message to='carol@{A}/x' id='p1' type='chat'><body>hi</body></message>")
     await node.send(
@@ -116,94 +150,184 @@ async def _refused_both_ways(peer, node, bob, node_reason: str, prosody_reason: 
     # s2sfast's bounce to its local sender: remote-server-not-found, cancel, with the reason
     assert (bounce.type, bounce.to, bounce.from_) == ("error", f"carol@{A}/x", bob.full_jid)
     assert stanza_error(bounce) == ("cancel", "remote-server-not-found", node_reason)
-    # Prosody's bounce to bob: remote-server-timeout (wait), text quoting the failure
+    # the peer's bounce to bob, quoting the failure
     assert back.get("type") == "error" and back.get("from") == f"carol@{A}/x"
-    etype, cond, text = error_of(back)
-    assert (etype, cond) == ("wait", "remote-server-timeout")
-    assert text == f"Server-to-server connection failed: {prosody_reason}", text
+    assert error_of(back) == peer_error
     # nothing got through either way, and no stream is authenticated
     assert await node.inbox.nothing(lambda s: s.type != "error", 0.3)
     assert not [e for e in bob.received if is_message(e, "s1") and e.get("type") != "error"]
     assert all(not c.pairs for c in node.connections())
-    log = peer.log()
-    assert not completed_sessions(log, "in") and not completed_sessions(log, "out")
+    assert not srv.completed_sessions("in") and not srv.completed_sessions("out")
+
+
+UNTRUSTED = {
+    "prosody": (
+        _prosody_bounce(
+            "policy-violation (certificate of b.test rejected: the certificate is self-signed "
+            "and not a trust anchor)"
+        ),
+        "tlsv1 alert unknown ca",  # Prosody saw s2sfast abort the handshake on its certificate
+    ),
+    "ejabberd": (
+        _ejabberd_bounce(
+            "certificate of b.test rejected: the certificate is self-signed and not a trust "
+            "anchor (policy-violation)",
+            by="peer",
+        ),
+        "tlsv1 alert unknown ca",
+    ),
+}
 
 
 @pytest.mark.parametrize("ptls", ("required", "optional"))
-async def test_required_trusted_refuses_prosodys_self_signed_certificate(
-    prosody, s2sfast_node, c2s, ports, tls_certfile, ptls
+async def test_required_trusted_refuses_a_self_signed_certificate(
+    peer, server, s2sfast_node, c2s, ports, tls_certfile, ptls
 ):
-    """Without a cacertfile that trusts it, Prosody's self-signed certificate is refused in both
-    directions, and both senders learn why."""
-    peer, node, bob = await _setup(
-        prosody, s2sfast_node, c2s, ports, tls_certfile, "required_trusted", ptls, trust=False
+    """Without a cacertfile that trusts it, the peer's self-signed certificate is refused in
+    both directions, and both senders learn why."""
+    srv, node, bob = await _setup(
+        peer, s2sfast_node, c2s, ports, tls_certfile, "required_trusted", ptls, trust=False
     )
+    peer_error, peer_log = UNTRUSTED[server]
     await _refused_both_ways(
-        peer,
-        node,
-        bob,
-        "TLS handshake failed: CERTIFICATE_VERIFY_FAILED",
-        "policy-violation (certificate of b.test rejected: the certificate is self-signed and "
-        "not a trust anchor)",
+        srv, node, bob, "TLS handshake failed: CERTIFICATE_VERIFY_FAILED", peer_error
     )
-    # Prosody saw s2sfast abort the handshake on its certificate
-    assert "tlsv1 alert unknown ca" in peer.log()
+    assert peer_log in srv.log()
 
 
-async def test_mutual_trust_prosody_offers_sasl_external_and_dialback_is_used(
-    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
+async def test_mutual_trust_dialback_is_still_used(
+    peer, server, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
 ):
-    """Prosody trusting s2sfast's CA (``s2s_ssl.cafile``) validates our certificate and offers
-    SASL EXTERNAL beside dialback; s2sfast (required_trusted, pinning Prosody's certificate)
-    authenticates with dialback, which Prosody still completes with a dial-back."""
+    """The peer trusting s2sfast's CA validates our certificate and offers SASL EXTERNAL
+    beside dialback; s2sfast (required_trusted, pinning the peer's certificate) authenticates
+    with dialback, which the peer still completes with a dial-back."""
     (port,) = ports(1)
-    peer = prosody(
-        tls="required", remotes={A: port}, extra_cfg=f's2s_ssl = {{ cafile = "{tls_ca_file}" }}'
-    )
+    if server == "prosody":
+        kw = {"extra_config": f's2s_ssl = {{ cafile = "{tls_ca_file}" }}'}
+    else:
+        kw = {"cafile": tls_ca_file, "log_level": "debug"}
+    srv = peer(tls="required", remotes={A: port}, **kw)
     config = node_config(
         port,
         mode="required_trusted",
         certfile=tls_certfile(A),
-        cafile=str(peer.cert_path),
-        peer_port=peer.s2s_port,
+        cafile=str(srv.cert_path),
+        peer_port=srv.s2s_port,
     )
     node = await s2sfast_node(config)
-    bob = await c2s(peer, "bob")
+    bob = await c2s(srv, "bob")
     await bob_to_node(bob, node, "t1", "trusted both ways")
     await node_to_bob(node, bob, "t2", "and back")
-    log = peer.log()
-    assert "Offering SASL EXTERNAL" in log
-    assert "<mechanism>EXTERNAL</mechanism>" in log
-    sessions = completed_sessions(log, "in") + completed_sessions(log, "out")
-    assert len(sessions) == 2
-    for s in sessions:
-        assert s.encrypted
-        assert "certificate chain validation result: valid" in s.lines
-        assert "certificate identity validation result: valid" in s.lines
     for c in node.connections():
         assert c.tls and c.auth_method == "dialback"
         assert c.peer_certificate.trusted and c.peer_certificate.name_matches
+    await eventually(lambda: len(srv.completed_sessions("in") + srv.completed_sessions("out")) == 2)
+    sessions = srv.completed_sessions("in") + srv.completed_sessions("out")
+    assert len(sessions) == 2 and all(s.encrypted for s in sessions)
+    log = srv.log()
+    assert "<mechanism>EXTERNAL</mechanism>" in log
+    if server == "prosody":
+        assert "Offering SASL EXTERNAL" in log
+        for s in sessions:
+            assert "certificate chain validation result: valid" in s.lines
+            assert "certificate identity validation result: valid" in s.lines
+    else:  # ejabberd offers EXTERNAL on its incoming stream and tries it on its outgoing one
+        assert (
+            "Failed outbound s2s EXTERNAL authentication b.test -> a.test (127.0.0.1): "
+            "Authentication failed: Peer provided no SASL mechanisms"
+        ) in log
+        assert "Retrying with s2s dialback authentication: b.test -> a.test" in log
 
 
-def _secure_domain_cfg(cafile: str) -> str:
+async def test_a_ca_issued_peer_certificate_is_verified(
+    peer, server, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file
+):
+    """required_trusted with a CA-issued certificate for b.test (not pinned: the chain is
+    verified), both ways."""
+    (port,) = ports(1)
+    srv = peer(tls="required", remotes={A: port}, certificate=tls_ca.issue([B]))
+    node = await s2sfast_node(
+        node_config(
+            port,
+            mode="required_trusted",
+            certfile=tls_certfile(A),
+            cafile=tls_ca_file,
+            peer_port=srv.s2s_port,
+        )
+    )
+    bob = await c2s(srv, "bob")
+    await bob_to_node(bob, node, "ca1", "chain verified")
+    await node_to_bob(node, bob, "ca2", "both ways")
+    conns = node.connections()
+    assert {c.direction for c in conns} == {"in", "out"}
+    for c in conns:
+        assert c.peer_certificate.trusted and c.peer_certificate.names.dns_names == (B,)
+
+
+WRONG_NAME = (
+    "certificate of b.test rejected: the certificate does not name b.test (it names DNS:wrong.test)"
+)
+
+
+async def test_required_trusted_refuses_a_certificate_naming_another_domain(
+    peer, server, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file
+):
+    """The peer presents a trusted certificate for wrong.test: refused in both directions with
+    the reason, sent as a proper stream error (after a stream header) the peer can read."""
+    (port,) = ports(1)
+    srv = peer(tls="required", remotes={A: port}, certificate=tls_ca.issue(["wrong.test"]))
+    node = await s2sfast_node(
+        node_config(
+            port,
+            mode="required_trusted",
+            certfile=tls_certfile(A),
+            cafile=tls_ca_file,
+            peer_port=srv.s2s_port,
+        )
+    )
+    bob = await c2s(srv, "bob")
+    if server == "prosody":
+        peer_error = _prosody_bounce(f"policy-violation ({WRONG_NAME})")
+    else:
+        peer_error = _ejabberd_bounce(f"{WRONG_NAME} (policy-violation)", by="peer")
+    await _refused_both_ways(srv, node, bob, WRONG_NAME, peer_error)
+    # s2sfast's outgoing stream (the peer's incoming one) is refused after TLS: the stream
+    # error must follow a fresh stream header, or the peer reads it as not-well-formed
+    log = await eventually(lambda: WRONG_NAME in (text := srv.log()) and text)
+    assert log, srv.log()
+    incoming = [s for s in srv.s2s_sessions().values() if s.direction == "in"]
+    if server == "prosody":
+        assert "Received invalid XML" not in log
+        closed = f"Session closed by remote with error: policy-violation ({WRONG_NAME})"
+    else:
+        assert "not-well-formed" not in log
+        closed = (
+            "Closing inbound s2s connection a.test -> b.test: Stream closed by peer: "
+            f"{WRONG_NAME} (policy-violation)"
+        )
+    assert any(t == closed for s in incoming for t in s.lines), [s.lines for s in incoming]
+
+
+def _prosody_secure(cafile: str) -> dict[str, str]:
     """Prosody insisting on a trusted certificate from a.test (``s2s_secure_domains``)."""
-    return f's2s_secure_domains = {{ "{A}" }}\ns2s_ssl = {{ cafile = "{cafile}" }}'
+    return {
+        "extra_config": f's2s_secure_domains = {{ "{A}" }}\ns2s_ssl = {{ cafile = "{cafile}" }}'
+    }
 
 
 async def test_prosody_requiring_a_trusted_certificate_federates_with_a_trusted_node(
     prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
 ):
     (port,) = ports(1)
-    peer = prosody(tls="required", remotes={A: port}, extra_cfg=_secure_domain_cfg(tls_ca_file))
+    srv = prosody(tls="required", remotes={A: port}, **_prosody_secure(tls_ca_file))
     node = await s2sfast_node(
-        node_config(port, mode="required", certfile=tls_certfile(A), peer_port=peer.s2s_port)
+        node_config(port, mode="required", certfile=tls_certfile(A), peer_port=srv.s2s_port)
     )
-    bob = await c2s(peer, "bob")
+    bob = await c2s(srv, "bob")
     await bob_to_node(bob, node, "v1", "certificate checked")
     await node_to_bob(node, bob, "v2", "both ways")
-    log = peer.log()
-    assert "Forbidding insecure connection" not in log
-    for s in completed_sessions(log, "in") + completed_sessions(log, "out"):
+    assert "Forbidding insecure connection" not in srv.log()
+    for s in srv.completed_sessions("in") + srv.completed_sessions("out"):
         assert "certificate chain validation result: valid" in s.lines
 
 
@@ -215,96 +339,44 @@ async def test_prosody_requiring_a_trusted_certificate_refuses_a_self_signed_nod
     import certs
 
     (port,) = ports(1)
-    peer = prosody(tls="required", remotes={A: port}, extra_cfg=_secure_domain_cfg(tls_ca_file))
+    srv = prosody(tls="required", remotes={A: port}, **_prosody_secure(tls_ca_file))
     certfile = certs.self_signed(A).write_pem(tmp_path)
     node = await s2sfast_node(
-        node_config(port, mode="required", certfile=certfile, peer_port=peer.s2s_port)
+        node_config(port, mode="required", certfile=certfile, peer_port=srv.s2s_port)
     )
-    bob = await c2s(peer, "bob")
-    bob.send(f"<message to='carol@{A}/x' id='p1' type='chat'><body>hi</body></message>")
-    await node.send(
-        f"<message from='carol@{A}/x' to='{bob.full_jid}' id='s1' type='chat'>"
-        f"<body>hi</body></message>".encode()
+    bob = await c2s(srv, "bob")
+    await _refused_both_ways(
+        srv,
+        node,
+        bob,
+        "b.test sent stream error not-authorized (Your server's certificate is not trusted)",
+        _prosody_bounce("Remote server's certificate is not trusted"),
     )
-    bounce, back = await asyncio.gather(
-        node.inbox.get(lambda s: s.id == "s1"),
-        bob.wait_for(lambda e: is_message(e, "p1")),
-    )
-    etype, cond, text = stanza_error(bounce)
-    assert (bounce.type, etype, cond) == ("error", "cancel", "remote-server-not-found")
-    assert text == (
-        "b.test sent stream error not-authorized (Your server's certificate is not trusted)"
-    ), text
-    assert error_of(back) == (
-        "wait",
-        "remote-server-timeout",
-        "Server-to-server connection failed: Remote server's certificate is not trusted",
-    )
-    log = peer.log()
-    assert log.count("Forbidding insecure connection to/from a.test") == 2  # s2sin and s2sout
-    assert not completed_sessions(log, "in") and not completed_sessions(log, "out")
+    assert srv.log().count("Forbidding insecure connection to/from a.test") == 2
 
 
-async def test_required_trusted_with_prosodys_certificate_from_a_trusted_ca(
-    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file
+async def test_ejabberd_requiring_a_trusted_certificate_cannot_federate(
+    ejabberd, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
 ):
-    """A CA-issued certificate for b.test (not pinned: the chain is verified), both ways."""
+    """ejabberd 23.01 requires a trusted certificate by dropping dialback (its
+    ``required_trusted`` means exactly that): peers must authenticate with SASL EXTERNAL, which
+    s2sfast does not do (it authenticates with dialback only). Even with certificates trusted
+    both ways, they cannot federate, and both senders learn why."""
     (port,) = ports(1)
-    peer = prosody(
-        tls="required",
-        remotes={A: port},
-        certificate=tls_ca.issue([B]),
-        extra_cfg=f's2s_ssl = {{ cafile = "{tls_ca_file}" }}',
-    )
+    srv = ejabberd(tls="required", remotes={A: port}, cafile=tls_ca_file, dialback=False)
     node = await s2sfast_node(
-        node_config(
-            port,
-            mode="required_trusted",
-            certfile=tls_certfile(A),
-            cafile=tls_ca_file,
-            peer_port=peer.s2s_port,
-        )
+        node_config(port, mode="required", certfile=tls_certfile(A), peer_port=srv.s2s_port)
     )
-    bob = await c2s(peer, "bob")
-    await bob_to_node(bob, node, "ca1", "chain verified")
-    await node_to_bob(node, bob, "ca2", "both ways")
-    conns = node.connections()
-    assert {c.direction for c in conns} == {"in", "out"}
-    for c in conns:
-        assert c.peer_certificate.trusted and c.peer_certificate.names.dns_names == (B,)
-
-
-async def test_required_trusted_refuses_a_certificate_naming_another_domain(
-    prosody, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file
-):
-    """Prosody presents a trusted certificate for wrong.test: refused in both directions with the
-    reason, sent as a proper stream error (after a stream header) that Prosody can read."""
-    (port,) = ports(1)
-    peer = prosody(tls="required", remotes={A: port}, certificate=tls_ca.issue(["wrong.test"]))
-    node = await s2sfast_node(
-        node_config(
-            port,
-            mode="required_trusted",
-            certfile=tls_certfile(A),
-            cafile=tls_ca_file,
-            peer_port=peer.s2s_port,
-        )
+    bob = await c2s(srv, "bob")
+    await _refused_both_ways(
+        srv,
+        node,
+        bob,
+        "b.test sent stream error not-authorized",  # our db:result, where only SASL is offered
+        (
+            "wait",
+            "remote-server-timeout",
+            "Authentication failed: Peer provided no SASL mechanisms; most likely it doesn't "
+            "accept our certificate",
+        ),
     )
-    bob = await c2s(peer, "bob")
-    reason = (
-        "certificate of b.test rejected: the certificate does not name b.test "
-        "(it names DNS:wrong.test)"
-    )
-    await _refused_both_ways(peer, node, bob, reason, f"policy-violation ({reason})")
-    log = peer.log()
-    # s2sfast's outgoing stream (Prosody's s2sin) is refused after TLS: the stream error must
-    # follow a fresh stream header, or Prosody reads it as not-well-formed (unbound prefix)
-    assert "Received invalid XML" not in log, [
-        line for line in log.splitlines() if "invalid XML" in line
-    ]
-    incoming = [s for s in s2s_sessions(log).values() if s.direction == "in" and s.encrypted]
-    assert incoming and any(
-        t == f"Session closed by remote with error: policy-violation ({reason})"
-        for s in incoming
-        for t in s.lines
-    ), [t for s in incoming for t in s.lines if "closed" in t]

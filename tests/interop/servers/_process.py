@@ -152,6 +152,7 @@ class ServerProcess:
         #: the caller's DNS zone (None: a private one, made at start(), closed at stop())
         self.dns = dns
         self._own_dns: DnsServer | None = None
+        self._started = False
 
     # -- to be provided by the server classes ---------------------------------------------
 
@@ -162,6 +163,10 @@ class ServerProcess:
     def _ready(self) -> bool:
         """Whether the started process serves (both ports accept connections by default)."""
         return listening(self.s2s_port) and listening(self.c2s_port)
+
+    def _state_dirs(self) -> list[Path]:
+        """What the first start() of this object clears (accounts, rosters, ...)."""
+        return []
 
     def log(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -215,6 +220,10 @@ class ServerProcess:
         if self.running:
             raise ServerError(f"{self.program} for {self.domain} is already running")
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._started:  # a fresh server: no accounts or state of an earlier one
+            for state in self._state_dirs():
+                shutil.rmtree(state, ignore_errors=True)
+        self._started = True
         argv, env = self._prepare()
         with open(self.stdout_path, "ab") as out:
             # a session of its own and none of our descriptors: a caller that reads our

@@ -134,6 +134,9 @@ class EjabberdServer(ServerProcess):
         except FileNotFoundError:
             return ""
 
+    def _state_dirs(self) -> list[Path]:
+        return [self.dir / "spool"]
+
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         why = ejabberd_missing()
         if why:

@@ -117,6 +117,9 @@ class ProsodyServer(ServerProcess):
         self.key_path.write_bytes(issued.key_pem())
         self.key_path.chmod(0o600)
 
+    def _state_dirs(self) -> list[Path]:
+        return [self.dir / "data"]
+
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         why = prosody_missing()
         if why:

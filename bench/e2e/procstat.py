@@ -78,11 +78,18 @@ def socket_count(pid: int) -> int:
 
 
 def raise_nofile(want: int) -> tuple[int, int]:
-    """Raise this process's RLIMIT_NOFILE soft limit towards *want* (at most the hard limit);
-    return (soft, hard) after. Children inherit it."""
+    """Raise this process's RLIMIT_NOFILE towards *want*: the hard limit too where the OS lets
+    us (root, up to fs.nr_open), else the soft limit up to the hard one. Returns (soft, hard)
+    after. Children inherit it."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+        except (ValueError, OSError):  # not privileged, or above fs.nr_open
+            pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -12,7 +12,7 @@ import inspect
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lxml import etree
@@ -50,6 +50,8 @@ class ConnectionInfo:
     stream_id: str | None
     state: str
     peer_address: Any
+    #: Direct TLS (XEP-0368) rather than plain TCP with or without STARTTLS
+    direct_tls: bool = False
 
 
 class Node:
@@ -243,6 +245,7 @@ class Node:
                     stream_id=s.stream_id,
                     state=m.state,
                     peer_address=s.peername,
+                    direct_tls=s.direct_tls,
                 )
             )
         return out
@@ -289,7 +292,7 @@ class Node:
             limiter = self._limiters[id(listen)] = ConnectionLimiter(listen.max_connections)
         machine = IncomingMachine(
             hosts=router.local_domains,
-            options_for=router.options_for,
+            options_for=_listener_options(listen, router.options_for),
             policy_allows=router.policy_allows,
             tls_available=ctx is not None,
             check_cert=check,
@@ -300,6 +303,7 @@ class Node:
             router,
             direction="in",
             ssl_context=ctx,
+            direct_tls=listen.tls.mode == "tls",
             max_stanza_size=listen.max_stanza_size,
             keepalive=self.keepalive,
             on_connected=router.incoming_connected,
@@ -343,6 +347,27 @@ class Node:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("stanza handler failed", exc_info=task.exception())
+
+
+def _listener_options(
+    listen: ListenS2S, options_for: Callable[[str], S2SOptions]
+) -> Callable[[str], S2SOptions]:
+    """The ``[s2s]`` options an incoming stream on *listen* follows: a ``tls.mode =
+    "starttls_required"`` listener (MongooseIM 6.4) requires STARTTLS whatever
+    ``use_starttls`` says ("required" unless it is "required_trusted" already)."""
+    if listen.tls.mode != "starttls_required":
+        return options_for
+    cache: dict[int, tuple[S2SOptions, S2SOptions]] = {}
+
+    def required(host: str) -> S2SOptions:
+        opts = options_for(host)
+        hit = cache.get(id(opts))
+        if hit is None or hit[0] is not opts:
+            mode = "required_trusted" if opts.use_starttls == "required_trusted" else "required"
+            hit = cache[id(opts)] = (opts, replace(opts, use_starttls=mode))
+        return hit[1]
+
+    return required
 
 
 def _serialise(element: Any) -> bytes:

@@ -26,7 +26,8 @@ def _s2s_dict(o: S2SOptions) -> dict[str, Any]:
         "certfile": o.certfile,
         "shared": o.shared,
         "address": [
-            {"host": a.host, "ip_address": a.ip_address, "port": a.port} for a in o.address
+            {"host": a.host, "ip_address": a.ip_address, "port": a.port, "tls": a.tls}
+            for a in o.address
         ],
         "ciphers": o.ciphers,
         "max_retry_delay": o.max_retry_delay,
@@ -36,6 +37,7 @@ def _s2s_dict(o: S2SOptions) -> dict[str, Any]:
             "connection_timeout": _inf(o.outgoing.connection_timeout),
         },
         "dns": {"timeout": o.dns.timeout, "retries": o.dns.retries},
+        "sasl_external": o.sasl_external,
         "stream_management": {
             "enabled": o.stream_management.enabled,
             "resend": o.stream_management.resend,
@@ -55,6 +57,7 @@ def _listener_dict(lst: ListenS2S) -> dict[str, Any]:
         "max_connections": _inf(lst.max_connections),
         "state_timeout": lst.state_timeout,
         "tls": {
+            "mode": lst.tls.mode,
             "cacertfile": lst.tls.cacertfile,
             "verify_mode": lst.tls.verify_mode,
             "ciphers": lst.tls.ciphers,

@@ -62,6 +62,8 @@ _log = logging.getLogger("s2sfast.config")
 
 Policy = Literal["allow", "deny"]
 StartTls = Literal["false", "optional", "required", "required_trusted"]
+#: ``[listen.s2s] tls.mode`` (MongooseIM 6.4): how peers start TLS on the listener
+ListenTlsMode = Literal["starttls", "starttls_required", "tls"]
 
 #: MongooseIM's default cipher string for S2S (fast_tls/OpenSSL syntax).
 DEFAULT_CIPHERS = "TLSv1.2:TLSv1.3"
@@ -73,8 +75,13 @@ _SHARED_BYTES = 10
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListenTls:
-    """``[listen.s2s.tls]``: how incoming S2S connections verify peers."""
+    """``[listen.s2s.tls]``: how incoming S2S connections start TLS and verify peers."""
 
+    #: MongooseIM 6.4's ``tls.mode``: "starttls" (plain TCP, STARTTLS as ``use_starttls``
+    #: says), "starttls_required" (as starttls, and this listener requires STARTTLS even when
+    #: ``use_starttls`` is "optional"), "tls" (Direct TLS, XEP-0368: TLS from the first byte,
+    #: no STARTTLS step; the port an ``_xmpps-server._tcp`` SRV record points to)
+    mode: ListenTlsMode = "starttls"
     cacertfile: str | None = None
     #: None: not set (MongooseIM's default "peer": verify against cacertfile)
     verify_mode: Literal["peer", "none"] | None = None
@@ -119,6 +126,8 @@ class AddressOverride:
     ip_address: str
     #: None: use outgoing.port
     port: int | None = None
+    #: the address speaks Direct TLS (XEP-0368), as MongooseIM 6.4's ``address[].tls``
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +188,11 @@ class S2SOptions:
     max_retry_delay: int = 300
     outgoing: OutgoingOptions = field(default_factory=OutgoingOptions)
     dns: DnsOptions = field(default_factory=DnsOptions)
+    #: an s2sfast addition: authenticate with SASL EXTERNAL (XEP-0178) when TLS is up and the
+    #: peer's certificate verifies for its domain (offered on incoming streams, used on outgoing
+    #: ones when offered), dialback otherwise. Off by default: dialback is what MongooseIM does.
+    #: Prosody 0.12 uses XEP-0198 on S2S only on such streams.
+    sasl_external: bool = False
     stream_management: StreamManagementOptions = field(default_factory=StreamManagementOptions)
 
 
@@ -215,7 +229,7 @@ _LISTEN_KEYS = tuple(
 # acceptor pool and process hibernation): accepted, validated and ignored.
 _LISTEN_IGNORED = ("num_acceptors", "hibernate_after")
 _LISTEN_COMPAT = ("proto", "ip_version", "proxy_protocol")
-_TLS_KEYS = ("cacertfile", "verify_mode", "ciphers", "dhfile", "certfile")
+_TLS_KEYS = ("mode", "cacertfile", "verify_mode", "ciphers", "dhfile", "certfile")
 _TLS_IGNORED = ("protocol_options",)  # fast_tls's OpenSSL flag names; Python sets its own
 
 
@@ -292,7 +306,10 @@ def _listen_tls(value: Any, path: str, ignored: list[str]) -> ListenTls:
                 problem="not supported by MongooseIM's S2S TLS (fast_tls)",
             )
         _enum(verify_mode, f"{path}.verify_mode", ("peer", "none"))
+    modes = ("tls", "starttls", "starttls_required")
+    mode = _enum(table.get("mode", "starttls"), f"{path}.mode", modes)
     return ListenTls(
+        mode=mode,  # type: ignore[arg-type]
         cacertfile=_opt_checked(table, "cacertfile", path, _checks.check_cafile),
         verify_mode=verify_mode,
         ciphers=_opt_checked(table, "ciphers", path, _checks.check_ciphers),
@@ -348,7 +365,7 @@ def _resolve_shaper(rule: str, path: str, raw: Mapping[str, Any]) -> tuple[str |
 
 _S2S_KEYS = tuple(
     "default_policy host_policy use_starttls certfile shared "
-    "address ciphers max_retry_delay outgoing dns stream_management".split()
+    "address ciphers max_retry_delay outgoing dns sasl_external stream_management".split()
 )
 
 
@@ -400,6 +417,10 @@ def _s2s(value: Any, path: str, base: S2SOptions) -> S2SOptions:
         if "retries" in sub:
             dns["retries"] = _positive(sub["retries"], f"{path}.dns.retries")
         changes["dns"] = replace(base.dns, **dns)
+    if "sasl_external" in table:
+        if not isinstance(table["sasl_external"], bool):
+            _fail(f"{path}.sasl_external", table["sasl_external"], "a boolean (true or false)")
+        changes["sasl_external"] = table["sasl_external"]
     if "stream_management" in table:
         changes["stream_management"] = _stream_management(
             table["stream_management"], f"{path}.stream_management", base.stream_management
@@ -474,7 +495,7 @@ def _address(value: Any, path: str) -> tuple[AddressOverride, ...]:
     out = []
     for i, item in enumerate(items):
         entry = _table(item, f"{path}[{i}]")
-        _known(entry, f"{path}[{i}]", ("host", "ip_address", "port"))
+        _known(entry, f"{path}[{i}]", ("host", "ip_address", "port", "tls"))
         if "host" not in entry:
             _missing(f"{path}[{i}].host", "the remote host name this address is for")
         if "ip_address" not in entry:
@@ -485,7 +506,10 @@ def _address(value: Any, path: str) -> tuple[AddressOverride, ...]:
         seen[host] = i
         port = _port(entry["port"], f"{path}[{i}].port") if "port" in entry else None
         ip_address = _ip(entry["ip_address"], f"{path}[{i}].ip_address")
-        out.append(AddressOverride(host=host, ip_address=ip_address, port=port))
+        tls = entry.get("tls", False)
+        if not isinstance(tls, bool):
+            _fail(f"{path}[{i}].tls", tls, "true (Direct TLS) or false (STARTTLS)")
+        out.append(AddressOverride(host=host, ip_address=ip_address, port=port, tls=tls))
     return tuple(out)
 
 
@@ -565,6 +589,15 @@ def _cross_checks(
     "none"``. MongooseIM 6.3 applies it to just_tls sections only (its S2S listener uses
     fast_tls); s2sfast applies it to every S2S listener once STARTTLS is required.
     """
+    s2s, s2s_path = options[""]
+    for i, listener in enumerate(listeners):
+        if listener.tls.mode != "starttls" and s2s.use_starttls == "false":
+            _fail(
+                f"listen.s2s[{i}].tls.mode",
+                listener.tls.mode,
+                f'"starttls" while {s2s_path}.use_starttls is "false"',
+                problem="this listener needs TLS, and [s2s] turns TLS off",
+            )
     for opts, path in options.values():
         if opts.use_starttls == "false":
             continue

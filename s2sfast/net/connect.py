@@ -7,6 +7,12 @@ milliseconds. Every failure is logged with its reason; when all fail, :class:`Co
 carries them, and its ``condition`` tells the router how to bounce: ``remote-server-timeout``
 when any attempt timed out (the peer may only be slow or overloaded), else
 ``remote-server-not-found`` (every address refused or is unreachable).
+
+A Direct TLS candidate (XEP-0368: an ``_xmpps-server._tcp`` record or an address override with
+``tls = true``) is connected to the same way; the protocol built for it is told so
+(``direct_tls = True``) before asyncio calls its ``connection_made``, where it starts TLS
+with the first byte. A Direct TLS port that refuses or times out is one more failed candidate,
+and the next one (often the STARTTLS port) is tried.
 """
 
 from __future__ import annotations
@@ -98,7 +104,9 @@ async def connect_first(
     Args:
         candidates: from :meth:`s2sfast.dns.Resolver.resolve`, in the order to try.
         protocol_factory: builds the asyncio protocol for the connection that succeeds
-            (called once, only then).
+            (called once, only then). For a Direct TLS candidate the protocol must have a
+            ``direct_tls`` attribute (an :class:`~s2sfast.net.stream.XmlStream`); it is set to
+            True before ``connection_made``.
         timeout_ms: bound per candidate in milliseconds (``outgoing.connection_timeout``);
             None means no bound ("infinity").
         loop: the event loop (default: the running one).
@@ -128,7 +136,12 @@ async def connect_first(
             failures.append(failure)
             continue
         try:
-            transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
+            protocol = protocol_factory()
+            if candidate.direct_tls:
+                if not hasattr(protocol, "direct_tls"):
+                    raise TypeError(f"{type(protocol).__name__} cannot speak Direct TLS")
+                protocol.direct_tls = True  # type: ignore[attr-defined]
+            transport, _ = await loop.create_connection(lambda p=protocol: p, sock=sock)
         except BaseException:
             sock.close()
             raise

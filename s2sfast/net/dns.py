@@ -3,16 +3,24 @@
 The outgoing side asks :meth:`Resolver.resolve` for a domain and gets an ordered list of
 :class:`Candidate` addresses to try (see :mod:`s2sfast.net.connect`), or a typed
 :class:`ResolutionError` whose ``condition`` is the RFC 6120 stanza-error condition to bounce with.
+Each candidate says whether it speaks Direct TLS (XEP-0368: TLS from the first byte) or plain TCP
+with STARTTLS.
 
-Order of business (RFC 6120 section 3.2, RFC 2782 section "Usage rules"):
+Order of business (RFC 6120 section 3.2, XEP-0368, RFC 2782 section "Usage rules"):
 
-1. an ``[s2s] address`` entry for the domain bypasses DNS entirely;
-2. ``_xmpp-server._tcp.<domain>`` SRV records, ordered by priority and then weighted-random;
-   each target's A/AAAA in ``outgoing.ip_versions`` order (glue from the additional section is
-   used when present); a single record with target "." means "no service here";
-3. when there is *no* SRV record (NXDOMAIN or an empty answer): the domain's own A/AAAA on
-   ``outgoing.port``. A timed-out or failed SRV query is not "no SRV record", so it does not fall
-   back: that could connect to the wrong host while the DNS is merely slow.
+1. an ``[s2s] address`` entry for the domain bypasses DNS entirely (``tls = true`` on it means
+   the address speaks Direct TLS, as in MongooseIM 6.4);
+2. ``_xmpp-server._tcp.<domain>`` SRV records and, when the local host may use TLS at all
+   (``use_starttls`` is not "false"), ``_xmpps-server._tcp.<domain>`` (Direct TLS) records, asked
+   at once and ordered as ONE record set (XEP-0368 section 3: priorities and weights mixed), by
+   priority and then weighted-random; each target's A/AAAA in ``outgoing.ip_versions`` order (glue
+   from the additional section is used when present); a single record with target "." means "no
+   service here" (for ``_xmpps-server``: no Direct TLS, STARTTLS may still be offered);
+3. when neither name has a usable SRV record (NXDOMAIN or an empty answer): the domain's own
+   A/AAAA on ``outgoing.port``, with STARTTLS. A timed-out or failed SRV query is not "no SRV
+   record", so it does not fall back: that could connect to the wrong host while the DNS is merely
+   slow. When one of the two names answers with records and the other fails, the records are
+   used (the failure is logged).
 
 Each query is bounded by ``dns.timeout`` seconds and tried ``dns.retries`` times, and a silent
 server sees exactly ``retries`` packets per question. For that every attempt uses a fresh c-ares
@@ -31,17 +39,18 @@ import logging
 import random
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import aiodns
 import aiodns.error
 import pycares
 
-from s2sfast.config import DnsOptions, S2SOptions
+from s2sfast.config import AddressOverride, DnsOptions, S2SOptions
 
 __all__ = [
     "SRV_PREFIX",
+    "XMPPS_SRV_PREFIX",
     "DEFAULT_MAX_CONCURRENT_QUERIES",
     "Candidate",
     "SrvRecord",
@@ -58,6 +67,8 @@ log = logging.getLogger("s2sfast.dns")
 
 #: RFC 6120 section 3.2.1: the service name for server-to-server connections.
 SRV_PREFIX = "_xmpp-server._tcp."
+#: XEP-0368 section 3: the service name for server-to-server Direct TLS (TLS from the first byte).
+XMPPS_SRV_PREFIX = "_xmpps-server._tcp."
 
 Source = Literal["address", "srv", "fallback"]
 
@@ -84,6 +95,9 @@ class Candidate:
         family: ``socket.AF_INET`` or ``socket.AF_INET6``.
         host: the name it came from (SRV target, the domain itself, or the override's IP).
         source: "address" (``[s2s] address`` override), "srv", or "fallback" (domain's A/AAAA).
+        direct_tls: True when the address speaks Direct TLS (XEP-0368: an ``_xmpps-server``
+            record, or an override with ``tls = true``): TLS starts with the first byte, with
+            SNI and ALPN ``xmpp-server``, and there is no STARTTLS step.
     """
 
     ip: str
@@ -91,20 +105,31 @@ class Candidate:
     family: int
     host: str
     source: Source
+    direct_tls: bool = False
+
+    @property
+    def transport(self) -> str:
+        """ "Direct TLS" or "STARTTLS" (the plain TCP start; STARTTLS may or may not follow)."""
+        return "Direct TLS" if self.direct_tls else "STARTTLS"
 
     def __str__(self) -> str:
         ip = f"[{self.ip}]" if self.family == socket.AF_INET6 else self.ip
-        return f"{self.host} {ip}:{self.port} ({self.source})"
+        tls = ", Direct TLS" if self.direct_tls else ""
+        return f"{self.host} {ip}:{self.port} ({self.source}{tls})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SrvRecord:
-    """One SRV record's data; ``target`` has no trailing dot, and "." (no service) is ``""``."""
+    """One SRV record's data; ``target`` has no trailing dot, and "." (no service) is ``""``.
+
+    ``direct_tls``: it came from ``_xmpps-server._tcp`` (XEP-0368) rather than ``_xmpp-server``.
+    """
 
     priority: int
     weight: int
     port: int
     target: str
+    direct_tls: bool = False
 
 
 class ResolutionError(Exception):
@@ -292,7 +317,7 @@ class Resolver:
         domain = _norm(domain)
         for override in s2s.address:
             if _norm(override.host) == domain:
-                return [self._override(domain, override.ip_address, override.port, s2s)]
+                return [self._override(domain, override, s2s)]
         families = [_FAMILY[v] for v in s2s.outgoing.ip_versions]
         literal = domain[1:-1] if domain.startswith("[") and domain.endswith("]") else domain
         family = _ip_family(literal)
@@ -303,46 +328,77 @@ class Resolver:
             return [
                 Candidate(ip=literal, port=port, family=family, host=literal, source="fallback")
             ]
-        srv_name = SRV_PREFIX + domain
-        try:
-            srv = await self._query(srv_name, "SRV")
-        except _BadName:
-            raise DomainNotFound(domain, f"{domain!r} is not a valid DNS name") from None
-        except _QueryTimeout:
-            raise DnsTimeout(domain, f"DNS timeout for {srv_name} ({self._budget()})") from None
-        except _QueryFailed as e:
-            raise DnsFailure(domain, f"DNS failure for {srv_name}: {e}") from None
-        if srv.status == "ok":
-            return await self._from_srv(domain, srv, families)
-        return await self._fallback(domain, srv, families, s2s.outgoing.port)
-
-    # -- the three ways ----------------------------------------------------------------------
-
-    def _override(self, domain: str, ip: str, port: int | None, s2s: S2SOptions) -> Candidate:
-        family = _ip_family(ip)
-        if family is None:
-            raise DomainNotFound(domain, f"[s2s] address for {domain}: {ip!r} is not an IP address")
-        candidate = Candidate(
-            ip=ip,
-            port=port if port is not None else s2s.outgoing.port,
-            family=family,
-            host=ip,
-            source="address",
-        )
-        log.debug("%s: [s2s] address override -> %s", domain, candidate)
-        return candidate
-
-    async def _from_srv(self, domain: str, srv: _Answer, families: list[int]) -> list[Candidate]:
-        usable = [r for r in srv.values if r.target]
-        if not usable:
+        names = [SRV_PREFIX + domain]
+        if s2s.use_starttls != "false":  # no TLS at all: Direct TLS records are of no use
+            names.append(XMPPS_SRV_PREFIX + domain)
+        answers = await asyncio.gather(*(self._srv(domain, n) for n in names))
+        plain = answers[0]
+        tls = answers[1] if len(answers) > 1 else None
+        usable = [r for a in answers if isinstance(a, _Answer) for r in a.values if r.target]
+        if usable:
+            for answer in answers:
+                if isinstance(answer, ResolutionError):
+                    log.warning("%s: %s; using the other SRV records", domain, answer.reason)
+            return await self._from_srv(domain, usable, answers, families)
+        # no usable record: a failure of either query is the answer (a slow DNS is no reason to
+        # fall back to A/AAAA), then "." for _xmpp-server (no service), else A/AAAA
+        for answer in (plain, tls):
+            if isinstance(answer, ResolutionError):
+                raise answer
+        if plain.status == "ok":  # only "." records
             raise NoXmppService(
                 domain,
                 f"{SRV_PREFIX}{domain} has target '.': {domain} offers no XMPP S2S service",
             )
+        return await self._fallback(domain, plain, families, s2s.outgoing.port)
+
+    async def _srv(self, domain: str, name: str) -> _Answer | ResolutionError:
+        """One SRV question, its records tagged Direct TLS or not, or the error it ends in."""
+        try:
+            answer = await self._query(name, "SRV")
+        except _BadName:
+            return DomainNotFound(domain, f"{domain!r} is not a valid DNS name")
+        except _QueryTimeout:
+            return DnsTimeout(domain, f"DNS timeout for {name} ({self._budget()})")
+        except _QueryFailed as e:
+            return DnsFailure(domain, f"DNS failure for {name}: {e}")
+        if name.startswith(XMPPS_SRV_PREFIX):
+            values = [replace(r, direct_tls=True) for r in answer.values]
+            return _Answer(values, answer.glue, answer.status)
+        return answer
+
+    # -- the three ways ----------------------------------------------------------------------
+
+    def _override(self, domain: str, override: AddressOverride, s2s: S2SOptions) -> Candidate:
+        family = _ip_family(override.ip_address)
+        if family is None:
+            raise DomainNotFound(
+                domain, f"[s2s] address for {domain}: {override.ip_address!r} is not an IP address"
+            )
+        candidate = Candidate(
+            ip=override.ip_address,
+            port=override.port if override.port is not None else s2s.outgoing.port,
+            family=family,
+            host=override.ip_address,
+            source="address",
+            direct_tls=override.tls,
+        )
+        log.debug("%s: [s2s] address override -> %s", domain, candidate)
+        return candidate
+
+    async def _from_srv(
+        self,
+        domain: str,
+        usable: list[SrvRecord],
+        answers: Sequence[_Answer | ResolutionError],
+        families: list[int],
+    ) -> list[Candidate]:
         ordered = order_srv(usable, self.rng)
         glue: dict[tuple[str, str], list[str]] = {}
-        for name, qtype, ip in srv.glue:
-            glue.setdefault((name, qtype), []).append(ip)
+        for answer in answers:
+            if isinstance(answer, _Answer):
+                for name, qtype, ip in answer.glue:
+                    glue.setdefault((name, qtype), []).append(ip)
         targets = list(dict.fromkeys(r.target for r in ordered))
         results = await asyncio.gather(*(self._addresses(t, families, glue) for t in targets))
         by_target = dict(zip(targets, results, strict=True))
@@ -356,7 +412,14 @@ class Resolver:
             if problem and problem not in problems:
                 problems.append(problem)
             candidates += [
-                Candidate(ip=ip, port=rec.port, family=fam, host=rec.target, source="srv")
+                Candidate(
+                    ip=ip,
+                    port=rec.port,
+                    family=fam,
+                    host=rec.target,
+                    source="srv",
+                    direct_tls=rec.direct_tls,
+                )
                 for fam, ip in addrs
             ]
         candidates = _dedupe(candidates)
@@ -520,10 +583,11 @@ def _parse(result: pycares.DNSResult, code: int) -> _Answer:
 
 
 def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int, bool]] = set()
     out = []
     for c in candidates:
-        if (c.ip, c.port) not in seen:
-            seen.add((c.ip, c.port))
+        key = (c.ip, c.port, c.direct_tls)
+        if key not in seen:
+            seen.add(key)
             out.append(c)
     return out

@@ -82,6 +82,9 @@ class XmlStream(asyncio.Protocol):
             backpressure); beyond it the stream fails with resource-constraint.
         write_stall_timeout: seconds above the high-water mark without the peer reading
             before the stream fails with resource-constraint.
+        direct_tls: Direct TLS (XEP-0368): the MemoryBIO TLS handshake starts at
+            connection_made (the machine asks for it) and the stream opens inside TLS. An
+            outgoing stream learns it from :func:`s2sfast.net.connect.connect_first`.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class XmlStream(asyncio.Protocol):
         *,
         direction: str,
         ssl_context: ssl.SSLContext | None = None,
+        direct_tls: bool = False,
         max_stanza_size: int | None = None,
         keepalive: float | None = None,
         on_connected: Callable[[XmlStream], None] | None = None,
@@ -103,6 +107,10 @@ class XmlStream(asyncio.Protocol):
         self.owner = owner
         self.direction = direction
         self.ssl_context = ssl_context
+        #: Direct TLS (XEP-0368) rather than plain TCP (with or without STARTTLS)
+        self.direct_tls = direct_tls
+        #: the ALPN protocol the TLS handshake agreed on (None: none, or no TLS)
+        self.alpn: str | None = None
         self.max_stanza_size = max_stanza_size
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
@@ -182,7 +190,10 @@ class XmlStream(asyncio.Protocol):
             self.on_connected(self)
         if self.machine.state in self.machine.FINAL:
             return  # refused by the owner (connection limits)
-        self._perform(self.machine.start())
+        if self.direct_tls:  # XEP-0368: TLS from the first byte, the machine asks for it
+            self._perform(self.machine.start(direct_tls=True))
+        else:
+            self._perform(self.machine.start())
         if self._tick_interval():
             self._ka_timer = self._loop.call_later(self._tick_interval(), self._keepalive_tick)
 
@@ -537,7 +548,8 @@ class XmlStream(asyncio.Protocol):
             return
         except (ssl.SSLError, OSError) as exc:
             self._drain_bio()
-            reason = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            what = "Direct TLS handshake" if self.direct_tls else "TLS handshake"
+            reason = f"{what} failed: {getattr(exc, 'reason', None) or exc}"
             log.warning("%s on %s", reason, self.describe())
             self.owner.stream_event(self, "tls-failed", {"reason": reason})
             self._handshaking = False
@@ -547,12 +559,24 @@ class XmlStream(asyncio.Protocol):
         self._handshaking = False
         self._drain_bio()
         chain = tuple(peer_chain(self._ssl))
-        log.info("TLS up (%s) on %s", self._ssl.version(), self.describe())
+        self.alpn = self._ssl.selected_alpn_protocol()
+        log.info(
+            "TLS up (%s%s%s) on %s",
+            self._ssl.version(),
+            ", Direct TLS" if self.direct_tls else "",
+            f", ALPN {self.alpn}" if self.alpn else "",
+            self.describe(),
+        )
         cipher = self._ssl.cipher()
         self.owner.stream_event(
             self,
             "tls-up",
-            {"version": self._ssl.version(), "cipher": cipher[0] if cipher else None},
+            {
+                "version": self._ssl.version(),
+                "cipher": cipher[0] if cipher else None,
+                "direct_tls": self.direct_tls,
+                "alpn": self.alpn,
+            },
         )
         self._perform(self.machine.receive(TlsUp(chain=chain, version=self._ssl.version())))
 

@@ -62,6 +62,7 @@ __all__ = [
     "PeerCertStatus",
     "check_ciphers",
     "apply_ciphers",
+    "ALPN_XMPP_SERVER",
     "make_client_context",
     "make_server_context",
     "requests_peer_certificate",
@@ -73,8 +74,14 @@ __all__ = [
 
 # --- contexts ------------------------------------------------------------------------------
 
+#: XEP-0368 section 4: the ALPN protocol id of server-to-server XMPP. Every S2S context offers
+#: (client) or accepts (server) it; a peer offering nothing else still gets no ALPN at all, and a
+#: peer offering only other protocols is not refused (OpenSSL's "no overlap" is not an alert).
+ALPN_XMPP_SERVER = "xmpp-server"
+
 
 def _harden(ctx: ssl.SSLContext) -> None:
+    ctx.set_alpn_protocols([ALPN_XMPP_SERVER])
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     # No session tickets: a resumed session skips the peer certificate we check each time.

@@ -399,7 +399,7 @@ def test_port_zero_only_when_allowed():
         ({"port": 1, "state_timeout": 0}, "listen.s2s[0].state_timeout", "positive integer"),
         ({"port": 1, "state_timeout": "5s"}, "listen.s2s[0].state_timeout", 'got "5s"'),
         ({"port": 1, "shaper": ""}, "listen.s2s[0].shaper", '"none"'),
-        ({"port": 1, "tls": {"mode": "tls"}}, "listen.s2s[0].tls.mode", "unknown option"),
+        ({"port": 1, "tls": {"mode": "ssl"}}, "listen.s2s[0].tls.mode", '"starttls_required"'),
         (
             {"port": 1, "tls": {"verify_mode": "selfsigned_peer"}},
             "listen.s2s[0].tls.verify_mode",
@@ -741,6 +741,7 @@ def test_config_to_dict_has_every_default_keyed_like_the_toml():
                     "max_connections": "infinity",
                     "state_timeout": 5000,
                     "tls": {
+                        "mode": "starttls",
                         "cacertfile": None,
                         "verify_mode": None,
                         "ciphers": None,
@@ -761,6 +762,7 @@ def test_config_to_dict_has_every_default_keyed_like_the_toml():
             "max_retry_delay": 300,
             "outgoing": {"port": 5269, "ip_versions": [4, 6], "connection_timeout": 10000},
             "dns": {"timeout": 10, "retries": 2},
+            "sasl_external": False,
             "stream_management": {
                 "enabled": True,
                 "resend": True,

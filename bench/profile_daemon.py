@@ -56,7 +56,9 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def _config(tmp: Path, side: str, ports: dict[str, int], tls: tuple[str, str]) -> Path:
+def _config(
+    tmp: Path, side: str, ports: dict[str, int], tls: tuple[str, str], extra: str = ""
+) -> Path:
     other = "b" if side == "a" else "a"
     certfile, cafile = tls
     path = tmp / f"{side}.toml"
@@ -76,6 +78,7 @@ def _config(tmp: Path, side: str, ports: dict[str, int], tls: tuple[str, str]) -
   use_starttls = "required"
   certfile = "{certfile}"
   default_policy = "allow"
+{extra}
   [[s2s.address]]
     host = "{other}.test"
     ip_address = "127.0.0.1"
@@ -245,6 +248,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=30_000)
     parser.add_argument("--py-spy", action="store_true", help="profile both daemons")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--no-sm", action="store_true", help="[s2s] stream_management.enabled = false (XEP-0198)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="s2sfast-profile-"))
     ca = make_ca("profile CA")
@@ -253,7 +259,8 @@ def main() -> int:
     daemons: dict[str, DaemonProcess] = {}
     for side in "ab":
         leaf = ca.issue([f"{side}.test", f"bot.{side}.test"]).write_pem(tmp, f"{side}.pem")
-        cfg = _config(tmp, side, ports, (leaf, cafile))
+        extra = "  stream_management.enabled = false" if args.no_sm else ""
+        cfg = _config(tmp, side, ports, (leaf, cafile), extra)
         daemons[side] = DaemonProcess("--config", str(cfg), "--log-level", "warning")
     spy = None
     if args.py_spy:

@@ -239,6 +239,23 @@ cdef inline object _jid(const uchar* s, Py_ssize_t n):
     return _cached(_jids_c, _jids_o, JIDS_N - 1, s, n)
 
 
+cdef object _domainpart(object jid):
+    """jid_domain() for the Stanza properties: the part between the last '@' (before any '/')
+    and the first '/', lower-cased."""
+    cdef str s
+    cdef Py_ssize_t slash, at
+    if not jid:
+        return ""
+    s = <str>jid
+    slash = s.find("/")
+    if slash >= 0:
+        s = s[:slash]
+    at = s.rfind("@")
+    if at >= 0:
+        s = s[at + 1:]
+    return s if s.islower() or not s else s.lower()
+
+
 @cython.final
 @cython.no_gc
 @cython.freelist(8)
@@ -287,6 +304,10 @@ cdef class Stanza:
         to, from_, type, id: the unprefixed attributes of those names, unescaped, or None.
         namespaces: the stream header's prefix -> URI dict (shared, not copied), which the
             raw bytes inherit; :func:`s2sfast.xml.parse_stanza` applies it.
+        declares_ns: whether the top-level start tag declares a default namespace
+            (``xmlns='...'``); when it does not, the element inherits the stream's, and moving it
+            into another stream's default namespace is a plain copy of ``raw``.
+        to_domain, from_domain: the lower-cased domainparts of ``to`` and ``from_``.
     """
 
     cdef readonly bytes raw
@@ -299,9 +320,12 @@ cdef class Stanza:
     cdef Py_ssize_t _id_off               # >= 0: id not decoded yet, it is raw[_id_off:+_id_len]
     cdef Py_ssize_t _id_len
     cdef readonly object namespaces
+    cdef readonly bint declares_ns
+    cdef object _to_domain
+    cdef object _from_domain
 
     def __init__(self, *, raw, name, ns, to=None, from_=None, type=None, id=None,
-                 namespaces=None):
+                 namespaces=None, declares_ns=False):
         self.raw = bytes(raw)
         self.name = name
         self.ns = ns
@@ -311,6 +335,21 @@ cdef class Stanza:
         self._id = id
         self._id_off = -1
         self.namespaces = namespaces
+        self.declares_ns = declares_ns
+
+    @property
+    def to_domain(self):
+        """The domainpart of ``to``, lower-cased ('' without one); computed once."""
+        if self._to_domain is None:
+            self._to_domain = _domainpart(self.to)
+        return self._to_domain
+
+    @property
+    def from_domain(self):
+        """The domainpart of ``from``, lower-cased ('' without one); computed once."""
+        if self._from_domain is None:
+            self._from_domain = _domainpart(self.from_)
+        return self._from_domain
 
     @property
     def id(self):
@@ -964,7 +1003,11 @@ cdef class StreamFramer:
         s.namespaces = self.hdr_ns
         for i in range(self.nattrs):
             a = &self.attrs[i]
-            if a.val_off < 0 or a.is_decl:
+            if a.is_decl:
+                if a.colon < 0:
+                    s.declares_ns = True
+                continue
+            if a.val_off < 0:
                 continue
             nm = self.abuf + a.name_off
             v = self.abuf + a.val_off

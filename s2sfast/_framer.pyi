@@ -40,6 +40,12 @@ class Stanza:
     def id(self) -> str | None: ...
     @property
     def namespaces(self) -> dict[str, str] | None: ...
+    @property
+    def declares_ns(self) -> bool: ...
+    @property
+    def to_domain(self) -> str: ...
+    @property
+    def from_domain(self) -> str: ...
     def __init__(
         self,
         *,
@@ -51,6 +57,7 @@ class Stanza:
         type: str | None = None,
         id: str | None = None,
         namespaces: dict[str, str] | None = None,
+        declares_ns: bool = False,
     ) -> None: ...
 
 class StreamClose:

@@ -20,6 +20,14 @@ __all__ = [
     "MAX_PENDING_VERIFICATIONS",
     "MAX_WRITE_BUFFER",
     "WRITE_STALL_TIMEOUT",
+    "HIGH_WATER",
+    "LOW_WATER",
+    "MAX_FSM_QUEUE",
+    "MAX_QUEUE_BYTES",
+    "COMPONENT_STALL_TIMEOUT",
+    "PENDING_BUDGET",
+    "PENDING_MIN_SHARE",
+    "PENDING_HOLD_FRACTION",
     "SM_MAX_UNACKED",
     "SM_ACK_EVERY",
     "SM_ACK_AFTER",
@@ -99,6 +107,46 @@ SM_ACK_AFTER = 1.0
 #: the stanzas forever. The same 30 s as WRITE_STALL_TIMEOUT, for the same reason: a live
 #: server answers in milliseconds, a scheduling hiccup never lasts this long.
 SM_ACK_TIMEOUT = 30.0
+
+#: bytes in a connection's transport buffer above which asyncio pauses our writing (and we
+#: hold further stanzas in our own counted queue), and below which it resumes. 256 KiB is
+#: ~1,000 typical stanzas: enough to keep a loopback or LAN pipe full between two loop turns
+#: (a 10 Gbit/s link moves 256 KiB in 0.2 ms), small enough that 1,000 congested streams
+#: cost at most 256 MiB. LOW leaves room for a burst before the next pause.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+#: stanzas one connection (S2S stream or component) may hold in our own queue while its peer is
+#: not reading, when neither ``[general] max_fsm_queue`` nor the listener's ``max_fsm_queue``
+#: says otherwise (MongooseIM's own default is no limit, which is how a stuck component made a
+#: daemon grow to 1.4 GiB). The sources feeding a congested connection stop being read at
+#: once, so this queue only takes what was already read: one read of each source (<= 256 KiB
+#: of stanzas each). 10,000 stanzas of ~1 KiB bound it at ~10 MiB per connection; past it
+#: stanzas bounce with resource-constraint.
+MAX_FSM_QUEUE = 10_000
+#: the same queue's bound in bytes, for large stanzas (it bites first above 1.6 KiB a stanza).
+MAX_QUEUE_BYTES = 16 * 1024 * 1024
+
+#: seconds a component may leave its stream congested (not reading what we write) before we
+#: close it with a resource-constraint stream error and bounce what waits for it. Below
+#: WRITE_STALL_TIMEOUT so that a stuck component is cut before the S2S peers feeding it (whose
+#: streams we stop reading meanwhile) call our side deaf; a live component that is merely slow
+#: still drains its buffer within seconds.
+COMPONENT_STALL_TIMEOUT = 15.0
+
+#: bytes of stanzas the whole node queues for remote domains whose stream is not up (connecting,
+#: authenticating, backing off). Sized to ride out a peer restart at full rate: 30,000
+#: stanzas/s of ~200 bytes is 6 MB/s, so 64 MiB carries ~10 s of a saturated link (or
+#: minutes of ordinary traffic) before anything bounces; senders are held back well before.
+PENDING_BUDGET = 64 * 1024 * 1024
+#: the share of PENDING_BUDGET one remote domain can always have, however many domains wait:
+#: each domain gets max(budget / waiting domains, this), so one dead domain cannot starve the
+#: others and a domain alone may use the whole budget.
+PENDING_MIN_SHARE = 4 * 1024 * 1024
+#: fraction of its share above which a domain's pending queue stops reading its sources
+#: (backpressure before bounces): the senders wait while the budget still has room for what
+#: was already read.
+PENDING_HOLD_FRACTION = 0.5
 
 
 def pre_auth_limit(max_stanza_size: int | None) -> int:

@@ -149,6 +149,7 @@ class Node:
             write_stall=self.write_stall,
             retry_initial=self.retry_initial,
             pending_deadline=self.pending_deadline,
+            max_fsm_queue=self.config.max_fsm_queue,
         )
         self.resolver = self.router.resolver
         self.router.observers.extend(self._observers)
@@ -198,10 +199,12 @@ class Node:
             raw = stanza if isinstance(stanza, bytes | bytearray) else _serialise(stanza)
             raw = bytes(raw)
             framed = stanza_from_bytes(raw)
-        stream = self.router.send(raw, framed)
-        if stream is not None and stream.congested:
-            # backpressure: the peer reads slower than we are asked to send
-            await stream.drained()
+        dest = self.router.send(raw, framed)
+        if dest is not None:
+            # backpressure: the next hop takes stanzas slower than we are asked to send them
+            await dest.drained()
+        link = self.router.outbound.get((framed.from_domain, framed.to_domain))
+        stream = link.stream if link is not None else None
         if stream is not None and self.router.sm_blocked(stream):
             await self.router.sm_room(stream)  # XEP-0198: half the unacked window is in flight
 
@@ -310,6 +313,7 @@ class Node:
             idle_timeout=self.idle_timeout,
             write_stall_timeout=self.write_stall,
             max_rate=listen.max_rate,
+            max_queue=listen.max_fsm_queue or self.config.max_fsm_queue,
         )
         stream.limiter = limiter
         return stream
@@ -334,7 +338,7 @@ class Node:
             except Exception:
                 log.exception("stanza handler failed")
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 task = asyncio.ensure_future(result)
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)

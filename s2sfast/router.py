@@ -1,8 +1,20 @@
-"""Routing: (local, remote) domain pair -> outbound stream, queue while it negotiates, bounce on
-failure; inbound streams indexed by stream id; dialback verify requests brokered between them.
+"""The node's one router: every stanza, from any source, is looked up once by its ``to`` domain.
 
-The data plane stays raw: a stanza is the framer's Stanza (to/from read by the framer) and its
-exact bytes are written to the outbound stream; nothing here builds an XML tree.
+Routes, in the order they are tried:
+  - local routes registered by domain (:meth:`Router.add_route`: a connected XEP-0114
+    component, anything with ``deliver(stanza) -> bool``);
+  - the node's own domains (and whatever ``hosted`` accepts): the local handler (the library's
+    ``on_stanza`` handlers, or the daemon's built-in answers);
+  - any other domain: the (local, remote) pair's outbound S2S stream, queued while it connects,
+    authenticates or backs off, bounced on failure.
+Inbound streams are indexed by stream id; dialback verify requests are brokered between them.
+
+The data plane stays raw: a stanza is the framer's Stanza (to/from and their domains read by
+the framer) and its exact bytes are written to the next hop; nothing here builds an XML tree
+except the bounces it makes. Every hop is bounded: a destination that is congested (a stream
+or component whose peer reads slower than we write, or a pending queue past its mark) stops
+its sources being read (``hold_source``) until it drains, and refuses past its bound, which
+bounces the stanza with resource-constraint.
 """
 
 from __future__ import annotations
@@ -16,12 +28,13 @@ from typing import Any
 
 from s2sfast.config import Config, S2SOptions
 from s2sfast.framing import Stanza, StreamFramer
-from s2sfast.limits import MAX_PENDING_VERIFICATIONS
+from s2sfast.limits import MAX_PENDING_VERIFICATIONS, PENDING_HOLD_FRACTION
 from s2sfast.net.backoff import (
     DEFAULT_INITIAL_DELAY,
     DEFAULT_PENDING_DEADLINE,
     DEFAULT_PENDING_MAX_STANZAS,
     Backoff,
+    PendingBudget,
     PendingQueue,
     QueueFull,
 )
@@ -43,7 +56,6 @@ from s2sfast.protocol.events import (
     VerifyRequest,
     VerifyResult,
 )
-from s2sfast.protocol.jid import jid_domain
 from s2sfast.protocol.negotiation import stream_header
 from s2sfast.protocol.outgoing import OutgoingMachine
 from s2sfast.protocol.policy import Policy
@@ -74,9 +86,16 @@ def stanza_from_bytes(raw: bytes) -> Stanza:
 
 
 class OutboundLink:
-    """One (local, remote) pair's outbound stream and what waits for it."""
+    """One (local, remote) pair's outbound stream and what waits for it.
+
+    While it has no stream its pending queue is the destination: past
+    :data:`~s2sfast.limits.PENDING_HOLD_FRACTION` of its budget share the sources feeding it
+    are held (not read) until the stream is up and the queue has gone out, or it bounced.
+    """
 
     __slots__ = (
+        "holding",
+        "_drained",
         "local",
         "remote",
         "stream",
@@ -106,6 +125,38 @@ class OutboundLink:
         #: why the last attempt failed: what expired stanzas bounce with
         self.last_condition = "remote-server-timeout"
         self.last_text: str | None = None
+        self.holding: set[Any] = set()
+        self._drained: asyncio.Event | None = None
+
+    @property
+    def congested(self) -> bool:
+        """The pending queue is past its hold mark: sources should wait."""
+        queue = self.queue
+        budget = queue.budget
+        limit = budget.share() if budget is not None else queue.max_bytes
+        return queue.nbytes > limit * PENDING_HOLD_FRACTION
+
+    def hold_source(self, source: Any) -> None:
+        if source is not None and source not in self.holding:
+            self.holding.add(source)
+            source.held_by(self)
+
+    def release_sources(self) -> None:
+        if self._drained is not None:
+            self._drained.set()
+        if self.holding:
+            holding = list(self.holding)
+            self.holding.clear()
+            for source in holding:
+                source.released_by(self)
+
+    async def drained(self) -> None:
+        """Wait until the queue has gone out (or bounced)."""
+        if not self.congested:
+            return
+        if self._drained is None or self._drained.is_set():
+            self._drained = asyncio.Event()
+        await self._drained.wait()
 
     def cancel_timers(self) -> None:
         for handle in (self.retry_timer, self.expiry_timer):
@@ -128,6 +179,8 @@ class Router:
         resolver: DNS for remote domains (``[s2s] address`` overrides bypass it).
         retry_initial: the first reconnect delay (doubling up to ``[s2s] max_retry_delay``).
         pending_deadline: seconds a queued stanza waits for its stream before it bounces.
+        pending_budget: bytes queued for all remote domains together (fair share each).
+        max_fsm_queue: stanzas an outbound stream holds while its peer is not reading.
     """
 
     def __init__(
@@ -146,6 +199,8 @@ class Router:
         write_stall: float = WRITE_STALL_TIMEOUT,
         retry_initial: float = DEFAULT_INITIAL_DELAY,
         pending_deadline: float = DEFAULT_PENDING_DEADLINE,
+        pending_budget: PendingBudget | None = None,
+        max_fsm_queue: int | None = None,
     ) -> None:
         self.config = config
         self.deliver = deliver
@@ -174,6 +229,16 @@ class Router:
         self.inbound: dict[str, XmlStream] = {}
         self.streams: set[XmlStream] = set()
         self._policies: dict[int, Policy] = {}
+        #: (local, remote) -> the policy's verdict, until the policy is reloaded
+        self._allowed: dict[tuple[str, str], bool] = {}
+        self.pending_budget = pending_budget or PendingBudget()
+        self.max_fsm_queue = max_fsm_queue
+        #: domain -> local route (a component connection): ``deliver(stanza) -> bool``
+        self.routes: dict[str, Any] = {}
+        #: more local domains than local_domains (the daemon: subdomains with no component)
+        self.hosted: Callable[[str], bool] | None = None
+        #: counters for routed stanzas (s2sfast.server.metrics.Metrics) or None
+        self.metrics: Any = None
         self.closing = False
         #: XEP-0198: senders waiting for an ack to open a stream's unacked window
         self._sm_waiters: dict[XmlStream, asyncio.Future[None]] = {}
@@ -184,6 +249,14 @@ class Router:
         return self.config.s2s_for(self.parent.get(domain, domain))
 
     def policy_allows(self, local: str, remote: str) -> bool:
+        allowed = self._allowed.get((local, remote))
+        if allowed is None:
+            if len(self._allowed) > 65536:
+                self._allowed.clear()
+            allowed = self._allowed[(local, remote)] = self._policy_allows(local, remote)
+        return allowed
+
+    def _policy_allows(self, local: str, remote: str) -> bool:
         opts = self.options_for(local)
         policy = self._policies.get(id(opts))
         if policy is None:
@@ -207,6 +280,7 @@ class Router:
             host_s2s={**self.config.host_s2s, **host},
         )
         self._policies.clear()
+        self._allowed.clear()
 
     def add_local_domain(self, domain: str, parent: str) -> None:
         """Serve *domain* too, with the [s2s] options of local host *parent*."""
@@ -220,70 +294,144 @@ class Router:
             raise ValueError(f"{domain} is a configured host")
         self.parent.pop(domain, None)
         self.local_domains.discard(domain)
+        self._allowed.clear()
+
+    def add_route(self, domain: str, destination: Any) -> None:
+        """Stanzas to *domain* go to *destination* (``deliver(stanza) -> bool``)."""
+        self.routes[domain.lower()] = destination
+
+    def remove_route(self, domain: str, destination: Any) -> None:
+        if self.routes.get(domain.lower()) is destination:
+            del self.routes[domain.lower()]
+
+    def is_local(self, domain: str) -> bool:
+        """Whether *domain* is served here (a host, a component, a domain ``hosted`` accepts)."""
+        return domain in self.routes or self._local_default(domain)
+
+    def _local_default(self, domain: str) -> bool:
+        """Whether the local handler serves *domain* (no route of its own)."""
+        return domain in self.local_domains or (self.hosted is not None and self.hosted(domain))
 
     # --- sending -------------------------------------------------------------------------------
 
-    def send(self, raw: bytes, stanza: Stanza) -> XmlStream | None:
-        """Route one stanza (raw bytes + its framed view) from a local domain.
+    def route(self, stanza: Stanza, source: Any = None) -> Any:
+        """Route one framed stanza to its next hop, by the domain of its ``to``.
+
+        Args:
+            stanza: the framer's Stanza; its ``raw`` bytes are what leaves.
+            source: what it was read from (a stream or component connection): held (not read)
+                while the destination is congested. None for Node.send.
 
         Returns:
-            The stream it was written to (the caller may wait for it to drain), else None.
+            The destination when it is congested (``await dest.drained()`` before sending
+            more), else None.
+
+        Raises:
+            ValueError: bound for a remote domain but ``from`` is not at a local domain, or
+                there is no ``to``.
+        """
+        domain = stanza.to_domain
+        dest = self.routes.get(domain)
+        if dest is not None:
+            if not dest.deliver(stanza):
+                why = f"{domain} is not taking stanzas (its queue is full or it is closing)"
+                self.bounce(stanza.raw, domain, "resource-constraint", why)
+                return None
+            if dest.congested:
+                dest.hold_source(source)
+                return dest
+            return None
+        if domain in self.local_domains or (self.hosted is not None and self.hosted(domain)):
+            self.deliver(stanza)
+            return None
+        return self._send_remote(stanza, source)
+
+    def send(self, raw: bytes, stanza: Stanza) -> Any:
+        """Route one stanza (raw bytes + its framed view) from a local domain (Node.send).
+
+        Returns:
+            The destination when it is congested (the caller waits for it to drain), else None.
 
         Raises:
             ValueError: ``from`` is not at a local domain, or ``to`` is missing.
         """
-        local = jid_domain(stanza.from_)
-        remote = jid_domain(stanza.to)
+        if stanza.from_domain not in self.local_domains:
+            raise ValueError(f"'from' {stanza.from_!r} is not at a local domain")
+        if not stanza.to_domain:
+            raise ValueError("the stanza has no 'to'")
+        return self.route(stanza)
+
+    def _send_remote(self, stanza: Stanza, source: Any) -> Any:
+        local = stanza.from_domain
+        remote = stanza.to_domain
         if local not in self.local_domains:
             raise ValueError(f"'from' {stanza.from_!r} is not at a local domain")
         if not remote:
             raise ValueError("the stanza has no 'to'")
-        if remote in self.local_domains:
-            self.deliver(stanza)
-            return
+        raw = stanza.raw
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.s2s_out(raw)
         if self.closing:
             self.bounce(raw, local, "service-unavailable", "the node is shutting down")
-            return
+            return None
         if not self.policy_allows(local, remote):
             log.info("policy denies %s -> %s: bouncing", local, remote)
             self.bounce(raw, local, "service-unavailable", f"federation with {remote} is denied")
-            return
+            return None
         link = self.outbound.get((local, remote))
         if link is not None and link.established and link.stream is not None:
-            if link.stream.writable:
-                if not link.queue and not link.stream.machine.window_full:
-                    link.stream.write_stanzas([raw])
-                    return link.stream
-                # XEP-0198 window full (or stanzas already wait for it): queue behind them
-                try:
-                    link.queue.push(raw, self._now())
-                except QueueFull as exc:
-                    self.bounce(raw, local, exc.condition, f"stanzas to {remote} wait: {exc}")
+            stream = link.stream
+            if stream.writable:
+                # XEP-0198 window full, or stanzas already wait for it: queue behind them
+                if not link.queue and not stream.machine.window_full:
+                    if not stream.write_stanza(raw):
+                        self.bounce(
+                            raw,
+                            local,
+                            "resource-constraint",
+                            f"the stream to {remote} holds {stream.queued} stanzas already",
+                        )
+                        return None
+                    if stream.congested:
+                        stream.hold_source(source)
+                        return stream
                     return None
-                self._arm_expiry(link)
-                return link.stream
-            # closing (idle close, peer's </stream:stream>): a fresh stream takes over
-            del self.outbound[(local, remote)]
-            link = None
+            else:
+                # closing (idle close, peer's </stream:stream>): a fresh stream takes over
+                del self.outbound[(local, remote)]
+                link.release_sources()
+                link = None
         if link is None:
             link = self._open(local, remote)
         try:
             link.queue.push(raw, self._now())
         except QueueFull as exc:
             self.bounce(raw, local, exc.condition, f"stanzas to {remote} wait: {exc}")
-            return
+            return None
         self._arm_expiry(link)
+        if link.congested:
+            link.hold_source(source)
+            return link
+        return None
 
     def bounce(self, raw: bytes, local: str, condition: str, text: str | None) -> None:
-        """Return *raw* to its local sender as an error stanza (when one is due)."""
+        """Return *raw* to its sender as an error stanza (when one is due), wherever it is."""
         try:
             data = make_bounce(raw, condition, text=text, by=local)
         except ValueError as exc:
             log.warning("cannot bounce a stanza: %s", exc)
             return
-        if data is not None:
-            self.emit("bounce", local=local, condition=condition)
-            self.deliver(stanza_from_bytes(data))
+        if data is None:
+            return
+        self.emit("bounce", local=local, condition=condition)
+        stanza = stanza_from_bytes(data)
+        if self.metrics is not None and self.is_local(stanza.to_domain):
+            self.metrics.s2s_in(stanza)
+        try:
+            self.route(stanza)
+        except ValueError as exc:
+            log.info("bounce to %s not routable: %s", stanza.to, exc)
 
     def emit(self, kind: str, **fields: Any) -> None:
         """Tell the observers about an outcome; an observer's failure is only logged."""
@@ -300,7 +448,7 @@ class Router:
 
     def _open(self, local: str, remote: str) -> OutboundLink:
         queue: PendingQueue[bytes] = PendingQueue(
-            max_stanzas=self.max_queue, deadline=self.pending_deadline
+            max_stanzas=self.max_queue, deadline=self.pending_deadline, budget=self.pending_budget
         )
         link = OutboundLink(local, remote, queue)
         self.outbound[(local, remote)] = link
@@ -350,6 +498,7 @@ class Router:
             check_cert=self.cert_checker,
             state_timeout=self.state_timeout,
             sm=opts.stream_management,
+            sasl_external=opts.sasl_external,
         )
 
         def attach(stream: XmlStream) -> None:
@@ -370,6 +519,7 @@ class Router:
             on_connected=attach,
             idle_timeout=self.idle_timeout,
             write_stall_timeout=self.write_stall,
+            max_queue=self.max_fsm_queue,
         )
 
     def _link_failed(self, link: OutboundLink, condition: str, text: str | None) -> None:
@@ -381,6 +531,7 @@ class Router:
             del self.outbound[(link.local, link.remote)]
         for raw in link.queue.drain():
             self.bounce(raw, link.local, condition, text)
+        link.release_sources()
         self._fail_verifies(link, text)
         if not link.done.done():
             link.done.set_result(False)
@@ -438,6 +589,8 @@ class Router:
         text = link.last_text or f"no stream to {link.remote} within {self.pending_deadline:g} s"
         for raw in link.queue.expired(self._now()):
             self.bounce(raw, link.local, link.last_condition, text)
+        if not link.congested:
+            link.release_sources()
         self._arm_expiry(link)
 
     def _fail_verifies(self, link: OutboundLink, text: str | None) -> None:
@@ -520,10 +673,7 @@ class Router:
     def stream_action(self, stream: XmlStream, action: Any) -> None:
         kind = type(action)
         if kind is Deliver:
-            if action.seq is None:
-                self.deliver(action.stanza)
-            else:
-                self.sm_deliver(stream, action)
+            self.deliver_inbound(stream, action)
         elif kind is Acked:
             if stream.link is not None and stream.link.stream is stream:
                 self.sm_flush(stream.link)
@@ -587,11 +737,26 @@ class Router:
 
     # --- XEP-0198 (s2sfast.protocol.sm does the counting; these only move stanzas) ----------
 
-    def sm_deliver(self, stream: XmlStream, action: Deliver) -> None:
-        """Deliver a counted inbound stanza; tell its stream once it is handled (the handler
-        returned, or the awaitable it returned finished), so the ack covers only that."""
-        done = self.deliver(action.stanza)
-        handled = Handled(seq=action.seq)  # type: ignore[arg-type]
+    def deliver_inbound(self, stream: XmlStream, action: Deliver) -> None:
+        """An authorised inbound stanza: to its local route (reading *stream* is held while
+        that route is congested) or the local handler. A counted one (XEP-0198) is reported
+        handled once it has left towards its next hop, or the handler (and the awaitable it
+        returned) finished, so the ack covers only that."""
+        stanza = action.stanza
+        if self.metrics is not None:
+            self.metrics.s2s_in(stanza)
+        done = None
+        dest = self.routes.get(stanza.to_domain)
+        try:
+            if dest is None and self._local_default(stanza.to_domain):
+                done = self.deliver(stanza)
+            else:
+                self.route(stanza, stream)
+        except ValueError as exc:  # the incoming machine lets only local domains through
+            log.info("dropped on %s: %s", stream.describe(), exc)
+        if action.seq is None:
+            return
+        handled = Handled(seq=action.seq)
         if done is None or not hasattr(done, "add_done_callback"):
             stream.feed_event(handled)
             return
@@ -628,9 +793,15 @@ class Router:
             room = machine.sm_out.max_unacked - len(machine.sm_out.unacked)
             batch = link.queue.take(room) if room > 0 else []
             stream.write_stanzas(batch)
-        if not link.queue and link.expiry_timer is not None:
-            link.expiry_timer.cancel()
-            link.expiry_timer = None
+        if not link.queue:
+            if link.expiry_timer is not None:
+                link.expiry_timer.cancel()
+                link.expiry_timer = None
+            if stream.congested:
+                # the sources go on waiting, now for the stream to drain
+                for source in link.holding:
+                    stream.hold_source(source)
+            link.release_sources()
 
     def requeue(self, local: str, remote: str, raws: tuple[bytes, ...], reason: str) -> None:
         """A dead stream's unacknowledged stanzas: ahead of the pair's queue for its next
@@ -684,13 +855,32 @@ class Router:
                 )
             return
         link = stream.link
+        unsent = stream.take_unsent()
+        if unsent and stream.deaf and link is not None:
+            # the peer stopped reading: resending to it would only wait again
+            for raw in unsent:
+                self.bounce(raw, link.local, "remote-server-timeout", "the peer stopped reading")
+            unsent = []
         if link is None or link.stream is not stream:
+            if link is not None and unsent:
+                self._requeue_unsent(link.local, link.remote, unsent)
             return
+        if unsent:
+            link.queue.push_front(unsent, self._now())
         if link.established and not link.queue:
             if self.outbound.get((link.local, link.remote)) is link:
                 del self.outbound[(link.local, link.remote)]
             return
         self._link_retry(link, "remote-server-not-found", "the stream closed")
+
+    def _requeue_unsent(self, local: str, remote: str, raws: list[bytes]) -> None:
+        """Stanzas a dead stream never handed to its transport (nothing of them reached the
+        peer): first in line for the pair's next stream."""
+        link = self.outbound.get((local, remote))
+        if link is None:
+            link = self._open(local, remote)
+        link.queue.push_front(raws, self._now())
+        self._arm_expiry(link)
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -711,10 +901,21 @@ class Router:
                 self._link_failed(link, "service-unavailable", "the node is shutting down")
         streams = list(self.streams)
         for stream in streams:
-            stream.close("shutdown")
+            try:  # each stream on its own: a peer that vanished must not stop the others
+                stream.close("shutdown")
+            except Exception as exc:
+                log.warning("closing %s failed: %s", stream.describe(), exc)
+                _abort_quietly(stream)
         pending = [s.closed for s in streams if not s.closed.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         for stream in streams:
             if not stream.closed.done():
-                stream.abort()
+                _abort_quietly(stream)
+
+
+def _abort_quietly(stream: XmlStream) -> None:
+    try:
+        stream.abort()
+    except Exception as exc:
+        log.warning("aborting %s failed: %s", stream.describe(), exc)

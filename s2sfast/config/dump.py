@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from s2sfast.limits import MAX_FSM_QUEUE
+
 if TYPE_CHECKING:
     from s2sfast.config.loader import Config, ListenS2S, S2SOptions
 
@@ -47,7 +49,7 @@ def _s2s_dict(o: S2SOptions) -> dict[str, Any]:
     }
 
 
-def _listener_dict(lst: ListenS2S) -> dict[str, Any]:
+def _listener_dict(lst: ListenS2S, config_max_fsm_queue: int) -> dict[str, Any]:
     return {
         "port": lst.port,
         "ip_address": lst.ip_address,
@@ -56,6 +58,7 @@ def _listener_dict(lst: ListenS2S) -> dict[str, Any]:
         "backlog": lst.backlog,
         "max_connections": _inf(lst.max_connections),
         "state_timeout": lst.state_timeout,
+        "max_fsm_queue": lst.max_fsm_queue or config_max_fsm_queue,
         "tls": {
             "mode": lst.tls.mode,
             "cacertfile": lst.tls.cacertfile,
@@ -84,11 +87,16 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
     "infinity" stands for unlimited values, ``null`` for options that are not set.
     """
-    listen: dict[str, Any] = {"s2s": [_listener_dict(lst) for lst in config.listen_s2s]}
+    fsm = config.max_fsm_queue or MAX_FSM_QUEUE
+    listen: dict[str, Any] = {"s2s": [_listener_dict(lst, fsm) for lst in config.listen_s2s]}
     if config.listen_service:
         listen["service"] = [_service_dict(s) for s in config.listen_service if is_dataclass(s)]
     return {
-        "general": {"hosts": list(config.hosts), "loglevel": config.loglevel},
+        "general": {
+            "hosts": list(config.hosts),
+            "loglevel": config.loglevel,
+            "max_fsm_queue": config.max_fsm_queue or MAX_FSM_QUEUE,
+        },
         "listen": listen,
         "s2s": _s2s_dict(config.s2s),
         "host_config": [

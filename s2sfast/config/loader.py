@@ -112,6 +112,9 @@ class ListenS2S:
     tls: ListenTls = field(default_factory=ListenTls)
     #: the [shaper.NAME] the access rule resolves to for remote servers (None: no shaping)
     shaper_name: str | None = None
+    #: stanzas one connection may hold while its peer is not reading; None: ``[general]
+    #: max_fsm_queue``, else s2sfast.limits.MAX_FSM_QUEUE
+    max_fsm_queue: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,6 +217,10 @@ class Config:
     #: ``[general] loglevel``, MongooseIM's level names (s2sfast.config.loglevel): how much
     #: ``s2sfast run`` logs unless ``--log-level`` says otherwise
     loglevel: str = DEFAULT_LOGLEVEL
+    #: ``[general] max_fsm_queue``: stanzas one connection may hold while its peer is not
+    #: reading (a listener's own ``max_fsm_queue`` overrides it); None: not set, which means
+    #: s2sfast.limits.MAX_FSM_QUEUE (MongooseIM: unlimited)
+    max_fsm_queue: int | None = None
 
     def s2s_for(self, host: str) -> S2SOptions:
         """The effective [s2s] options for local *host* (its [[host_config]] override, if any)."""
@@ -223,7 +230,8 @@ class Config:
 # --------------------------------------------------------------------------- [[listen.s2s]]
 
 _LISTEN_KEYS = tuple(
-    "port ip_address max_stanza_size shaper backlog max_connections state_timeout tls".split()
+    "port ip_address max_stanza_size shaper backlog max_connections state_timeout tls"
+    " max_fsm_queue".split()
 )
 # MongooseIM 6.3 listener options with no counterpart in an asyncio process (the Erlang
 # acceptor pool and process hibernation): accepted, validated and ignored.
@@ -284,6 +292,11 @@ def _listener(
             table.get("state_timeout", 5000), f"{path}.state_timeout", " (milliseconds)"
         ),
         tls=_listen_tls(table.get("tls", {}), f"{path}.tls", ignored),
+        max_fsm_queue=(
+            _positive(table["max_fsm_queue"], f"{path}.max_fsm_queue", " (stanzas)")
+            if "max_fsm_queue" in table
+            else None
+        ),
     )
 
 
@@ -520,7 +533,9 @@ def _hosts(raw: Mapping[str, Any], ignored: list[str]) -> tuple[str, ...]:
     if "general" not in raw:
         _missing("general.hosts", "a non-empty array of the local domain names")
     general = _table(raw["general"], "general")
-    ignored.extend(f"general.{key}" for key in general if key not in ("hosts", "loglevel"))
+    ignored.extend(
+        f"general.{key}" for key in general if key not in ("hosts", "loglevel", "max_fsm_queue")
+    )
     if "hosts" not in general:
         _missing("general.hosts", "a non-empty array of the local domain names")
     hosts = general["hosts"]
@@ -695,7 +710,15 @@ def config_from_dict(
         listen_service=services,
         shared_generated=shared_generated,
         loglevel=loglevel,
+        max_fsm_queue=_max_fsm_queue(raw["general"]),
     )
+
+
+def _max_fsm_queue(general: Mapping[str, Any]) -> int | None:
+    """``[general] max_fsm_queue``: a positive integer (MongooseIM's syntax), or not set."""
+    if "max_fsm_queue" not in general:
+        return None
+    return _positive(general["max_fsm_queue"], "general.max_fsm_queue", " (stanzas)")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

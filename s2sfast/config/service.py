@@ -41,6 +41,7 @@ _KNOWN = frozenset(
         "check_from",
         "hidden_components",
         "conflict_behaviour",
+        "max_fsm_queue",
     }
     | _IGNORED
 )
@@ -69,6 +70,9 @@ class ListenService:
     hidden_components: bool = False
     #: what a second component for an already served domain gets
     conflict_behaviour: ConflictBehaviour = "disconnect"
+    #: stanzas queued for one component while it does not read; None: ``[general]
+    #: max_fsm_queue``, else s2sfast.limits.MAX_FSM_QUEUE
+    max_fsm_queue: int | None = None
 
 
 def _fail(path: str, message: str) -> ConfigError:
@@ -179,6 +183,11 @@ def _one(index: int, item: Any, raw: Mapping[str, Any]) -> ListenService:
         check_from=_bool(f"{base}.check_from", item.get("check_from", True)),
         hidden_components=_bool(f"{base}.hidden_components", item.get("hidden_components", False)),
         conflict_behaviour=conflict,  # type: ignore[arg-type]
+        max_fsm_queue=(
+            _int(f"{base}.max_fsm_queue", item["max_fsm_queue"], low=1)
+            if "max_fsm_queue" in item
+            else None
+        ),
     )
 
 

@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from s2sfast.limits import PENDING_BUDGET, PENDING_MIN_SHARE
+
 __all__ = [
     "DEFAULT_INITIAL_DELAY",
     "DEFAULT_JITTER",
@@ -24,6 +26,7 @@ __all__ = [
     "DEFAULT_PENDING_MAX_STANZAS",
     "DEFAULT_PENDING_MAX_BYTES",
     "Backoff",
+    "PendingBudget",
     "PendingQueue",
     "QueueFull",
 ]
@@ -40,11 +43,13 @@ DEFAULT_JITTER = 0.5
 #: yet the sender learns within a minute that the stanza did not go out; the bounce is
 #: remote-server-timeout / remote-server-not-found, so a client may resend later.
 DEFAULT_PENDING_DEADLINE = 60.0
-#: stanzas queued per remote domain: a minute of a busy MUC relay (~15 stanzas/s) to one peer.
-DEFAULT_PENDING_MAX_STANZAS = 1000
-#: bytes queued per remote domain: bounds memory at 1 MiB per unreachable domain even when
-#: stanzas are large (a typical stanza is 0.3-1 KiB, so usually the count bound bites first).
-DEFAULT_PENDING_MAX_BYTES = 1 << 20
+#: stanzas queued per remote domain. The bound that matters is in bytes (a node-wide
+#: :class:`PendingBudget`, s2sfast.limits.PENDING_BUDGET, with a fair share per domain); the
+#: count only caps the per-item overhead (~100 bytes each) of floods of tiny stanzas: 250,000
+#: is ~10 s of a saturated link, so a peer restart of a few seconds at full rate queues whole.
+DEFAULT_PENDING_MAX_STANZAS = 250_000
+#: bytes queued per remote domain when no budget is shared: the node-wide budget.
+DEFAULT_PENDING_MAX_BYTES = PENDING_BUDGET
 
 T = TypeVar("T")
 
@@ -111,6 +116,33 @@ class QueueFull(Exception):
     condition = "resource-constraint"
 
 
+class PendingBudget:
+    """Bytes queued for every remote domain of a node together, with a fair share per domain.
+
+    A domain's queue may grow to ``max(total / domains waiting, min_share)`` bytes, and all of
+    them together to ``total``: one dead domain cannot starve the others, and a domain alone
+    may use the whole budget.
+
+    Args:
+        total: the node-wide bound in bytes.
+        min_share: what one domain can always have (capped at *total*).
+    """
+
+    def __init__(self, total: int = PENDING_BUDGET, min_share: int = PENDING_MIN_SHARE) -> None:
+        if total < 1 or min_share < 1:
+            raise ValueError("the pending budget and its share must be positive")
+        self.total = total
+        self.min_share = min(min_share, total)
+        #: bytes queued now, over every domain
+        self.used = 0
+        #: queues holding at least one item
+        self.waiting = 0
+
+    def share(self) -> int:
+        """What one domain's queue may hold now."""
+        return max(self.total // max(1, self.waiting), self.min_share)
+
+
 def _default_size(item: object) -> int:
     raw = getattr(item, "raw", item)
     try:
@@ -127,6 +159,7 @@ class PendingQueue(Generic[T]):
         max_bytes: how many bytes (per ``size``) it holds at most.
         deadline: seconds after which :meth:`expired` hands a stanza back for bouncing.
         size: how to measure an item (default: ``len(item.raw)`` or ``len(item)``).
+        budget: the node-wide byte budget this queue shares (None: only *max_bytes*).
     """
 
     def __init__(
@@ -136,6 +169,7 @@ class PendingQueue(Generic[T]):
         max_bytes: int = DEFAULT_PENDING_MAX_BYTES,
         deadline: float = DEFAULT_PENDING_DEADLINE,
         size: Callable[[T], int] = _default_size,
+        budget: PendingBudget | None = None,
     ) -> None:
         if max_stanzas < 1 or max_bytes < 1 or deadline <= 0:
             raise ValueError("pending-queue bounds and deadline must be positive")
@@ -145,6 +179,7 @@ class PendingQueue(Generic[T]):
         self._size = size
         self._items: deque[tuple[float, int, T]] = deque()
         self._bytes = 0
+        self.budget = budget
 
     def __len__(self) -> int:
         return len(self._items)
@@ -170,8 +205,42 @@ class PendingQueue(Generic[T]):
             raise QueueFull(
                 f"pending queue full ({self._bytes} + {size} bytes > {self.max_bytes} bytes)"
             )
+        budget = self.budget
+        if budget is not None:
+            if budget.used + size > budget.total:
+                raise QueueFull(f"the node's pending budget is full ({budget.total} bytes)")
+            share = budget.share()
+            if self._bytes + size > share:
+                raise QueueFull(f"this domain's share of the pending budget is full ({share} B)")
+            if not self._items:
+                budget.waiting += 1
+            budget.used += size
         self._items.append((now, size, item))
         self._bytes += size
+
+    def push_front(self, items: list[T], now: float) -> None:
+        """Put *items* (oldest first) back at the head, unbounded: they were queued once already
+        (a dead stream's unsent stanzas), stamped *now* so they get a full deadline again."""
+        if not items:
+            return
+        if self._items:
+            now = min(now, self._items[0][0])
+        elif self.budget is not None:
+            self.budget.waiting += 1
+        for item in reversed(items):
+            size = self._size(item)
+            self._items.appendleft((now, size, item))
+            self._bytes += size
+            if self.budget is not None:
+                self.budget.used += size
+
+    def _forget(self, size: int) -> None:
+        """Budget bookkeeping after items of *size* bytes left."""
+        budget = self.budget
+        if budget is not None:
+            budget.used -= size
+            if not self._items:
+                budget.waiting -= 1
 
     def expired(self, now: float, deadline: float | None = None) -> list[T]:
         """Remove and return (oldest first) the items that have waited *deadline* seconds or more.
@@ -182,10 +251,14 @@ class PendingQueue(Generic[T]):
         """
         limit = now - (self.deadline if deadline is None else deadline)
         out: list[T] = []
+        gone = 0
         while self._items and self._items[0][0] <= limit:
             _, size, item = self._items.popleft()
-            self._bytes -= size
+            gone += size
             out.append(item)
+        if out:
+            self._bytes -= gone
+            self._forget(gone)
         return out
 
     def next_expiry(self, deadline: float | None = None) -> float | None:
@@ -198,15 +271,21 @@ class PendingQueue(Generic[T]):
         """Remove and return up to *count* items, oldest first (to send as a window opens)."""
         out: list[T] = []
         items = self._items
+        gone = 0
         while items and len(out) < count:
             _, size, item = items.popleft()
-            self._bytes -= size
+            gone += size
             out.append(item)
+        if out:
+            self._bytes -= gone
+            self._forget(gone)
         return out
 
     def drain(self) -> list[T]:
         """Remove and return every item, oldest first (to send, or to bounce)."""
         out = [item for _, _, item in self._items]
-        self._items.clear()
+        if out:
+            self._items.clear()
+            self._forget(self._bytes)
         self._bytes = 0
         return out

@@ -15,11 +15,20 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from s2sfast.framing import StreamClose, StreamFramer
-from s2sfast.limits import MAX_WRITE_BUFFER, WRITE_STALL_TIMEOUT, pre_auth_limit
+from s2sfast.limits import (
+    HIGH_WATER,
+    LOW_WATER,
+    MAX_FSM_QUEUE,
+    MAX_QUEUE_BYTES,
+    MAX_WRITE_BUFFER,
+    WRITE_STALL_TIMEOUT,
+    pre_auth_limit,
+)
 from s2sfast.net.shaper import TokenBucket
 from s2sfast.net.tls import peer_chain
 from s2sfast.protocol.errors import (
@@ -33,6 +42,7 @@ from s2sfast.protocol.events import (
     Authenticated,
     Close,
     ConnectionLost,
+    RestartStream,
     SendBytes,
     SetTimer,
     StartTls,
@@ -40,7 +50,15 @@ from s2sfast.protocol.events import (
     TlsUp,
 )
 
-__all__ = ["XmlStream", "StreamOwner", "CLOSE_TIMEOUT", "TLS_READ_SIZE", "WRITE_STALL_TIMEOUT"]
+__all__ = [
+    "BufferedWriter",
+    "XmlStream",
+    "StreamOwner",
+    "CLOSE_TIMEOUT",
+    "TLS_READ_SIZE",
+    "WRITE_STALL_TIMEOUT",
+    "is_stanza",
+]
 
 log = logging.getLogger("s2sfast.stream")
 
@@ -48,11 +66,201 @@ log = logging.getLogger("s2sfast.stream")
 CLOSE_TIMEOUT = 2.0
 #: plaintext read per SSLObject.read call: one TLS record's worth
 TLS_READ_SIZE = 16 * 1024
-#: transport buffer marks: above HIGH, Node.send() waits (backpressure) until it is below LOW
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+#: transport buffer marks (s2sfast.limits): above HIGH the transport pauses us and stanzas wait
+#: in our own bounded queue, the sources feeding us stop being read; below LOW they resume
+_HIGH_WATER = HIGH_WATER
+_LOW_WATER = LOW_WATER
 # WRITE_STALL_TIMEOUT (s2sfast.limits): seconds a peer may leave our buffer above the
 # high-water mark without reading it down to the low one before it counts as dead.
+_STANZA_HEADS = (b"<message", b"<presence", b"<iq")
+
+
+def is_stanza(data: bytes) -> bool:
+    """Whether *data* written to a stream is a routed stanza (not a control element)."""
+    return data.startswith(_STANZA_HEADS)
+
+
+class BufferedWriter(asyncio.Protocol):
+    """The write side of one connection: batched, bounded, and backpressure to its sources.
+
+    Everything written within one event-loop iteration leaves in one ``_emit`` (one
+    ``transport.write``, or one ``SSLObject.write``: as few TLS records as the bytes allow),
+    flushed by one ``loop.call_soon``. While the transport is above its high-water mark
+    (``pause_writing``) stanzas wait in our own queue, bounded by ``max_queue`` stanzas and
+    ``max_queue_bytes``: :meth:`write_stanza` refuses past that (the router bounces with
+    resource-constraint). Sources (streams or components whose stanzas we carry) that wrote to
+    us while we were congested stop being read (:meth:`hold_source`) until we drain.
+
+    A subclass sets ``transport``/``_loop`` and implements ``_emit`` and ``_stalled``.
+    """
+
+    transport: Any
+    _loop: asyncio.AbstractEventLoop
+
+    def _init_writer(
+        self, *, max_queue: int | None, max_queue_bytes: int, stall_timeout: float
+    ) -> None:
+        self.max_queue = max_queue or MAX_FSM_QUEUE
+        self.max_queue_bytes = max_queue_bytes
+        self.write_stall_timeout = stall_timeout
+        self._wbuf: list[bytes] = []
+        self._wbuf_size = 0
+        self._flush_scheduled = False
+        self._wpaused = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._stall: asyncio.TimerHandle | None = None
+        #: sources held (not read) until we drain; destinations holding us
+        self._holding: set[BufferedWriter] = set()
+        self._held_by: set[Any] = set()
+        self._read_paused = False
+        self._shaped = False
+        #: per-stream send hook: called with each stanza's raw bytes as it is queued for the peer
+        self.on_stanza_sent: Callable[[bytes], None] | None = None
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def _writer_open(self) -> bool:
+        return self.transport is not None
+
+    def write_stanza(self, raw: bytes) -> bool:
+        """Queue one stanza; False when it cannot be taken (closed, or our queue is full)."""
+        if not self._writer_open():
+            return False
+        if self._wpaused and (
+            len(self._wbuf) >= self.max_queue or self._wbuf_size >= self.max_queue_bytes
+        ):
+            return False
+        self._queue(raw)
+        if self.on_stanza_sent is not None:
+            self.on_stanza_sent(raw)
+        return True
+
+    def _queue(self, data: bytes) -> None:
+        self._wbuf.append(data)
+        self._wbuf_size += len(data)
+        if self._wpaused:
+            return
+        if self._wbuf_size >= _HIGH_WATER:
+            self._flush()  # a burst: hand it over now, so the transport's backpressure engages
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self, force: bool = False) -> None:
+        self._flush_scheduled = False
+        if not self._wbuf:
+            return
+        if self.transport is None:
+            self._wbuf.clear()
+            self._wbuf_size = 0
+            return
+        if self._wpaused and not force:
+            return  # resume_writing flushes
+        data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
+        self._wbuf.clear()
+        self._wbuf_size = 0
+        self._emit(data)
+
+    def _emit(self, data: bytes) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def take_unsent(self) -> list[bytes]:
+        """Remove and return the stanzas still in our own queue (never handed to the transport)."""
+        out = [d for d in self._wbuf if is_stanza(d)]
+        self._wbuf.clear()
+        self._wbuf_size = 0
+        return out
+
+    @property
+    def queued(self) -> int:
+        """Stanzas and control writes waiting in our own queue."""
+        return len(self._wbuf)
+
+    # --- backpressure ----------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._wpaused = True
+        self._drained.clear()
+        if self._stall is None and self.write_stall_timeout:
+            self._stall = self._loop.call_later(self.write_stall_timeout, self._stall_fired)
+
+    def resume_writing(self) -> None:
+        self._wpaused = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        self._flush()
+        if not self._wpaused:
+            self._drained.set()
+            self.release_sources()
+
+    def _stall_fired(self) -> None:
+        self._stall = None
+        self._stalled()
+
+    def _stalled(self) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    @property
+    def congested(self) -> bool:
+        """Whether writers should wait (:meth:`drained`) before writing more."""
+        return self._wpaused
+
+    async def drained(self) -> None:
+        """Wait until the peer has read our buffer down (or the connection is gone)."""
+        await self._drained.wait()
+
+    def hold_source(self, source: Any) -> None:
+        """*source* fed us while we are congested: stop reading it until we drain."""
+        if source is None or source is self or source in self._holding:
+            return
+        self._holding.add(source)
+        source.held_by(self)
+
+    def release_sources(self) -> None:
+        """We drained (or died): every source we held is read again."""
+        if not self._holding:
+            return
+        holding = list(self._holding)
+        self._holding.clear()
+        for source in holding:
+            source.released_by(self)
+
+    def _writer_lost(self) -> None:
+        """The connection is gone: wake writers, release sources, forget the destinations."""
+        self._wpaused = False
+        self._drained.set()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        self.release_sources()
+        self._held_by.clear()
+
+    # --- as a source ---------------------------------------------------------------------------
+
+    def held_by(self, destination: Any) -> None:
+        self._held_by.add(destination)
+        self._update_reading()
+
+    def released_by(self, destination: Any) -> None:
+        self._held_by.discard(destination)
+        self._update_reading()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._read_paused
+
+    def _update_reading(self) -> None:
+        want_pause = bool(self._held_by) or self._shaped
+        transport = self.transport
+        if want_pause == self._read_paused or transport is None or transport.is_closing():
+            return
+        self._read_paused = want_pause
+        if want_pause:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
 
 class StreamOwner(Protocol):
@@ -65,7 +273,7 @@ class StreamOwner(Protocol):
     def stream_event(self, stream: XmlStream, kind: str, fields: dict[str, Any]) -> None: ...
 
 
-class XmlStream(asyncio.Protocol):
+class XmlStream(BufferedWriter):
     """One TCP connection carrying one XMPP S2S stream (incoming or outgoing).
 
     Args:
@@ -82,6 +290,8 @@ class XmlStream(asyncio.Protocol):
             backpressure); beyond it the stream fails with resource-constraint.
         write_stall_timeout: seconds above the high-water mark without the peer reading
             before the stream fails with resource-constraint.
+        max_queue: stanzas our own queue holds while the peer is not reading
+            (``max_fsm_queue``); past it :meth:`write_stanza` refuses and the router bounces.
         direct_tls: Direct TLS (XEP-0368): the MemoryBIO TLS handshake starts at
             connection_made (the machine asks for it) and the stream opens inside TLS. An
             outgoing stream learns it from :func:`s2sfast.net.connect.connect_first`.
@@ -102,6 +312,7 @@ class XmlStream(asyncio.Protocol):
         max_rate: int | None = None,
         max_write_buffer: int = 4 * MAX_WRITE_BUFFER,
         write_stall_timeout: float = WRITE_STALL_TIMEOUT,
+        max_queue: int | None = None,
     ) -> None:
         self.machine = machine
         self.owner = owner
@@ -115,10 +326,6 @@ class XmlStream(asyncio.Protocol):
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
         self.max_write_buffer = max_write_buffer
-        self.write_stall_timeout = write_stall_timeout
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._stall: asyncio.TimerHandle | None = None
         self.on_connected = on_connected
         self.transport: asyncio.Transport | None = None
         #: owner's bookkeeping (the router's outbound link; the listener's connection limiter)
@@ -130,6 +337,9 @@ class XmlStream(asyncio.Protocol):
         self.authenticated: set[tuple[str, str]] = set()
         self.auth_method: str | None = None
         self._loop = asyncio.get_event_loop()
+        self._init_writer(
+            max_queue=max_queue, max_queue_bytes=MAX_QUEUE_BYTES, stall_timeout=write_stall_timeout
+        )
         self._bucket = TokenBucket(max_rate, now=self._loop.time()) if max_rate else None
         self._resume: asyncio.TimerHandle | None = None
         self._last_read = self._loop.time()
@@ -138,9 +348,16 @@ class XmlStream(asyncio.Protocol):
         self._in_bio: ssl.MemoryBIO | None = None
         self._out_bio: ssl.MemoryBIO | None = None
         self._handshaking = False
-        self._wbuf: list[bytes] = []
-        self._wbuf_size = 0
-        self._flush_scheduled = False
+        #: the machine's per-stanza hook (XEP-0198 counting), looked up once
+        self._sent = getattr(machine, "sent", None)
+        self._counted = False
+        #: we failed the stream because the peer stopped reading (what waits for it bounces)
+        self.deaf = False
+        #: what we last handed to the transport (to tell, when the peer goes deaf, which
+        #: stanzas never left the process); bounded to about two high-water marks
+        self._recent: deque[bytes] = deque()
+        self._recent_size = 0
+        self._stranded: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._ka_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -205,8 +422,9 @@ class XmlStream(asyncio.Protocol):
         self._last_read = self._last_activity = self._loop.time()
         if self._bucket is not None:
             pause = self._bucket.consume(len(data), self._last_read)
-            if pause and self.transport is not None:
-                self.transport.pause_reading()
+            if pause and self.transport is not None and self._resume is None:
+                self._shaped = True
+                self._update_reading()
                 self._resume = self._loop.call_later(pause, self._resume_reading)
         if self._ssl is None:
             self._feed(data)
@@ -221,30 +439,14 @@ class XmlStream(asyncio.Protocol):
 
     # --- backpressure ---------------------------------------------------------------------------
 
-    def pause_writing(self) -> None:
-        self._drained.clear()
-        if self._stall is None and not self._lost:
-            self._stall = self._loop.call_later(self.write_stall_timeout, self._stalled)
-
-    def resume_writing(self) -> None:
-        self._drained.set()
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-
-    @property
-    def congested(self) -> bool:
-        """Whether writers should wait (:meth:`drained`) before writing more."""
-        return not self._drained.is_set()
-
-    async def drained(self) -> None:
-        """Wait until the peer has read our buffer down (or the stream is gone)."""
-        await self._drained.wait()
+    def _writer_open(self) -> bool:
+        return not (self._lost or self._close_sent or self.transport is None)
 
     def _stalled(self) -> None:
-        self._stall = None
         if self._lost:
             return
+        self.deaf = True
+        self._stranded = self._never_sent()
         size = self.transport.get_write_buffer_size() if self.transport else 0
         log.warning("%s: peer stopped reading (%d bytes queued)", self.describe(), size)
         self._perform(
@@ -257,16 +459,17 @@ class XmlStream(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         self._resume = None
-        if not self._lost and self.transport is not None:
-            self.transport.resume_reading()
+        self._shaped = False
+        if not self._lost:
+            self._update_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._drained.set()
-        for handle in (self._timer, self._ka_timer, self._close_timer, self._resume, self._stall):
+        self._writer_lost()
+        for handle in (self._timer, self._ka_timer, self._close_timer, self._resume):
             if handle is not None:
                 handle.cancel()
         if not self.machine.closed or self.machine.state == "CLOSING":
@@ -335,6 +538,8 @@ class XmlStream(asyncio.Protocol):
                 self._set_timer(action.seconds)
             elif kind is StartTls:
                 self._start_tls(action)
+            elif kind is RestartStream:
+                self.framer = self._new_framer()  # SASL success: a new stream begins
             elif kind is Close:
                 self._close(action)
             else:
@@ -403,7 +608,7 @@ class XmlStream(asyncio.Protocol):
             self._close_sent = True
             if action.condition and self._ssl is None and self.transport is not None:
                 # FIN right after the error: a peer still sending then reads it, never an RST
-                self._flush()
+                self._flush(force=True)
                 if self.transport.can_write_eof():
                     try:
                         self.transport.write_eof()
@@ -435,7 +640,7 @@ class XmlStream(asyncio.Protocol):
         """Flush what we have and close TCP (after a TLS close_notify when TLS is up)."""
         if self._lost or self.transport is None:
             return
-        self._flush()
+        self._flush(force=True)
         if self._ssl is not None and not self._handshaking:
             try:
                 self._ssl.unwrap()
@@ -446,45 +651,103 @@ class XmlStream(asyncio.Protocol):
 
     # --- output path ---------------------------------------------------------------------------
 
+    def write_stanza(self, raw: bytes) -> bool:
+        """Queue one stanza for the peer (bounded: False when our queue is full or the stream
+        is closing); the machine counts and keeps it (XEP-0198: until acknowledged)."""
+        if self._lost or self._close_sent or self.transport is None:
+            return False
+        if self._wpaused and (
+            len(self._wbuf) >= self.max_queue or self._wbuf_size >= self.max_queue_bytes
+        ):
+            return False
+        self._queue(raw)
+        sent = self._sent
+        if sent is not None:
+            if self.machine.sm_out is not None:
+                self._counted = True
+            actions = sent(raw)
+            if actions:
+                self._perform(actions)
+        if self.on_stanza_sent is not None:
+            self.on_stanza_sent(raw)
+        return True
+
     def write_stanzas(self, raws: list[bytes]) -> None:
-        """Write stanzas for the peer and let the machine count and keep each one (XEP-0198:
-        kept until acknowledged; its ``<r/>`` and ack timer are performed here)."""
-        if not raws:
+        """Write stanzas that were already accepted (a pending queue going out: not bounded
+        again), each counted and kept by the machine (XEP-0198: until acknowledged; its
+        ``<r/>`` and ack timer are performed here)."""
+        if not raws or self._lost or self._close_sent:
             return
-        self.write(raws[0] if len(raws) == 1 else b"".join(raws))
-        sent = getattr(self.machine, "sent", None)
+        for raw in raws:
+            self._queue(raw)
+        sent = self._sent
         if sent is None:
             return
+        if self.machine.sm_out is not None:
+            self._counted = True
         for raw in raws:
             actions = sent(raw)
             if actions:
                 self._perform(actions)
 
-    def write(self, data: bytes) -> None:
-        """Queue *data* for the peer; writes coalesce until the loop's next turn."""
-        if self._lost or self._close_sent or not data:
-            return
-        self._wbuf.append(data)
-        self._wbuf_size += len(data)
-        if data != b" ":  # our own stanzas are activity; our keepalives are not
-            self._last_activity = self._loop.time()
-        if self._wbuf_size >= _HIGH_WATER:
-            self._flush()  # a burst: hand it to the transport now, so backpressure can engage
-            return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._wbuf or self._lost or self.transport is None:
+    def take_unsent(self) -> list[bytes]:
+        """The stanzas that never left this process, removed: those in our own queue, and
+        (after the peer went deaf) those still whole in the transport's buffer. None when
+        XEP-0198 counted them (the machine hands back every unacknowledged one)."""
+        if self._counted:
             self._wbuf.clear()
             self._wbuf_size = 0
+            return []
+        stranded, self._stranded = self._stranded, []
+        return stranded + super().take_unsent()
+
+    def write(self, data: bytes) -> None:
+        """Queue *data* (control bytes) for the peer; writes coalesce until the loop's next turn.
+
+        Stanzas go through :meth:`write_stanza`, which is bounded.
+        """
+        if self._lost or self._close_sent or not data:
             return
-        data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
-        self._wbuf.clear()
-        self._wbuf_size = 0
+        self._queue(data)
+
+    def _remember(self, chunks: list[bytes]) -> None:
+        recent = self._recent
+        recent.extend(chunks)
+        size = self._recent_size + sum(map(len, chunks))
+        while size > 2 * _HIGH_WATER and len(recent) > 1:
+            size -= len(recent.popleft())
+        self._recent_size = size
+
+    def _never_sent(self) -> list[bytes]:
+        """The stanzas whose bytes are all still in the transport's buffer (never reached the
+        kernel, so never the peer), oldest first. TLS record overhead is counted against us:
+        a stanza only partly in the buffer is not claimed."""
+        if self.transport is None or self._counted:
+            return []
+        left = self.transport.get_write_buffer_size()
+        if self._ssl is not None:
+            left -= 64 * (left // 16384 + 1)
+        out: list[bytes] = []
+        for chunk in reversed(self._recent):
+            left -= len(chunk)
+            if left < 0:
+                break
+            if is_stanza(chunk):
+                out.append(chunk)
+        out.reverse()
+        return out
+
+    def _flush(self, force: bool = False) -> None:
+        if self._wbuf and not self._lost and (force or not self._wpaused):
+            self._remember(self._wbuf)
+        super()._flush(force)
+
+    def _emit(self, data: bytes) -> None:
+        if self._lost or self.transport is None:
+            return
         self._last_write = time.monotonic()
+        if data != b" ":  # our own stanzas are activity; our keepalives are not
+            self._last_activity = self._loop.time()
         if self._ssl is None:
             self.transport.write(data)
             self._check_backlog()
@@ -526,7 +789,7 @@ class XmlStream(asyncio.Protocol):
         if self.ssl_context is None:
             self._fail(RemoteStreamError("undefined-condition", "no TLS context for STARTTLS"))
             return
-        self._flush()  # <proceed/> / <starttls/> go out in plaintext
+        self._flush(force=True)  # <proceed/> / <starttls/> go out in plaintext
         self._in_bio = ssl.MemoryBIO()
         self._out_bio = ssl.MemoryBIO()
         self._ssl = self.ssl_context.wrap_bio(

@@ -103,7 +103,11 @@ def _header(domain: str | None, stream_id: str) -> bytes:
 
 
 def _start_tag_declares_default_ns(raw: bytes) -> bool:
-    """Whether the top-level start tag carries its own ``xmlns=`` (quote-aware scan)."""
+    """Whether the top-level start tag carries its own ``xmlns=`` (quote-aware scan).
+
+    Only for bytes that did not come from the framer: a framed Stanza says so itself
+    (``Stanza.declares_ns``), which is what the data path reads.
+    """
     quote = 0
     for index, byte in enumerate(raw):
         if quote:
@@ -116,13 +120,19 @@ def _start_tag_declares_default_ns(raw: bytes) -> bool:
     return False
 
 
-def rebind_namespace(raw: bytes, from_ns: str | frozenset[str], to_ns: str) -> bytes:
+def rebind_namespace(
+    raw: bytes, from_ns: str | frozenset[str], to_ns: str, declares: bool | None = None
+) -> bytes:
     """Move a stanza whose start tag declares ``xmlns=`` one of *from_ns* into *to_ns*.
 
     Stanzas that inherit the stream's default namespace (the usual case) are returned as they
-    are: they change namespace simply by being written into the other stream.
+    are: they change namespace simply by being written into the other stream. *declares* is
+    the framer's ``Stanza.declares_ns`` when known (else the start tag is scanned); only a
+    declaring stanza (rare) is rebuilt, with lxml.
     """
-    if not _start_tag_declares_default_ns(raw):
+    if declares is None:
+        declares = _start_tag_declares_default_ns(raw)
+    if not declares:
         return raw
     sources = frozenset({from_ns}) if isinstance(from_ns, str) else from_ns
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -200,6 +210,8 @@ class ComponentMachine(Machine):
         self.stream_id = stream_id or secrets.token_hex(8)
         #: the domain this stream asked for (set from the header, served after the handshake)
         self.domain: str | None = None
+        #: domains already found valid on this stream (the same few repeat on every stanza)
+        self._valid: set[str] = set()
 
     def start(self) -> list[Action]:
         """The connection is up: arm the header/handshake timer."""
@@ -267,7 +279,15 @@ class ComponentMachine(Machine):
             ComponentUp(domain=self.domain),
         ]
 
-    def _on_stanza(self, event: Any) -> list[Action]:
+    def check_stanza(self, event: Any) -> None:
+        """Check one stanza the component sent on its OPEN stream (the data path calls this
+        directly: no event dispatch or action per stanza). Its addressing comes from the
+        framer's fields (``to_domain``/``from_domain`` when the event has them).
+
+        Raises:
+            RemoteStreamError: not a stanza, a wrong namespace, bad addressing, a foreign
+                ``from`` (with check_from); the stream fails with that condition.
+        """
         name = event.name
         if name not in _STANZA_NAMES:
             raise RemoteStreamError("unsupported-stanza-type", f"<{name}> is not a stanza")
@@ -275,18 +295,38 @@ class ComponentMachine(Machine):
             raise RemoteStreamError(
                 "invalid-namespace", f"<{name}> in {event.ns!r}, expected {COMPONENT_NS}"
             )
-        from_ = event.from_ or ""
-        to = event.to or ""
-        if not to or not valid_domain(jid_domain(to)):
-            raise RemoteStreamError("improper-addressing", f"<{name}> without a valid 'to'")
-        if self.check_from and jid_domain(from_) != self.domain:
+        to_domain = getattr(event, "to_domain", None)
+        if to_domain is None:
+            to_domain = jid_domain(event.to)
+        valid = self._valid
+        if to_domain not in valid:
+            if not event.to or not valid_domain(to_domain):
+                raise RemoteStreamError("improper-addressing", f"<{name}> without a valid 'to'")
+            self._remember(to_domain)
+        from_domain = getattr(event, "from_domain", None)
+        if from_domain is None:
+            from_domain = jid_domain(event.from_)
+        if self.check_from and from_domain != self.domain:
             raise RemoteStreamError(
-                "invalid-from", f"'from' {from_!r} is not in the component's domain {self.domain}"
+                "invalid-from",
+                f"'from' {event.from_!r} is not in the component's domain {self.domain}",
             )
-        if not from_ or not valid_domain(jid_domain(from_)):
-            raise RemoteStreamError("improper-addressing", f"<{name}> without a valid 'from'")
-        raw = rebind_namespace(bytes(event.raw), _CONTENT_NS, "jabber:server")
-        return [Route(raw=raw, name=name, from_=from_, to=to)]
+        if from_domain not in valid:
+            if not event.from_ or not valid_domain(from_domain):
+                raise RemoteStreamError("improper-addressing", f"<{name}> without a valid 'from'")
+            self._remember(from_domain)
+
+    def _remember(self, domain: str) -> None:
+        if len(self._valid) >= 1024:  # a bound: a component addressing many domains
+            self._valid.clear()
+        self._valid.add(domain)
+
+    def _on_stanza(self, event: Any) -> list[Action]:
+        self.check_stanza(event)
+        raw = rebind_namespace(
+            bytes(event.raw), _CONTENT_NS, "jabber:server", getattr(event, "declares_ns", None)
+        )
+        return [Route(raw=raw, name=event.name, from_=event.from_ or "", to=event.to or "")]
 
     def _on_close(self, event: Any) -> list[Action]:
         return self._finish("the component closed its stream")

@@ -3,6 +3,14 @@
 The sans-IO protocol (handshake, addressing checks, namespace rebinding) lives in
 :mod:`s2sfast.protocol.component`; this module owns sockets, timers, the shaper and the
 registry of which connected component serves which domain.
+
+With a router (``ComponentServer.router``, the node's), a component connection is a route like
+any other: stanzas it sends are checked (addressing from the framer's fields) and handed to
+``router.route`` as the framer's Stanza, stanzas for its domain arrive through
+:meth:`ComponentConnection.deliver`. Writes are batched per loop iteration and bounded
+(``max_fsm_queue``); while the component does not read, the streams feeding it are not read
+either, and a component stuck past ``stall_timeout`` is closed with resource-constraint and
+what waited for it bounced.
 """
 
 from __future__ import annotations
@@ -13,15 +21,20 @@ from collections.abc import Callable
 from typing import Any
 
 from s2sfast.config.service import ListenService
+from s2sfast.framing import Stanza
+from s2sfast.limits import COMPONENT_STALL_TIMEOUT, HIGH_WATER, LOW_WATER, MAX_QUEUE_BYTES
+from s2sfast.net.stream import BufferedWriter
 from s2sfast.protocol.component import (
+    _CONTENT_NS,
     COMPONENT_NS,
     HANDSHAKE_TIMEOUT,
     ComponentMachine,
     ComponentUp,
     Route,
     Shutdown,
+    rebind_namespace,
 )
-from s2sfast.protocol.errors import StreamError
+from s2sfast.protocol.errors import LocalStreamError, StreamError
 from s2sfast.protocol.events import Action, Close, ConnectionLost, SendBytes, SetTimer, TimerFired
 
 __all__ = ["ComponentRegistry", "ComponentConnection", "ComponentServer"]
@@ -60,20 +73,30 @@ OnRoute = Callable[[str, Route], None]
 OnChange = Callable[[str, bool], None]
 
 
-class ComponentConnection(asyncio.Protocol):
+class ComponentConnection(BufferedWriter):
     """One component's TCP connection: framer in, :class:`ComponentMachine`, bytes out."""
 
     def __init__(self, server: ComponentServer) -> None:
         self._server = server
-        self._transport: asyncio.Transport | None = None
+        self.transport: Any = None
         self._framer: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._peer = "?"
-        self._closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
         self._tokens = float(server.listen.max_rate or 0)
         self._last = 0.0
         self._paused = False
         self.machine = server._new_machine()
+        self._init_writer(
+            max_queue=server.listen.max_fsm_queue or server.max_fsm_queue,
+            max_queue_bytes=MAX_QUEUE_BYTES,
+            stall_timeout=server.stall_timeout,
+        )
+
+    @property
+    def _transport(self) -> Any:
+        return self.transport
 
     @property
     def domain(self) -> str | None:
@@ -85,7 +108,8 @@ class ComponentConnection(asyncio.Protocol):
         from s2sfast.framing import StreamFramer
 
         # a stream transport, but not always an asyncio.Transport subclass (uvloop's are not)
-        self._transport = transport  # type: ignore[assignment]
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         limit = self._server.listen.max_stanza_size
@@ -96,18 +120,48 @@ class ComponentConnection(asyncio.Protocol):
         self._perform(self.machine.start())
 
     def data_received(self, data: bytes) -> None:
-        if self.machine.closed:
+        machine = self.machine
+        if machine.closed:
             return
         self._shape(len(data))
         try:
             events = self._framer.feed(data)
         except StreamError as exc:
-            self._perform(self.machine.fail(exc))
+            self._perform(machine.fail(exc))
             return
+        router = self._server.router
         for event in events:
-            if self.machine.closed:
+            if machine.closed:
                 break
-            self._perform(self.machine.receive(event))
+            if router is not None and type(event) is Stanza and machine.state == "OPEN":
+                # the data path: checked from the framer's fields, routed as the framed bytes
+                try:
+                    machine.check_stanza(event)
+                except StreamError as exc:
+                    self._perform(machine.fail(exc))
+                    break
+                self._route(router, event)
+            else:
+                self._perform(machine.receive(event))
+
+    def _route(self, router: Any, stanza: Stanza) -> None:
+        metrics = self._server.metrics
+        if metrics is not None:
+            metrics.component_stanzas.labels("in").inc()
+        if stanza.declares_ns:  # rare: <message xmlns='jabber:client'>, rebuilt with lxml
+            from s2sfast.router import stanza_from_bytes
+
+            raw = rebind_namespace(stanza.raw, _CONTENT_NS, "jabber:server", True)
+            stanza = stanza_from_bytes(raw)
+        try:
+            router.route(stanza, self)
+        except ValueError as exc:  # not from a local domain (check_from = false lets it in)
+            from s2sfast.server.builtin import error_reply
+
+            log.warning("component %s: cannot route: %s", self.machine.domain, exc)
+            reply = error_reply(stanza.raw, "not-allowed", str(exc))
+            if reply is not None:
+                self.write_stanza(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.machine.closed:
@@ -123,16 +177,75 @@ class ComponentConnection(asyncio.Protocol):
         self._server._connections.discard(self)
         if self.machine.domain:
             self._server._down(self.machine.domain, self)
+        self._writer_lost()
+        self._bounce_unsent("the component disconnected")
+        self.transport = None
         if not self._closed.done():
             self._closed.set_result(None)
 
     # the node's side
 
+    def deliver(self, stanza: Any) -> bool:
+        """Route target: write *stanza* to the component (bounded, batched per loop iteration).
+
+        Returns False when it is not (or no longer) serving, or its queue is full.
+        """
+        if self.machine.state != "OPEN":
+            return False
+        raw = stanza.raw
+        if stanza.declares_ns:  # rare: rebuilt with lxml into the component's namespace
+            raw = rebind_namespace(raw, "jabber:server", COMPONENT_NS, True)
+        if not self.write_stanza(raw):
+            return False
+        metrics = self._server.metrics
+        if metrics is not None:
+            metrics.component_stanzas.labels("out").inc()
+        return True
+
     def send(self, raw: bytes) -> bool:
-        """Write a stanza to the component; False when it is not (or no longer) serving."""
-        actions = self.machine.outgoing(raw)
-        self._perform(actions)
-        return bool(actions)
+        """Write a stanza (bytes) to the component; False when it is not (or no longer) serving.
+
+        Raises:
+            ValueError: *raw* is not exactly one stanza.
+        """
+        from s2sfast.router import stanza_from_bytes
+
+        return self.deliver(stanza_from_bytes(bytes(raw)))
+
+    def _writer_open(self) -> bool:
+        transport = self.transport
+        return transport is not None and not transport.is_closing() and not self.machine.closed
+
+    def _emit(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _stalled(self) -> None:
+        """The component has not read what we wrote for stall_timeout: close it, bounce."""
+        if self.machine.closed or self.transport is None:
+            return
+        text = f"the component did not read for {self.write_stall_timeout:g} s"
+        log.warning(
+            "component stream %s (%s): stuck, %d stanzas queued: closing",
+            self.machine.stream_id,
+            self.machine.domain,
+            self.queued,
+        )
+        self._bounce_unsent(text)
+        self._perform(self.machine.fail(LocalStreamError("resource-constraint", text)))
+        if self.transport is not None:
+            self.transport.abort()  # the error cannot get through a full pipe either
+
+    def _bounce_unsent(self, text: str) -> None:
+        unsent = self.take_unsent()
+        router = self._server.router
+        if not unsent or router is None:
+            return
+        domain = self.machine.domain or "?"
+        log.info("component %s: bouncing %d queued stanza(s): %s", domain, len(unsent), text)
+        for raw in unsent:
+            router.bounce(raw, domain, "service-unavailable", text)
 
     def shutdown(self, condition: str | None = None, text: str | None = None) -> None:
         """Close the stream: cleanly when *condition* is None, else with that stream error."""
@@ -153,14 +266,13 @@ class ComponentConnection(asyncio.Protocol):
         self._tokens = min(float(rate), self._tokens + (now - self._last) * rate) - size
         self._last = now
         if self._tokens < 0 and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()
+            self._paused = self._shaped = True
+            self._update_reading()
             asyncio.get_running_loop().call_later(-self._tokens / rate, self._resume)
 
     def _resume(self) -> None:
-        self._paused = False
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        self._paused = self._shaped = False
+        self._update_reading()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -173,11 +285,11 @@ class ComponentConnection(asyncio.Protocol):
             self._perform(self.machine.receive(TimerFired()))
 
     def _perform(self, actions: list[Action] | list[Any]) -> None:
-        transport = self._transport
         for action in actions:
             if isinstance(action, SendBytes):
+                transport = self.transport
                 if transport is not None and not transport.is_closing():
-                    transport.write(action.data)
+                    self._queue(action.data)
             elif isinstance(action, SetTimer):
                 self._cancel_timer()
                 if action.seconds is not None:
@@ -221,7 +333,8 @@ class ComponentConnection(asyncio.Protocol):
             )
             payload = b"</stream:stream>"
         if transport is not None and not transport.is_closing():
-            transport.write(payload)
+            self._queue(payload)
+            self._flush(force=True)
             transport.close()
         if self.machine.domain and self.machine.state != "OPEN":
             self._server._down(self.machine.domain, self)
@@ -236,6 +349,10 @@ class ComponentServer:
         is_hosted: domain -> whether the node hosts it (a host or a subdomain of one).
         on_route: called with (component domain, :class:`Route`) for each stanza a component sends.
         on_change: called with (domain, True/False) when a component starts/stops serving it.
+        state_timeout: seconds for the header and the handshake.
+        stall_timeout: seconds a component may leave its stream congested before it is closed.
+        max_fsm_queue: stanzas queued per component when the listener does not say
+            (``[general] max_fsm_queue``; None: s2sfast.limits.MAX_FSM_QUEUE).
     """
 
     def __init__(
@@ -247,8 +364,16 @@ class ComponentServer:
         on_route: OnRoute,
         on_change: OnChange | None = None,
         state_timeout: float | None = HANDSHAKE_TIMEOUT,
+        stall_timeout: float = COMPONENT_STALL_TIMEOUT,
+        max_fsm_queue: int | None = None,
     ) -> None:
         self.listen = listen
+        self.stall_timeout = stall_timeout
+        self.max_fsm_queue = max_fsm_queue
+        #: the node's router: stanzas go straight to it (None: through on_route, as Route)
+        self.router: Any = None
+        #: s2sfast.server.metrics.Metrics or None
+        self.metrics: Any = None
         self.registry = registry
         self._is_hosted = is_hosted
         self._on_route = on_route
@@ -317,10 +442,14 @@ class ComponentServer:
             old.shutdown("conflict", f"a newer component connected for {domain}")
         if self._on_change is not None:
             self._on_change(domain, True)
+        if self.router is not None:
+            self.router.add_route(domain, conn)
 
     def _down(self, domain: str, conn: ComponentConnection) -> None:
         if self.registry.get(domain) is conn:
             self.registry._unregister(domain, conn)
+            if self.router is not None:
+                self.router.remove_route(domain, conn)
             if self._on_change is not None:
                 self._on_change(domain, False)
 

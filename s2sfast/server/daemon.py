@@ -6,11 +6,12 @@ starts a :class:`~s2sfast.node.Node`, opens the ``[[listen.service]]`` component
 between S2S, components and the built-in answers, and handles signals:
 SIGINT/SIGTERM drain and exit 0, SIGHUP reloads the policy from the file without dropping streams.
 
-Routing, by the domain of a stanza's ``to``:
-  - a domain a connected component serves -> that component;
+Routing is the Node's router's (s2sfast.router), one table for every route; the daemon only
+wires its listeners to it. By the domain of a stanza's ``to``:
+  - a domain a connected component serves -> that component (a route the listener registers);
   - one of the node's hosts with no component -> the built-in answers (ping, disco, version);
   - a subdomain of a host with no component -> ``service-unavailable`` back to the sender;
-  - anything else (only from components) -> out over S2S through the Node.
+  - anything else (only from components) -> out over S2S.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from s2sfast.config import Config, ConfigError, load_config
 from s2sfast.config.loglevel import DEFAULT_LOGLEVEL, LOGLEVELS, logging_level
 from s2sfast.config.service import ListenService
 from s2sfast.protocol.component import Route
-from s2sfast.protocol.jid import jid_domain
 from s2sfast.server import builtin
 from s2sfast.server.component import ComponentRegistry, ComponentServer
 from s2sfast.server.defaults import (
@@ -61,7 +61,7 @@ def is_hosted(hosts: tuple[str, ...], domain: str) -> bool:
 
 
 class Daemon:
-    """A Node plus its component listeners and the routing between them.
+    """A Node plus its component listeners, wired to the Node's router.
 
     Args:
         config: the node's configuration.
@@ -93,6 +93,7 @@ class Daemon:
                 is_hosted=lambda d: is_hosted(self.hosts, d),
                 on_route=self._from_component,
                 on_change=self._component_changed,
+                max_fsm_queue=config.max_fsm_queue,
             )
             for svc in listen_service
         ]
@@ -104,16 +105,19 @@ class Daemon:
             self.metrics = Metrics(self.node, self.registry)
             self.node.on_event(self.metrics.observe)
             self.metric_servers = [MetricsServer(lp, self.metrics) for lp in listen_prometheus]
-        #: remote domain -> queue of raw stanzas from components, sent in order by one task each
-        self._outbound: dict[str, asyncio.Queue[tuple[bytes, str | None] | None]] = {}
-        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._hosted_cache: dict[str, bool] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.node.on_stanza(self._from_s2s)
+        self.node.on_stanza(self._local)
         await self.node.start()
+        router = self.node.router
+        router.hosted = self._hosted
+        router.metrics = self.metrics
         for server in self.servers:
+            server.router = router
+            server.metrics = self.metrics
             await server.start()
         for metrics_server in self.metric_servers:
             await metrics_server.start()
@@ -121,18 +125,12 @@ class Daemon:
     async def stop(self) -> None:
         """Stop accepting, let queued stanzas leave, close every stream, stop the node."""
         for server in self.servers:
-            await server.stop_accepting()
-        for queue in self._outbound.values():
-            queue.put_nowait(None)
-        if self._pumps:
-            await asyncio.wait(list(self._pumps.values()), timeout=DRAIN_TIMEOUT)
-        for task in self._pumps.values():
-            task.cancel()
-        await self.node.stop()
+            await _independently("stop accepting components", server.stop_accepting())
+        await _independently("stop the node", self.node.stop(DRAIN_TIMEOUT))
         for server in self.servers:
-            await server.close()
+            await _independently("close the component streams", server.close())
         for metrics_server in self.metric_servers:
-            await metrics_server.close()
+            await _independently("close the metrics endpoint", metrics_server.close())
         log.info("stopped")
 
     def reload(self, path: str) -> bool:
@@ -163,76 +161,49 @@ class Daemon:
         else:
             self.node.remove_local_domain(domain)
 
-    def _deliver_local(self, raw: bytes, to_domain: str, from_component: str | None) -> None:
-        """Deliver *raw* to a component or the built-in answers; replies go back to the sender."""
-        if self._to_component(to_domain, raw):
-            return
-        if to_domain in self.hosts:
+    def _hosted(self, domain: str) -> bool:
+        """is_hosted for the router, remembered per domain (asked for every stanza it routes
+        to a domain that is neither a host nor a component's)."""
+        known = self._hosted_cache.get(domain)
+        if known is None:
+            if len(self._hosted_cache) >= 4096:
+                self._hosted_cache.clear()
+            known = self._hosted_cache[domain] = is_hosted(self.hosts, domain)
+        return known
+
+    def _local(self, stanza: Any) -> None:
+        """The router's local handler: stanzas for the node's own domains that no component
+        serves get the built-in answers (a host) or service-unavailable (a subdomain); the
+        reply is routed back to the sender, wherever it is."""
+        domain = stanza.to_domain
+        raw = stanza.raw
+        if domain in self.hosts:
             reply = builtin.answer(raw)
         else:
-            log.info("no component serves %s: service-unavailable", to_domain)
-            reply = builtin.error_reply(raw, "service-unavailable", f"no service at {to_domain}")
-        if reply is not None:
-            self._reply(reply, from_component)
-
-    def _to_component(self, domain: str, raw: bytes) -> bool:
-        conn = self.registry.get(domain)
-        if conn is None or not conn.send(raw):
-            return False
-        if self.metrics is not None:
-            self.metrics.component_stanzas.labels("out").inc()
-        return True
-
-    def _reply(self, reply: bytes, from_component: str | None) -> None:
-        if from_component is not None:
-            self._to_component(from_component, reply)
+            log.info("no component serves %s: service-unavailable", domain)
+            reply = builtin.error_reply(raw, "service-unavailable", f"no service at {domain}")
+        if reply is None:
             return
-        self._send_s2s(reply)
+        from s2sfast.router import stanza_from_bytes
 
-    def _from_s2s(self, stanza: Any) -> None:
-        """The Node's handler: an inbound S2S stanza for a local domain."""
-        if self.metrics is not None:
-            self.metrics.s2s_in(stanza)
-        domain = jid_domain(stanza.to)
-        self._deliver_local(bytes(stanza.raw), domain, None)
+        try:
+            self.node.router.route(stanza_from_bytes(reply))
+        except ValueError as exc:
+            log.info("reply to %s not routable: %s", stanza.from_, exc)
 
     def _from_component(self, component: str, route: Route) -> None:
-        if self.metrics is not None:
-            self.metrics.component_stanzas.labels("in").inc()
-        to_domain = jid_domain(route.to)
-        if is_hosted(self.hosts, to_domain):
-            self._deliver_local(route.raw, to_domain, component)
-        else:
-            self._send_s2s(route.raw, to_domain=to_domain, component=component)
+        """Only without a router (never in a started daemon): route a component's stanza."""
+        from s2sfast.router import stanza_from_bytes
 
-    def _send_s2s(self, raw: bytes, *, to_domain: str = "", component: str | None = None) -> None:
-        """Queue *raw* for the Node, in order per remote domain (*component*: who sent it)."""
-        key = to_domain or "*"
-        queue = self._outbound.get(key)
-        if queue is None:
-            queue = self._outbound[key] = asyncio.Queue()
-            self._pumps[key] = asyncio.get_running_loop().create_task(self._pump(queue))
-        queue.put_nowait((raw, component))
+        self.node.router.route(stanza_from_bytes(route.raw))
 
-    async def _pump(self, queue: asyncio.Queue[tuple[bytes, str | None] | None]) -> None:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            raw, component = item
-            try:
-                await self.node.send(raw)
-                if self.metrics is not None:
-                    self.metrics.s2s_out(raw)
-            except Exception as exc:  # the Node refused it: tell the sender, keep going
-                log.warning("sending to S2S failed: %s", exc)
-                # ValueError: not addressed from a local domain (check_from = false lets that in)
-                condition = (
-                    "not-allowed" if isinstance(exc, ValueError) else "internal-server-error"
-                )
-                reply = builtin.error_reply(raw, condition, str(exc))
-                if reply is not None and component is not None:
-                    self._reply(reply, component)
+
+async def _independently(what: str, step: Any) -> None:
+    """One shutdown step; its failure is logged and never stops the steps after it."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("shutdown: cannot %s: %s", what, exc, exc_info=True)
 
 
 # --- the command -----------------------------------------------------------------------------

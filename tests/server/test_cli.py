@@ -124,7 +124,11 @@ def test_check_config_json_has_every_default_keyed_like_the_toml(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) == {"general", "listen", "s2s", "host_config"}
-    assert data["general"] == {"hosts": ["localhost", "example.com"], "loglevel": "notice"}
+    assert data["general"] == {
+        "hosts": ["localhost", "example.com"],
+        "loglevel": "notice",
+        "max_fsm_queue": 10_000,  # s2sfast.limits.MAX_FSM_QUEUE when not set
+    }
     [lst] = data["listen"]["s2s"]
     assert lst["port"] == 5269 and lst["ip_address"] == "0.0.0.0"
     assert lst["max_stanza_size"] == "infinity" and lst["max_connections"] == "infinity"
@@ -155,7 +159,7 @@ def test_check_config_example(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
     data = json.loads(run("check-config", "--json", str(EXAMPLE)).stdout)
-    assert data["general"] == {"hosts": ["localhost"], "loglevel": "warning"}
+    assert data["general"] == {"hosts": ["localhost"], "loglevel": "warning", "max_fsm_queue": 1000}
     assert data["s2s"]["default_policy"] == "deny"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from interop_c2s import C2SClient
 from interop_node import B, Inbox
-from servers import REQUIRE_ENV, SERVERS, ServerProcess, free_ports, required, server_missing
+from servers import SERVERS, ServerProcess, free_ports, need_server
 
 from s2sfast.config import Config
 
@@ -31,17 +31,6 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.interop)
-
-
-def need(kind: str) -> None:
-    """Skip the test (or fail it, under S2SFAST_REQUIRE_INTEROP=1) when *kind* cannot run."""
-    why = server_missing(kind)
-    if why is None:
-        return
-    message = f"interop: {kind} cannot run here: {why}"
-    if required():
-        pytest.fail(f"{message}; {REQUIRE_ENV}=1 makes that a failure", pytrace=False)
-    pytest.skip(message)
 
 
 #: servers stopped by a teardown, exiting in the background (Prosody takes ~1.5 s, ejabberd ~1 s)
@@ -72,7 +61,7 @@ def start_peer(tmp_path: Path):
         domain: str = B,
         **kw: Any,
     ) -> ServerProcess:
-        need(kind)
+        need_server(kind)
         server = SERVERS[kind](
             domain, tmp_path / f"{kind}-{domain}-{len(started)}", tls=tls, remotes=remotes, **kw
         )

@@ -155,51 +155,37 @@ def test_probe_of_an_unknown_domain_says_nxdomain() -> None:
     assert len(fail) == 1 and "resolve" in fail[0] and "nowhere.test" in fail[0]
 
 
-INTEROP = ROOT.parent / "shared" / "interop"
-
-
 @pytest.mark.interop
-def test_probe_of_prosody_negotiates_tls_and_dialback(tmp_path: Path) -> None:
-    import shutil
+@pytest.mark.parametrize("server", ["prosody", "ejabberd"])
+def test_probe_of_a_real_server_negotiates_tls_and_dialback(tmp_path: Path, server: str) -> None:
+    """The probe against Prosody / ejabberd (tests/interop/servers) serving b.test with S2S TLS
+    required; the peer dials back to the daemon serving a.test."""
+    from servers import SERVERS, need_server
 
-    if shutil.which("prosody") is None or not (INTEROP / "prosody_peer.sh").exists():
-        pytest.skip("Prosody or ../shared/interop is not available")
     from s2sfast.server.defaults import ensure_certificate
 
-    pa, pb, c2s = free_port(), free_port(), free_port()
+    need_server(server)
+    pa = free_port()
     certfile, _ = ensure_certificate(tmp_path, "a.test")
+    peer = SERVERS[server]("b.test", tmp_path / server, tls="required", remotes={"a.test": pa})
     cfg_a = _config(
         tmp_path / "a.toml",
         "a.test",
         pa,
-        {"b.test": pb},
+        {"b.test": peer.s2s_port},
         starttls="optional",
         certfile=str(certfile),
     )
-    env = {
-        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
-        "PEER_DIR": str(tmp_path / "prosody"),
-        "S2S_TLS": "required",
-        "LOG_LEVEL": "info",
-    }
-    script = str(INTEROP / "prosody_peer.sh")
     a = DaemonProcess("--config", str(cfg_a))
-    started = subprocess.run(
-        ["bash", script, "start", "b.test", str(c2s), str(pb), f"a.test=127.0.0.1:{pa}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
+        peer.start()
         a.wait_ready()
         result = _probe("b.test", "--config", str(cfg_a), "--json")
         doc = json.loads(result.stdout)
         steps = {s["step"]: s for s in doc["steps"] if s["status"] != "info"}
         assert steps["tls"]["status"] == "ok", doc
         assert steps["tls"]["data"]["version"].startswith("TLSv1.")
-        # Prosody's self-signed certificate names b.test but is not trusted here
+        # the peer's self-signed certificate names b.test but is not trusted here
         assert steps["tls"]["data"]["name_matches"] is True
         assert steps["tls"]["data"]["trusted"] is False
         assert steps["dialback"]["status"] == "ok", doc
@@ -207,4 +193,4 @@ def test_probe_of_prosody_negotiates_tls_and_dialback(tmp_path: Path) -> None:
         assert a.stop() == 0
     finally:
         a.kill()
-        subprocess.run(["bash", script, "stop", "b.test"], env=env, capture_output=True, timeout=30)
+        peer.stop()

@@ -29,9 +29,10 @@ lives while the server runs. Prosody asks it through libunbound, ejabberd throug
 resolver (``ERL_INETRC``). Neither reads /etc/prosody or /etc/ejabberd, and both run as the
 calling user (root included), so Debian's system instances are irrelevant except for ports.
 
-Skipping: ``server_missing("prosody"|"ejabberd")`` says why a server cannot run (and how to
-install it: ``INSTALL``), or None. With ``S2SFAST_REQUIRE_INTEROP=1`` (``required()``) the
-fixtures turn that into a failure instead of a skip (CI).
+Skipping: ``need_server("prosody"|"ejabberd")`` in a test skips it when that server cannot run
+here, with the reason and how to install it (``INSTALL``); under ``S2SFAST_REQUIRE_INTEROP=1``
+(``required()``; CI sets it) it fails the test instead. ``server_missing(name)`` is the reason
+alone (None when the server can run).
 """
 
 from ._process import (
@@ -62,6 +63,7 @@ __all__ = [
     "ejabberd_missing",
     "ejabberd_sessions",
     "free_ports",
+    "need_server",
     "prosody_missing",
     "required",
     "s2s_sessions",
@@ -75,3 +77,17 @@ SERVERS = {"prosody": ProsodyServer, "ejabberd": EjabberdServer}
 def server_missing(name: str) -> str | None:
     """Why the server *name* ("prosody" or "ejabberd") cannot run here, or None."""
     return {"prosody": prosody_missing, "ejabberd": ejabberd_missing}[name]()
+
+
+def need_server(name: str) -> None:
+    """In a test: skip it when the server *name* cannot run here (the reason says how to
+    install it), or fail it instead under ``S2SFAST_REQUIRE_INTEROP=1``."""
+    import pytest
+
+    why = server_missing(name)
+    if why is None:
+        return
+    message = f"interop: {name} cannot run here: {why}"
+    if required():
+        pytest.fail(f"{message}; {REQUIRE_ENV}=1 makes that a failure", pytrace=False)
+    pytest.skip(message)

@@ -1,0 +1,354 @@
+"""Direct TLS (XEP-0368) end to end: real nodes on loopback finding each other through a real DNS
+server (``_xmpps-server._tcp`` beside ``_xmpp-server._tcp``), TLS from the first byte with SNI
+and ALPN ``xmpp-server``, no STARTTLS step, the mixed priority order with fallback, the
+``[[listen.s2s]] tls.mode`` listener kinds, and certificates from a test CA (valid, expired,
+wrong name, self-signed) under ``required_trusted`` on both transports."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from certs import self_signed, utcnow
+from core_helpers import HEADER, Inbox, free_port, message, node_config
+from dnsserver import DnsServer, closed_port
+
+from s2sfast.framing import Stanza, StreamFramer, StreamOpen
+from s2sfast.net.dns import SRV_PREFIX, XMPPS_SRV_PREFIX, Resolver
+from s2sfast.node import Node
+
+TLS_NS = b"urn:ietf:params:xml:ns:xmpp-tls"
+
+
+@pytest.fixture
+def dns(dns_server: DnsServer) -> DnsServer:
+    return dns_server
+
+
+@pytest.fixture
+async def make_node(dns: DnsServer):
+    """Factory: a started Node for *hosts*; *listeners* gives one ``tls.mode`` per listener."""
+    started: list[Node] = []
+
+    async def make(
+        hosts: list[str],
+        *,
+        mode: str = "optional",
+        certfile: str | None = None,
+        cafile: str | None = None,
+        listeners: tuple[str, ...] = ("starttls",),
+    ) -> Node:
+        config = node_config(hosts, port=free_port(), mode=mode, certfile=certfile, cafile=cafile)
+        first = config.listen_s2s[0]
+        config = replace(
+            config,
+            listen_s2s=tuple(
+                replace(first, port=free_port(), tls=replace(first.tls, mode=m)) for m in listeners
+            ),
+        )
+        node = Node(
+            config,
+            resolver=Resolver([dns.nameserver], timeout=1, retries=1),
+            retry_initial=0.05,
+            pending_deadline=3.0,
+        )
+        node.inbox = Inbox()
+        node.on_stanza(node.inbox)
+        await node.start()
+        #: listener tls.mode -> bound port
+        node.ports = {
+            m: addr[1] for m, addr in zip(listeners, node.listen_addresses(), strict=True)
+        }
+        started.append(node)
+        return node
+
+    yield make
+    for node in reversed(started):
+        await node.stop(timeout=3)
+
+
+def publish(dns: DnsServer, domain: str, *records: tuple[str, int, int]) -> None:
+    """SRV records for *domain*: (kind "xmpp"/"xmpps", priority, port), all at 127.0.0.1."""
+    target = f"xmpp.{domain}"
+    for kind, priority, port in records:
+        prefix = XMPPS_SRV_PREFIX if kind == "xmpps" else SRV_PREFIX
+        dns.add_srv(prefix + domain, priority, 0, port, target)
+    dns.add_a(target, "127.0.0.1")
+
+
+def outbound(node: Node) -> Any:
+    (out,) = [c for c in node.connections() if c.direction == "out" and c.pairs]
+    return out
+
+
+def inbound(node: Node) -> Any:
+    (inb,) = [c for c in node.connections() if c.direction == "in" and c.pairs]
+    return inb
+
+
+# -- finding a Direct TLS peer --------------------------------------------------------------
+
+
+async def test_peer_with_only_a_direct_tls_listener_is_found_via_xmpps_srv(
+    dns, make_node, tls_certfile, tls_ca_file
+):
+    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await make_node(
+        ["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file, listeners=("tls",)
+    )
+    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
+    publish(dns, "b.test", ("xmpps", 0, b.ports["tls"]))
+    await a.send(message("u@a.test", "v@b.test", "over Direct TLS", id="d1"))
+    assert (await b.inbox.get()).id == "d1"
+    out = outbound(a)
+    assert out.direct_tls and out.tls and out.peer_certificate.ok
+    assert inbound(b).direct_tls and inbound(b).tls
+    assert dns.count(XMPPS_SRV_PREFIX + "b.test", "SRV") >= 1
+    assert dns.count(SRV_PREFIX + "b.test", "SRV") >= 1
+    # the other way round: B's reply goes to a.test, which has only a STARTTLS record
+    await b.send(message("v@b.test", "u@a.test", "back", id="d2"))
+    assert (await a.inbox.get()).id == "d2"
+    back = outbound(b)
+    assert back.tls and not back.direct_tls
+
+
+async def test_xmpps_preferred_by_priority_falls_back_when_the_tls_port_refuses(
+    dns, make_node, tls_certfile, tls_ca_file
+):
+    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await make_node(["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file)
+    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
+    publish(dns, "b.test", ("xmpps", 5, closed_port()), ("xmpp", 10, b.ports["starttls"]))
+    await a.send(message("u@a.test", "v@b.test", "fallback", id="f1"))
+    assert (await b.inbox.get()).id == "f1"
+    out = outbound(a)
+    assert out.tls and not out.direct_tls
+
+
+@pytest.mark.parametrize(
+    ("xmpps_priority", "xmpp_priority", "direct"), [(5, 10, True), (10, 5, False)]
+)
+async def test_combined_priority_order_picks_the_transport(
+    dns, make_node, tls_certfile, tls_ca_file, xmpps_priority, xmpp_priority, direct
+):
+    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await make_node(
+        ["b.test"],
+        certfile=tls_certfile("b.test"),
+        cafile=tls_ca_file,
+        listeners=("starttls", "tls"),
+    )
+    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
+    publish(
+        dns,
+        "b.test",
+        ("xmpps", xmpps_priority, b.ports["tls"]),
+        ("xmpp", xmpp_priority, b.ports["starttls"]),
+    )
+    await a.send(message("u@a.test", "v@b.test", "order", id="o1"))
+    assert (await b.inbox.get()).id == "o1"
+    assert outbound(a).direct_tls is direct
+    assert inbound(b).direct_tls is direct
+
+
+async def test_use_starttls_false_ignores_xmpps_records(dns, make_node, tls_certfile):
+    a = await make_node(["a.test"], mode="false")
+    b = await make_node(["b.test"], mode="optional", certfile=tls_certfile("b.test"))
+    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
+    publish(dns, "b.test", ("xmpps", 0, closed_port()), ("xmpp", 10, b.ports["starttls"]))
+    await a.send(message("u@a.test", "v@b.test", "plain", id="p1"))
+    assert (await b.inbox.get()).id == "p1"
+    assert not outbound(a).tls
+    assert dns.count(XMPPS_SRV_PREFIX + "b.test") == 0
+
+
+# -- what the other end sees ----------------------------------------------------------------
+
+
+async def test_server_sees_sni_alpn_and_a_stream_opened_inside_tls(
+    dns, make_node, tls_ca, tls_certfile, tmp_path
+):
+    """A plain TLS server stands in for b.test's Direct TLS port and records the handshake."""
+    seen: dict[str, Any] = {}
+    got_bytes = asyncio.get_running_loop().create_future()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tls_ca.issue(["b.test"]).write_pem(tmp_path))
+    server_ctx.set_alpn_protocols(["xmpp-server"])
+
+    def sni(sslobj: Any, name: str | None, ctx: Any) -> None:
+        seen["sni"] = name
+
+    server_ctx.sni_callback = sni
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen["alpn"] = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        data = await reader.read(4096)
+        if not got_bytes.done():
+            got_bytes.set_result(data)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        a = await make_node(["a.test"], certfile=tls_certfile("a.test"))
+        publish(dns, "b.test", ("xmpps", 0, port))
+        await a.send(message("u@a.test", "v@b.test", "x", id="s1"))
+        first = await asyncio.wait_for(got_bytes, 10)
+    finally:
+        server.close()
+    assert seen == {"sni": "b.test", "alpn": "xmpp-server"}
+    # the first application bytes are our stream header: no plaintext step, no STARTTLS
+    assert first.startswith(b"<?xml") and b"to='b.test'" in first and TLS_NS not in first
+
+
+class _TlsPeer:
+    """A raw S2S initiator over Direct TLS (to look at what our listener offers)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.framer = StreamFramer()
+        self.events: list[Any] = []
+
+    async def next(self, timeout: float = 5.0) -> Any:
+        while not self.events:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise EOFError("closed")
+            self.events.extend(self.framer.feed(data))
+        return self.events.pop(0)
+
+
+async def test_direct_tls_listener_offers_no_starttls_and_selects_alpn(
+    make_node, tls_certfile, tls_ca_file
+):
+    b = await make_node(
+        ["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file, listeners=("tls",)
+    )
+    ctx = ssl.create_default_context(cafile=tls_ca_file)
+    ctx.set_alpn_protocols(["xmpp-server"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", b.ports["tls"], ssl=ctx, server_hostname="b.test"
+    )
+    try:
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "xmpp-server"
+        peer = _TlsPeer(reader, writer)
+        writer.write(HEADER.format(frm="a.test", to="b.test").encode())
+        assert isinstance(await peer.next(), StreamOpen)
+        features = await peer.next()
+        assert isinstance(features, Stanza) and features.name == "features"
+        assert TLS_NS not in features.raw and b"urn:xmpp:features:dialback" in features.raw
+    finally:
+        writer.close()
+
+
+async def test_plaintext_on_a_direct_tls_listener_is_refused(make_node, tls_certfile, caplog):
+    b = await make_node(["b.test"], certfile=tls_certfile("b.test"), listeners=("tls",))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.ports["tls"])
+    writer.write(HEADER.format(frm="a.test", to="b.test").encode())
+    data = await asyncio.wait_for(reader.read(65536), 5)
+    # whatever comes back is a TLS alert record at most, never an XMPP stream
+    assert b"<stream" not in data
+    assert await asyncio.wait_for(reader.read(65536), 5) == b""
+    writer.close()
+    assert "Direct TLS handshake failed" in caplog.text
+
+
+async def test_starttls_required_listener_requires_starttls(make_node, tls_certfile, dns):
+    b = await make_node(
+        ["b.test"],
+        mode="optional",
+        certfile=tls_certfile("b.test"),
+        listeners=("starttls_required",),
+    )
+    a = await make_node(["a.test"], mode="false")
+    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
+    publish(dns, "b.test", ("xmpp", 0, b.ports["starttls_required"]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.ports["starttls_required"])
+    peer = _TlsPeer(reader, writer)
+    writer.write(HEADER.format(frm="a.test", to="b.test").encode())
+    await peer.next()
+    features = await peer.next()
+    assert b"<required/>" in features.raw
+    writer.close()
+    await a.send(message("u@a.test", "v@b.test", "no TLS", id="r1"))
+    bounce = await a.inbox.get()
+    assert bounce.id == "r1" and bounce.type == "error"
+    assert b"requires STARTTLS" in bounce.raw
+    assert await b.inbox.nothing(0.2)
+
+
+# -- certificates: the same rules on both transports ----------------------------------------
+
+
+@pytest.fixture
+def cert_of_kind(tls_ca, tmp_path, tls_certfile):
+    past = utcnow() - dt.timedelta(days=2)
+
+    def make(kind: str, domain: str) -> str:
+        if kind == "valid":
+            return tls_certfile(domain)
+        if kind == "expired":
+            cert = tls_ca.issue([domain], not_before=past - dt.timedelta(days=30), not_after=past)
+        elif kind == "wrong-name":
+            cert = tls_ca.issue(["wrong.test"])
+        else:
+            cert = self_signed(domain)
+        return cert.write_pem(tmp_path, f"{kind}-{domain}.pem")
+
+    return make
+
+
+#: what each pairing did, filled by the test below (printed with -s for the report's table)
+PAIRINGS: dict[tuple[str, str, str], str] = {}
+
+
+@pytest.mark.parametrize("kind", ["valid", "expired", "wrong-name", "self-signed"])
+@pytest.mark.parametrize("judge", ["originating", "receiving"])
+@pytest.mark.parametrize("transport", ["starttls", "direct-tls"])
+async def test_required_trusted_judges_certificates_alike_on_both_transports(
+    dns, make_node, tls_certfile, tls_ca_file, cert_of_kind, transport, judge, kind
+):
+    """*judge* is the side with ``required_trusted``; the other side presents a *kind* cert."""
+    direct = transport == "direct-tls"
+    a_cert = cert_of_kind(kind, "a.test") if judge == "receiving" else tls_certfile("a.test")
+    b_cert = cert_of_kind(kind, "b.test") if judge == "originating" else tls_certfile("b.test")
+    a = await make_node(
+        ["a.test"],
+        mode="required_trusted" if judge == "originating" else "optional",
+        certfile=a_cert,
+        cafile=tls_ca_file,
+    )
+    b = await make_node(
+        ["b.test"],
+        mode="required_trusted" if judge == "receiving" else "optional",
+        certfile=b_cert,
+        cafile=tls_ca_file,
+        listeners=("tls",) if direct else ("starttls",),
+    )
+    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
+    publish(
+        dns, "b.test", ("xmpps" if direct else "xmpp", 0, b.ports["tls" if direct else "starttls"])
+    )
+    await a.send(message("u@a.test", "v@b.test", "cert", id="c1"))
+    got = await a.inbox.get() if kind != "valid" else await b.inbox.get()
+    if kind == "valid":
+        assert got.id == "c1" and got.type == "chat"
+        out = outbound(a)
+        assert out.tls and out.direct_tls is direct and out.peer_certificate.ok
+        PAIRINGS[(transport, judge, kind)] = "federates"
+        return
+    assert got.id == "c1" and got.type == "error"
+    text = got.raw.decode()
+    PAIRINGS[(transport, judge, kind)] = text[text.find("<text") :][:160]
+    assert await b.inbox.nothing(0.2)
+    if judge == "originating" and kind == "wrong-name":
+        assert "does not name b.test" in text
+    elif judge == "originating":
+        assert "handshake failed" in text and "CERTIFICATE_VERIFY_FAILED" in text
+        assert ("Direct TLS handshake" in text) is direct
+    else:
+        assert "policy-violation" in text

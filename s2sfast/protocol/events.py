@@ -31,6 +31,7 @@ __all__ = [
     "Close",
     "Acked",
     "Unacked",
+    "RestartStream",
     "Action",
 ]
 
@@ -218,6 +219,12 @@ class Unacked:
     reason: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartStream:
+    """The stream restarts without TLS changing (after SASL success, RFC 6120 6.4.6): what
+    follows is a new stream, read by a new framer."""
+
+
 Action = (
     SendBytes
     | StartTls
@@ -231,4 +238,5 @@ Action = (
     | Close
     | Acked
     | Unacked
+    | RestartStream
 )

@@ -22,6 +22,9 @@ class Sizes:
     library_messages: int = 100000
     size: int = 200
     half_seconds: float = 5.0
+    #: a light load: this many messages per second for low_seconds (latency when nothing queues)
+    low_rate: float = 1000.0
+    low_seconds: float = 3.0
     stall: float = 20.0
     #: py-spy profiles of the s2sfast processes during the flood go here (None: no profiling)
     profile: Path | None = None
@@ -112,21 +115,26 @@ async def measure_servers(contender: Any, sizes: Sizes) -> dict[str, Any]:
         result["client_cpu_s_per_10k"] = client / max(1, counter.count) * 10000
         result["client_cpu_share"] = client / result["seconds"]
         progress.finish(f"{result['msg_per_s']:,.0f} msg/s, {counter.missing()} missing")
-        result["half_peak"] = await _half_peak_servers(contender, sender, receiver, tmpl, result,
-                                                      sizes)  # fmt: skip
+        rate = result["msg_per_s"] / 2
+        for key, label, r, secs in (
+            ("half_peak", "half peak", rate, sizes.half_seconds),
+            ("low_load", f"{sizes.low_rate:,.0f}/s", sizes.low_rate, sizes.low_seconds),
+        ):
+            result[key] = await _paced_servers(contender, sender, receiver, tmpl, label, r, secs,
+                                               sizes)  # fmt: skip
         return result
     finally:
         sender.close()
         receiver.close()
 
 
-async def _half_peak_servers(
-    contender: Any, sender: Any, receiver: Any, tmpl: bytes, flood: dict[str, Any], sizes: Sizes
-) -> dict[str, Any]:
-    rate = flood["msg_per_s"] / 2
-    m = max(200, int(rate * sizes.half_seconds))
+async def _paced_servers(
+    contender: Any, sender: Any, receiver: Any, tmpl: bytes, label: str, rate: float,
+    seconds: float, sizes: Sizes,
+) -> dict[str, Any]:  # fmt: skip
+    m = max(200, int(rate * seconds))
     counter = receiver.start_counting(m)
-    progress = Progress(f"{contender.name}: half peak", m)
+    progress = Progress(f"{contender.name}: {label}", m)
     task = asyncio.ensure_future(sender.paced(tmpl, m, rate))
     await _wait(counter, progress, sizes.stall)
     await task
@@ -255,17 +263,20 @@ async def measure_library(workdir: Path, loop: str, sizes: Sizes) -> dict[str, A
         if profile:
             result["profile"] = profile
         progress.finish(f"{result['msg_per_s']:,.0f} msg/s, {got['missing']} missing")
-        rate = result["msg_per_s"] / 2
-        m = max(200, int(rate * sizes.half_seconds))
-        progress = Progress(f"{name}: half peak", m)
-        await recv.send(f"expect {m}")
-        await recv.expect("ok", 10)
-        await send.send(f"paced {m} {rate:.1f}")
-        half = json.loads(await recv.expect("result", 600, progress))
-        await send.expect("sent", 60)
-        progress.finish()
-        result["half_peak"] = _half_result(rate, m, half["received"], half["missing"],
-                                           half["latency_ms"])  # fmt: skip
+        for key, label, rate, secs in (
+            ("half_peak", "half peak", result["msg_per_s"] / 2, sizes.half_seconds),
+            ("low_load", f"{sizes.low_rate:,.0f}/s", sizes.low_rate, sizes.low_seconds),
+        ):
+            m = max(200, int(rate * secs))
+            progress = Progress(f"{name}: {label}", m)
+            await recv.send(f"expect {m}")
+            await recv.expect("ok", 10)
+            await send.send(f"paced {m} {rate:.1f}")
+            got = json.loads(await recv.expect("result", 600, progress))
+            await send.expect("sent", 60)
+            progress.finish()
+            result[key] = _half_result(rate, m, got["received"], got["missing"],
+                                       got["latency_ms"])  # fmt: skip
         return result
     finally:
         await send.stop()

@@ -7,8 +7,9 @@ Contenders (each measured alone, one after another, in the same run):
   - ``Prosody``, ``ejabberd``: two servers each (Debian's packages, tests/interop/servers),
     TLS required, dialback, c2s user alice@a.test -> bob@b.test (SASL PLAIN, loopback).
 For each: msg/s, p50/p99/p99.9 latency, CPU seconds per 10k messages of both servers, peak RSS
-of each, and p50/p99 latency at half the measured peak rate. Then the scale section (one daemon,
-10,000 TLS streams; see bench/e2e/scale.py). Writes JSON and a PNG plot.
+of each, and p50/p99 latency at half the measured peak rate and at a light load (1,000/s).
+Then the scale section (one daemon, 10,000 TLS streams; see bench/e2e/scale.py). Writes JSON
+and a PNG plot.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ def table(results: list[dict[str, Any]]) -> str:
     """The human table; "vs peer" = msg/s over the faster of Prosody and ejabberd."""
     peers = [r["msg_per_s"] for r in results if r["kind"] == "peer" and not r.get("error")]
     best = max(peers) if peers else None
+    rates = {r["low_load"]["rate"] for r in results if "low_load" in r}
+    low = f"@{rates.pop():,.0f}/s p50" if len(rates) == 1 else "@low p50"
     head = (
         f"{'contender (TLS required, dialback)':<34} {'msg/s':>9} {'vs peer':>7} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8} {'CPU s/10k':>9} {'RSS MiB A/B':>12} "
-        f"{'@half p50':>9} {'@half p99':>9} {'lost':>5}"
+        f"{'@half p50':>9} {'@half p99':>9} {low:>9} {'p99':>6} {'lost':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -98,11 +101,13 @@ def table(results: list[dict[str, Any]]) -> str:
         lat, half = r["latency_ms"], r["half_peak"]["latency_ms"]
         ratio = f"{r['msg_per_s'] / best:6.2f}x" if best else "      -"
         rss = "/".join(f"{k / 1024:.0f}" for k in r["peak_rss_kib"])
-        lost = r["missing"] + r["half_peak"]["missing"]
+        lost = r["missing"] + r["half_peak"]["missing"] + r["low_load"]["missing"]
+        low_lat = r["low_load"]["latency_ms"]
         lines.append(
             f"{r['name']:<34} {r['msg_per_s']:>9,.0f} {ratio:>7} {_ms(lat['p50'])} "
             f"{_ms(lat['p99'])} {_ms(lat['p99.9'])} {r['cpu_s_per_10k']:>9.3f} {rss:>12} "
-            f"{half['p50']:>9.2f} {half['p99']:>9.2f} {lost:>5}"
+            f"{half['p50']:>9.2f} {half['p99']:>9.2f} {low_lat['p50']:>9.2f} "
+            f"{low_lat['p99']:>6.2f} {lost:>5}"
         )
     clients = [r for r in results if "client_cpu_share" in r]
     if clients:
@@ -130,15 +135,17 @@ def plot(results: list[dict[str, Any]], scale: dict[str, Any] | None, path: Path
     ax1.set_ylabel("messages/s (flood)")
     ax1.set_title("throughput")
     x = range(len(ok))
-    width = 0.2
+    width = 0.13
     series = [
         ("p50 flood", [r["latency_ms"]["p50"] for r in ok]),
         ("p99 flood", [r["latency_ms"]["p99"] for r in ok]),
         ("p50 @ half peak", [r["half_peak"]["latency_ms"]["p50"] for r in ok]),
         ("p99 @ half peak", [r["half_peak"]["latency_ms"]["p99"] for r in ok]),
+        ("p50 @ low load", [r["low_load"]["latency_ms"]["p50"] for r in ok]),
+        ("p99 @ low load", [r["low_load"]["latency_ms"]["p99"] for r in ok]),
     ]
     for i, (label, values) in enumerate(series):
-        ax2.bar([v + (i - 1.5) * width for v in x], values, width, label=label)
+        ax2.bar([v + (i - 2.5) * width for v in x], values, width, label=label)
     ax2.set_yscale("log")
     ax2.set_xticks(list(x), names)
     ax2.set_ylabel("latency, ms (log)")
@@ -183,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library-messages", type=int, help="messages on the library path (100000)")
     p.add_argument("--size", type=int, default=200, help="bytes per message (200)")
     p.add_argument("--half-seconds", type=float, help="seconds at half the peak rate (5)")
+    p.add_argument("--low-rate", type=float, default=1000.0,
+                   help="messages per second of the light-load run (1000)")  # fmt: skip
+    p.add_argument("--low-seconds", type=float, help="seconds of the light-load run (3)")
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help=f"comma-separated subset of {','.join(CONTENDERS)}")  # fmt: skip
     p.add_argument("--loops", help="event loops for s2sfast (default: asyncio,uvloop if installed)")
@@ -214,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size,
         half_seconds=args.half_seconds or (2.0 if quick else 5.0),
         profile=args.profile,
+        low_rate=args.low_rate,
+        low_seconds=args.low_seconds or (1.0 if quick else 3.0),
     )
     if args.profile is not None:
         from bench.e2e.profile import available

@@ -2,10 +2,14 @@
 
 It walks the path an outgoing S2S stream takes and prints one line per step with the exact
 reason of any failure: DNS (every SRV record and address, in the order the node would try
-them), TCP connect, the stream header and features, STARTTLS (protocol, cipher, the
-certificate's names and expiry, and the RFC 6125 verdict), and dialback as the configured local
-domain. Dialback needs the local domain's authoritative server, i.e. a running node with the
-same ``[s2s] shared`` secret; without one the probe says how far it got.
+them, ``_xmpps-server`` Direct TLS records mixed with ``_xmpp-server`` ones as XEP-0368 says),
+TCP connect, TLS (STARTTLS after the first features, or Direct TLS from the first byte with SNI
+and ALPN ``xmpp-server``: protocol, cipher, ALPN, the certificate's names and expiry, and the
+RFC 6125 verdict), the stream header and features, and dialback as the configured local domain.
+The ``transport`` line (and ``"transport"`` in ``--json``) says which way the stream went:
+"Direct TLS", "STARTTLS" or "plain TCP". Dialback needs the local domain's authoritative server,
+i.e. a running node with the same ``[s2s] shared`` secret; without one the probe says how far it
+got.
 
 Exit status: 0 when federation would succeed, 1 when a step failed, 2 when everything tried
 worked but dialback could not be tried (no configured secret), so success is not proven.
@@ -34,6 +38,12 @@ TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
 #: seconds to wait for each answer from the peer (header, features, proceed, dialback result)
 DEFAULT_TIMEOUT = 15.0
 EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 2
+#: the report's words for ``Probe.transport``
+_TRANSPORT_NAMES = {
+    "direct-tls": "Direct TLS (XEP-0368)",
+    "starttls": "STARTTLS",
+    "plain": "plain TCP",
+}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -158,6 +168,8 @@ class Probe:
         self.nameservers = nameservers
         self.timeout = timeout
         self.steps: list[Step] = []
+        #: "direct-tls", "starttls" or "plain" once known (None: no connection was made)
+        self.transport: str | None = None
 
     def _add(self, step: str, status: str, detail: str, **data: Any) -> Step:
         entry = Step(step=step, status=status, detail=detail, data=data)
@@ -169,12 +181,16 @@ class Probe:
         try:
             stream = await self._connect(await self._resolve())
             try:
-                return await self._negotiate(stream)
+                code = await self._negotiate(stream)
             finally:
                 stream.writer.close()
         except _Failed as exc:
             self._add(self._current, "fail", str(exc))
-            return EXIT_FAILED
+            code = EXIT_FAILED
+        if self.transport is not None:
+            name = _TRANSPORT_NAMES[self.transport]
+            self._add("transport", "info", name, transport=self.transport)
+        return code
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -184,7 +200,9 @@ class Probe:
         self._current = "resolve"
         resolver = Resolver.from_options(self.s2s.dns, self.nameservers)
         try:
-            candidates = await resolver.resolve(self.domain, self.s2s)
+            # as the node would; without --config TLS is used when offered (Direct TLS too)
+            s2s = dataclasses.replace(self.s2s, use_starttls=self.mode)
+            candidates = await resolver.resolve(self.domain, s2s)
         except ResolutionError as exc:
             raise _Failed(f"{self.domain}: {exc.reason}") from None
         finally:
@@ -200,6 +218,8 @@ class Probe:
         return candidates
 
     async def _connect(self, candidates: list[Any]) -> _Stream:
+        """TCP to the first candidate that accepts (as the node does); a Direct TLS one then
+        goes straight into its TLS handshake (a failure there is final, as in the node)."""
         self._current = "connect"
         timeout_ms = self.s2s.outgoing.connection_timeout
         timeout = None if timeout_ms is None else timeout_ms / 1000
@@ -219,8 +239,16 @@ class Probe:
                 self._add("connect", "info", f"{candidate}: {reason} ({detail})")
                 reasons.append(f"{candidate.ip}:{candidate.port} {reason}")
                 continue
-            self._add("connect", "ok", f"connected to {candidate}")
-            return _Stream(reader, writer)
+            self._add("connect", "ok", f"connected to {candidate}", transport=candidate.transport)
+            stream = _Stream(reader, writer)
+            if candidate.direct_tls:
+                self.transport = "direct-tls"
+                try:
+                    await self._tls(stream, direct=True)
+                except BaseException:
+                    writer.close()
+                    raise
+            return stream
         raise _Failed(f"no address accepted a connection: {'; '.join(reasons)}")
 
     async def _open(self, stream: _Stream) -> tuple[str, dict[str, Any]]:
@@ -251,7 +279,9 @@ class Probe:
     async def _negotiate(self, stream: _Stream) -> int:
         stream_id, feats = await self._open(stream)
         self._current = "tls"
-        if feats["starttls"] and self.mode != "false":
+        if self.transport == "direct-tls":
+            pass  # TLS is up already: a <starttls/> offered now is not taken up
+        elif feats["starttls"] and self.mode != "false":
             await self._starttls(stream)
             stream_id, feats = await self._open(stream)
         elif feats["starttls_required"]:
@@ -259,6 +289,7 @@ class Probe:
         elif self.mode in ("required", "required_trusted"):
             raise _Failed(f"the peer does not offer STARTTLS; use_starttls is {self.mode!r}")
         else:
+            self.transport = "plain"
             self._add("tls", "info", "not used (plain TCP)")
         return await self._dialback(stream, stream_id)
 
@@ -268,6 +299,12 @@ class Probe:
         answer = await stream.next_event(self.timeout, "<proceed/>")
         if getattr(answer, "name", None) != "proceed":
             raise _Failed(f"STARTTLS refused: {answer.raw.decode('utf-8', 'replace')}")
+        self.transport = "starttls"
+        await self._tls(stream, direct=False)
+
+    async def _tls(self, stream: _Stream, *, direct: bool) -> None:
+        """The TLS handshake on *stream* (SNI = the domain, ALPN xmpp-server) and its verdict."""
+        self._current = "tls"
         from s2sfast.net.tls import make_client_context, peer_chain, verify_peer
 
         # we judge the certificate ourselves (RFC 6125) so that the report can say why
@@ -278,9 +315,11 @@ class Probe:
                 stream.writer.start_tls(ctx, server_hostname=self.domain), self.timeout
             )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
-            raise _Failed(f"TLS handshake failed: {exc or type(exc).__name__}") from None
+            what = "Direct TLS handshake" if direct else "TLS handshake"
+            raise _Failed(f"{what} failed: {exc or type(exc).__name__}") from None
         sslobj = stream.writer.get_extra_info("ssl_object")
         version, cipher = sslobj.version(), sslobj.cipher()[0]
+        alpn = sslobj.selected_alpn_protocol()
         chain = peer_chain(sslobj)
         status = verify_peer(chain, self.domain, cafile=self.cafile)
         shown = status.names.describe()
@@ -293,8 +332,11 @@ class Probe:
         self._add(
             "tls",
             "ok" if status.ok or self.mode != "required_trusted" else "fail",
-            f"{version} {cipher}; certificate {shown}, {len(chain)} in chain, "
+            f"{'Direct TLS' if direct else 'STARTTLS'}: {version} {cipher}"
+            f"{f', ALPN {alpn}' if alpn else ''}; certificate {shown}, {len(chain)} in chain, "
             f"expires {expiry}; {verdict}",
+            transport="direct-tls" if direct else "starttls",
+            alpn=alpn,
             version=version,
             cipher=cipher,
             trusted=status.trusted,
@@ -402,6 +444,7 @@ async def run(args: argparse.Namespace) -> int:
             "from": probe.local,
             "result": verdict,
             "ok": code == EXIT_OK,
+            "transport": probe.transport,
             "steps": [dataclasses.asdict(s) for s in probe.steps],
         }
         json.dump(doc, sys.stdout, indent=2)

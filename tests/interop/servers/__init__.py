@@ -3,7 +3,7 @@ ejabberd 23.01, each a throw-away process on 127.0.0.1 with its state in one dir
 
 API (the same for both servers)::
 
-    from servers import ProsodyServer, EjabberdServer, server_missing
+    from servers import ProsodyServer, EjabberdServer, need_server
 
     peer = ProsodyServer("b.test", tmp_path / "b", tls="required", remotes={"a.test": 5269})
     peer = EjabberdServer("b.test", tmp_path / "b", tls="optional", remotes={"a.test": 5269})
@@ -16,12 +16,19 @@ API (the same for both servers)::
     peer.kill()                  # SIGKILL by PID: a crash, for fault tests
     peer.start()                 # again: same ports, certificate, accounts (a restart)
 
+The first start() of an object wipes its accounts/spool (a fresh server); remotes added to
+``peer.remotes`` before start() are published then. The SRV target is the IP literal
+(``add_xmpp_domain(zone, domain, port, srv_target="domain")`` for a name: Prosody only, see
+tests/interop/README.md).
+
 Constructor keywords (both): ``tls`` (``required`` | ``optional`` | ``off``), ``remotes``
 (remote domain -> loopback S2S port), ``dns`` (a running ``dnsserver.DnsServer`` zone to
 resolve through), ``extra_config`` (lines for the global section: Lua for Prosody, YAML for
 ejabberd), ``certificate`` (a tests/certs.py ``IssuedCert``; default: self-signed for the
 domain), ``log_level``, ``c2s_port``/``s2s_port`` (default: fresh free ports). ejabberd also
-takes ``cafile`` (``s2s_cafile``) and has ``command(name, **args)`` (its admin commands).
+takes ``cafile`` (``s2s_cafile``), ``dialback=False`` (SASL EXTERNAL only: what its
+``required_trusted`` means in 23.01) and ``api_port``, and has ``command(name, **args)`` (its
+admin commands over loopback HTTP).
 
 Both servers find remote domains through DNS only, never the machine's resolver: SRV/A records
 for ``remotes`` in ``dns`` if given, else in a private loopback zone (tests/dnsserver.py) that

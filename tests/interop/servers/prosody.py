@@ -54,6 +54,9 @@ class ProsodyServer(ServerProcess):
         certificate: a tests/certs.py ``IssuedCert`` to present; None: a self-signed one for
             *domain*, made at the first start and kept across restarts.
         log_level: ``debug`` (default: the log shows every element sent and received) or ``info``.
+        direct_tls_port: a loopback port for Direct TLS S2S (XEP-0368, ``s2s_direct_tls_ports``;
+            0: none). Prosody presents the host's certificate there, and itself asks for
+            ``_xmpps-server._tcp`` before ``_xmpp-server._tcp`` when it connects out.
     """
 
     program = "prosody"
@@ -71,6 +74,7 @@ class ProsodyServer(ServerProcess):
         log_level: str = "debug",
         c2s_port: int = 0,
         s2s_port: int = 0,
+        direct_tls_port: int = 0,
     ) -> None:
         if tls not in _TLS:
             raise ValueError(f"tls must be one of {sorted(_TLS)}, not {tls!r}")
@@ -78,6 +82,7 @@ class ProsodyServer(ServerProcess):
         self.tls = tls
         self.extra_config = extra_config
         self.log_level = log_level
+        self.direct_tls_port = direct_tls_port
         self._certificate = certificate
 
     # -- files ------------------------------------------------------------------------------
@@ -142,6 +147,7 @@ class ProsodyServer(ServerProcess):
                 IFACE=LOOPBACK,
                 C2S_PORT=self.c2s_port,
                 S2S_PORT=self.s2s_port,
+                S2S_DIRECT_TLS_PORTS=self.direct_tls_port or "",
                 LOG_LEVEL=self.log_level,
                 TLS=_TLS[self.tls],
                 DNS=dns,

@@ -46,6 +46,7 @@ def node_config(
     state_timeout_ms: int = 5000,
     max_stanza_size: int | None = None,
     stream_management: StreamManagementOptions | None = None,
+    sasl_external: bool = False,
 ) -> Config:
     """A Config for one test node listening on 127.0.0.1:*port*; *addresses* maps remote
     domains to loopback ports ([s2s] address overrides)."""
@@ -61,6 +62,7 @@ def node_config(
         ),
         outgoing=OutgoingOptions(connection_timeout=3000),
         stream_management=stream_management or StreamManagementOptions(),
+        sasl_external=sasl_external,
     )
     return Config(
         hosts=tuple(hosts),

@@ -30,6 +30,7 @@ from s2sfast.protocol.events import (
     Deliver,
     Drop,
     Handled,
+    RestartStream,
     SendBytes,
     SetTimer,
     StartTls,
@@ -46,6 +47,7 @@ from s2sfast.protocol.negotiation import (
     check_version,
     stream_header,
 )
+from s2sfast.protocol.sasl import SASL_NS, failure_bytes, parse_sasl, success_bytes
 from s2sfast.protocol.sm import (
     ENABLED,
     FEATURE,
@@ -149,6 +151,8 @@ class IncomingMachine(Machine):
         #: check its acks)
         self.sm_out: SmOutbound | None = None
         self._sm_offered = False
+        #: SASL EXTERNAL offered in the features just sent (XEP-0178)
+        self._external_offered = False
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -244,7 +248,7 @@ class IncomingMachine(Machine):
         if self.version:
             actions.append(SendBytes(data=self._features()))
         self.state = "OPEN"
-        actions.append(self._arm())
+        actions.append(self._step_timer())  # authenticated already after a SASL restart
         return actions
 
     def _features(self) -> bytes:
@@ -257,6 +261,11 @@ class IncomingMachine(Machine):
                 parts.append(f"<starttls xmlns='{TLS_NS}'><required/></starttls>")
             else:
                 parts.append(f"<starttls xmlns='{TLS_NS}'/>")
+        self._external_offered = self._external_allowed()
+        if self._external_offered:
+            parts.append(
+                f"<mechanisms xmlns='{SASL_NS}'><mechanism>EXTERNAL</mechanism></mechanisms>"
+            )
         if not self._tls_missing():
             parts.append(f"<dialback xmlns='{DIALBACK_FEATURE_NS}'><errors/></dialback>")
             self._sm_offered = self._sm_allowed()
@@ -283,6 +292,8 @@ class IncomingMachine(Machine):
             return self._on_data(st)
         elif ns == SM_NS:
             return self._on_sm(st)
+        elif ns == SASL_NS and st.name == "auth":
+            return self._on_sasl_auth(st)
         raise RemoteStreamError(
             "unsupported-stanza-type", f"<{st.name} xmlns='{ns}'> is not supported here"
         )
@@ -453,6 +464,50 @@ class IncomingMachine(Machine):
             if ack is not None:
                 actions.append(SendBytes(data=ack))
         return actions
+
+    # --- SASL EXTERNAL (XEP-0178) ---------------------------------------------------------------
+
+    def _external_allowed(self) -> bool:
+        """Offer EXTERNAL: TLS up, the option on, no pair authorised yet, and the certificate
+        the peer presented verifies for the domain its header claims."""
+        frm = self.peer_from
+        if not (self.tls_active and frm and self.local and not self.authorised):
+            return False
+        if not self.options_for(self.local).sasl_external:
+            return False
+        status = self._cert_verdicts.get(frm)
+        return bool(status is not None and status.trusted and status.name_matches)
+
+    def _on_sasl_auth(self, st: Any) -> list[Action]:
+        if not self._external_offered:
+            return [SendBytes(data=failure_bytes("invalid-mechanism"))]
+        auth = parse_sasl(st.raw)
+        local, remote = self.local or "", self.peer_from or ""
+        if auth.mechanism != "EXTERNAL":
+            return [SendBytes(data=failure_bytes("invalid-mechanism"))]
+        if auth.authzid is None:
+            return [SendBytes(data=failure_bytes("incorrect-encoding"))]
+        if auth.authzid not in ("", remote):
+            return [SendBytes(data=failure_bytes("invalid-authzid"))]
+        if not self.policy_allows(local, remote):
+            return self._deny(
+                failure_bytes("not-authorized"),
+                f"{remote} is not allowed to federate with {local} (policy)",
+            )
+        self._external_offered = False
+        self.authorised.add((local, remote))
+        # RFC 6120 6.4.6: success, then the stream restarts (a new id; the header is the peer's
+        # to send first)
+        self.stream_id = new_stream_id()
+        self.header_sent = False
+        self.state = "WAIT_HEADER"
+        log.info("SASL EXTERNAL accepted for %s -> %s", remote, local)
+        return [
+            SendBytes(data=success_bytes()),
+            Authenticated(local=local, remote=remote, direction="in", method="sasl-external"),
+            RestartStream(),
+            self._arm(),
+        ]
 
     # --- XEP-0198 -------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from s2sfast.protocol.events import (
     AuthFailed,
     Close,
     Drop,
+    RestartStream,
     SendBytes,
     SetTimer,
     StartTls,
@@ -50,6 +51,7 @@ from s2sfast.protocol.negotiation import (
     check_version,
     stream_header,
 )
+from s2sfast.protocol.sasl import SASL_NS, auth_bytes, parse_sasl
 from s2sfast.protocol.sm import (
     ENABLE,
     REQUEST,
@@ -83,14 +85,22 @@ _TRANSIENT_STREAM_ERRORS = frozenset(
 class Features:
     """What a ``<stream:features/>`` offered (only the parts S2S cares about)."""
 
-    __slots__ = ("starttls", "starttls_required", "dialback", "sm")
+    __slots__ = ("starttls", "starttls_required", "dialback", "sm", "external")
 
     def __init__(
-        self, *, starttls: bool, starttls_required: bool, dialback: bool, sm: bool = False
+        self,
+        *,
+        starttls: bool,
+        starttls_required: bool,
+        dialback: bool,
+        sm: bool = False,
+        external: bool = False,
     ) -> None:
         self.starttls = starttls
         self.starttls_required = starttls_required
         self.dialback = dialback
+        #: SASL EXTERNAL among the ``<mechanisms/>`` (XEP-0178)
+        self.external = external
         #: XEP-0198 ``<sm xmlns='urn:xmpp:sm:3'/>``
         self.sm = sm
 
@@ -115,6 +125,10 @@ def parse_features(raw: bytes) -> Features:
         and starttls.find(f"{{{TLS_NS}}}required") is not None,
         dialback=features.find("{urn:xmpp:features:dialback}dialback") is not None,
         sm=features.find(f"{{{SM_NS}}}sm") is not None,
+        external=any(
+            (m.text or "").strip() == "EXTERNAL"
+            for m in features.iterfind(f"{{{SASL_NS}}}mechanisms/{{{SASL_NS}}}mechanism")
+        ),
     )
 
 
@@ -129,6 +143,7 @@ class OutgoingMachine(Machine):
         check_cert: RFC 6125 verdict for the server's chain and *remote* (required_trusted).
         state_timeout: seconds the peer has for each negotiation step.
         sm: ``[s2s] stream_management`` (None: XEP-0198 off): enable it when offered.
+        sasl_external: authenticate with SASL EXTERNAL (XEP-0178) when offered after TLS.
     """
 
     role = "outgoing"
@@ -159,6 +174,11 @@ class OutgoingMachine(Machine):
     ):
         TABLE[(_state, "VerifyRequest")] = "_on_verify_request"
         TABLE[(_state, "ConnectionLost")] = "_on_lost"
+    TABLE[("WAIT_SASL", "Stanza")] = "_on_sasl"
+    TABLE[("WAIT_SASL", "StreamClose")] = "_on_peer_close"
+    TABLE[("WAIT_SASL", "TimerFired")] = "_timeout"
+    TABLE[("WAIT_SASL", "VerifyRequest")] = "_on_verify_request"
+    TABLE[("WAIT_SASL", "ConnectionLost")] = "_on_lost"
     TABLE[("ESTABLISHED", "TimerFired")] = "_on_ack_timer"
     TABLE[("CLOSING", "TimerFired")] = "_on_closed"
     TABLE[("CLOSING", "Stanza")] = "_on_closing_stanza"
@@ -175,8 +195,13 @@ class OutgoingMachine(Machine):
         check_cert: CertChecker | None = None,
         state_timeout: float | None = 5.0,
         sm: Any = None,
+        sasl_external: bool = False,
     ) -> None:
         super().__init__(state_timeout=state_timeout)
+        self.sasl_external = sasl_external
+        #: SASL EXTERNAL: None (not tried), "pending", "done" (restarted, authenticated), "failed"
+        self._sasl: str | None = None
+        self._features: Features | None = None
         self.sm_options = sm if sm is not None and sm.enabled else None
         self.local = local.lower()
         self.remote = remote.lower()
@@ -427,11 +452,28 @@ class OutgoingMachine(Machine):
                     "policy-violation",
                     f"{self.remote} requires STARTTLS but use_starttls={self.mode}",
                 )
+        self.sm_offered = features is not None and features.sm
+        if self._sasl == "done":  # the features of the stream restarted after SASL success
+            return self._established("sasl-external")
+        if (
+            self.sasl_external
+            and self.tls_active
+            and self._sasl is None
+            and features is not None
+            and features.external
+        ):
+            self._sasl = "pending"
+            self._features = features
+            self.state = "WAIT_SASL"
+            return [SendBytes(data=auth_bytes(self.local)), self._arm()]
+        return self._dialback()
+
+    def _dialback(self) -> list[Action]:
+        """Send our db:result (the originating role)."""
         if not self.stream_id:
             raise RemoteStreamError(
                 "undefined-condition", "no stream id from the peer: dialback impossible"
             )
-        self.sm_offered = features is not None and features.sm
         key = make_key(self.secret, self.remote, self.local, self.stream_id)
         self.state = "AUTHENTICATING"
         actions: list[Action] = [
@@ -442,6 +484,42 @@ class OutgoingMachine(Machine):
         for req in queued:
             actions.extend(self._send_verify(req))
         return actions
+
+    def _established(self, method: str) -> list[Action]:
+        self.state = "ESTABLISHED"
+        actions: list[Action] = [
+            SetTimer(seconds=None),
+            *self._enable_sm(),  # before Authenticated: queued stanzas follow <enable/>
+            Authenticated(local=self.local, remote=self.remote, direction="out", method=method),
+        ]
+        queued, self._verify_queue = self._verify_queue, []
+        for req in queued:
+            actions.extend(self._send_verify(req))
+        return actions
+
+    def _on_sasl(self, st: Any) -> list[Action]:
+        """SASL EXTERNAL's outcome: success restarts the stream, failure falls back to dialback
+        when the peer offered it."""
+        if st.ns == STREAM_NS and st.name == "error":
+            return self._peer_error(st)
+        if st.ns != SASL_NS or st.name not in ("success", "failure"):
+            raise RemoteStreamError(
+                "unsupported-stanza-type", f"expected a SASL outcome, got <{st.name}>"
+            )
+        if st.name == "success":
+            self._sasl = "done"
+            self.header_sent = True
+            self.state = "WAIT_HEADER"
+            log.info("SASL EXTERNAL %s -> %s succeeded", self.local, self.remote)
+            return [RestartStream(), SendBytes(data=self._header()), self._arm()]
+        self._sasl = "failed"
+        reason = parse_sasl(st.raw).condition or "failure"
+        log.info("SASL EXTERNAL %s -> %s failed (%s)", self.local, self.remote, reason)
+        if self._features is None or not self._features.dialback:
+            raise RemoteStreamError(
+                "undefined-condition", f"SASL EXTERNAL failed ({reason}) and no dialback offered"
+            )
+        return self._dialback()
 
     def _on_proceed(self, st: Any) -> list[Action]:
         if st.ns == TLS_NS and st.name == "proceed":
@@ -498,12 +576,7 @@ class OutgoingMachine(Machine):
         if self.state != "AUTHENTICATING" or db.type is None:
             return [Drop(reason=f"unexpected db:result type={db.type}", stanza=st)]
         if db.type == "valid":
-            self.state = "ESTABLISHED"
-            return [
-                SetTimer(seconds=None),
-                *self._enable_sm(),  # before Authenticated: queued stanzas follow <enable/>
-                Authenticated(local=self.local, remote=self.remote, direction="out"),
-            ]
+            return self._established("dialback")
         if db.type == "invalid":
             text = f"{self.remote} rejected our dialback key"
             condition = "remote-server-not-found"

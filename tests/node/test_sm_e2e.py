@@ -167,3 +167,52 @@ async def test_an_ack_for_stanzas_never_sent_is_a_stream_error(federation, h):
     got = await nodes["B"].inbox.get()
     assert got.id == "one"
     assert stanza_from_bytes(got.raw).id == "one"
+
+
+def _tls(host, tls_certfile, tls_ca_file, **extra):
+    return {
+        "hosts": [host],
+        "mode": "required",
+        "certfile": tls_certfile(host),
+        "cafile": tls_ca_file,
+        **extra,
+    }
+
+
+async def test_sasl_external_both_ways_then_sm(federation, tls_certfile, tls_ca_file):
+    """Certificates trusted both ways and sasl_external on: both streams authenticate with
+    SASL EXTERNAL (a stream restart after <success/>), then enable XEP-0198 as after dialback."""
+    nodes = await federation(
+        {
+            "A": _tls("a.test", tls_certfile, tls_ca_file, sasl_external=True),
+            "B": _tls("b.test", tls_certfile, tls_ca_file, sasl_external=True),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    for i in range(20):
+        await a.send(message("u@a.test", "v@b.test", f"{i}", id=f"ab{i}"))
+        await b.send(message("v@b.test", "u@a.test", f"{i}", id=f"ba{i}"))
+    assert [(await b.inbox.get()).id for _ in range(20)] == [f"ab{i}" for i in range(20)]
+    assert [(await a.inbox.get()).id for _ in range(20)] == [f"ba{i}" for i in range(20)]
+    for node, remote in ((a, "b.test"), (b, "a.test")):
+        conns = node.connections()
+        assert {(c.direction, c.auth_method, c.tls) for c in conns} == {
+            ("in", "sasl-external", True),
+            ("out", "sasl-external", True),
+        }
+        machine = _out(node, remote).machine
+        await _until(lambda m=machine: not m.sm_out.unacked)
+        assert machine.sm_out.acked == 20 and machine.sm_in is not None
+
+
+async def test_sasl_external_needs_both_sides(federation, tls_certfile, tls_ca_file):
+    """Only A wants SASL EXTERNAL: B does not offer it, so dialback authenticates."""
+    nodes = await federation(
+        {
+            "A": _tls("a.test", tls_certfile, tls_ca_file, sasl_external=True),
+            "B": _tls("b.test", tls_certfile, tls_ca_file),
+        }
+    )
+    await nodes["A"].send(message("u@a.test", "v@b.test", "x", id="x"))
+    assert (await nodes["B"].inbox.get()).id == "x"
+    assert {c.auth_method for c in nodes["A"].connections()} == {"dialback"}

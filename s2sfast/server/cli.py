@@ -62,7 +62,11 @@ def summary(config: Config) -> str:
     for lst in config.listen_s2s:
         size = "infinity" if lst.max_stanza_size is None else f"{lst.max_stanza_size} B"
         addr = f"[{lst.ip_address}]" if ":" in lst.ip_address else lst.ip_address
-        lines.append(f"listen.s2s: {addr}:{lst.port}, max_stanza_size {size}, {_rate(lst)}")
+        tls = {"tls": ", Direct TLS", "starttls_required": ", STARTTLS required"}
+        lines.append(
+            f"listen.s2s: {addr}:{lst.port}{tls.get(lst.tls.mode, '')}, "
+            f"max_stanza_size {size}, {_rate(lst)}"
+        )
     for svc in config.listen_service:
         lines.append(f"listen.service: {svc.ip_address}:{svc.port} (XEP-0114 components)")
     s = config.s2s

@@ -80,3 +80,26 @@ def test_address_tls_must_be_a_boolean():
     with pytest.raises(ConfigError) as err:
         load(BASE + '[s2s]\n  address = [{host = "b.test", ip_address = "::1", tls = "yes"}]\n')
     assert err.value.path == "s2s.address[0].tls"
+
+
+def test_check_config_summary_names_the_listener_kind(tls_certfile):
+    from s2sfast.server.cli import summary
+
+    config = load(
+        BASE
+        + f"""
+[[listen.s2s]]
+  port = 5269
+  tls.verify_mode = "none"
+[[listen.s2s]]
+  port = 5270
+  tls.mode = "tls"
+  tls.verify_mode = "none"
+[s2s]
+  use_starttls = "optional"
+  certfile = "{tls_certfile("a.test")}"
+"""
+    )
+    lines = [line for line in summary(config).splitlines() if line.startswith("listen.s2s:")]
+    assert ":5269," in lines[0] and "Direct TLS" not in lines[0]
+    assert ":5270, Direct TLS," in lines[1]

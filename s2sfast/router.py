@@ -40,6 +40,7 @@ from s2sfast.net.backoff import (
 )
 from s2sfast.net.connect import ConnectError, connect_first
 from s2sfast.net.dns import Candidate, ResolutionError, Resolver
+from s2sfast.net.peercert import own_certificate_problem
 from s2sfast.net.stream import WRITE_STALL_TIMEOUT, XmlStream
 from s2sfast.protocol.dialback import key_matches
 from s2sfast.protocol.errors import LocalStreamError, make_bounce
@@ -498,7 +499,9 @@ class Router:
             check_cert=self.cert_checker,
             state_timeout=self.state_timeout,
             sm=opts.stream_management,
-            sasl_external=opts.sasl_external,
+            # XEP-0178: use EXTERNAL only when our certificate can prove link.local
+            sasl_external=opts.sasl_external
+            and own_certificate_problem(opts.certfile, link.local) is None,
         )
 
         def attach(stream: XmlStream) -> None:

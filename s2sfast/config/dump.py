@@ -40,6 +40,7 @@ def _s2s_dict(o: S2SOptions) -> dict[str, Any]:
         },
         "dns": {"timeout": o.dns.timeout, "retries": o.dns.retries},
         "sasl_external": o.sasl_external,
+        "dialback_cert_auth": o.dialback_cert_auth,
         "stream_management": {
             "enabled": o.stream_management.enabled,
             "resend": o.stream_management.resend,

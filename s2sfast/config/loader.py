@@ -191,11 +191,16 @@ class S2SOptions:
     max_retry_delay: int = 300
     outgoing: OutgoingOptions = field(default_factory=OutgoingOptions)
     dns: DnsOptions = field(default_factory=DnsOptions)
-    #: an s2sfast addition: authenticate with SASL EXTERNAL (XEP-0178) when TLS is up and the
-    #: peer's certificate verifies for its domain (offered on incoming streams, used on outgoing
-    #: ones when offered), dialback otherwise. Off by default: dialback is what MongooseIM does.
-    #: Prosody 0.12 uses XEP-0198 on S2S only on such streams.
-    sasl_external: bool = False
+    #: s2sfast additions (MongooseIM has no certificate authentication for S2S): authenticate
+    #: with SASL EXTERNAL (XEP-0178) when TLS is up and the peer's certificate chains to the
+    #: trust anchors and names its domain (offered on incoming streams, used on outgoing ones
+    #: when offered and our certificate names our domain), dialback otherwise. On by default,
+    #: as in Prosody and ejabberd; Prosody 0.12 uses XEP-0198 on S2S only on such streams.
+    sasl_external: bool = True
+    #: answer a db:result at once (type='valid') when TLS is up and the originating server's
+    #: certificate chains to the trust anchors and names the originating domain, instead of
+    #: asking its authoritative server over a verify stream (XEP-0344)
+    dialback_cert_auth: bool = True
     stream_management: StreamManagementOptions = field(default_factory=StreamManagementOptions)
 
 
@@ -378,7 +383,8 @@ def _resolve_shaper(rule: str, path: str, raw: Mapping[str, Any]) -> tuple[str |
 
 _S2S_KEYS = tuple(
     "default_policy host_policy use_starttls certfile shared "
-    "address ciphers max_retry_delay outgoing dns sasl_external stream_management".split()
+    "address ciphers max_retry_delay outgoing dns sasl_external dialback_cert_auth"
+    " stream_management".split()
 )
 
 
@@ -430,10 +436,11 @@ def _s2s(value: Any, path: str, base: S2SOptions) -> S2SOptions:
         if "retries" in sub:
             dns["retries"] = _positive(sub["retries"], f"{path}.dns.retries")
         changes["dns"] = replace(base.dns, **dns)
-    if "sasl_external" in table:
-        if not isinstance(table["sasl_external"], bool):
-            _fail(f"{path}.sasl_external", table["sasl_external"], "a boolean (true or false)")
-        changes["sasl_external"] = table["sasl_external"]
+    for key in ("sasl_external", "dialback_cert_auth"):
+        if key in table:
+            if not isinstance(table[key], bool):
+                _fail(f"{path}.{key}", table[key], "a boolean (true or false)")
+            changes[key] = table[key]
     if "stream_management" in table:
         changes["stream_management"] = _stream_management(
             table["stream_management"], f"{path}.stream_management", base.stream_management

@@ -39,6 +39,7 @@ __all__ = [
     "peer_names",
     "name_matches",
     "verify_peer",
+    "own_certificate_problem",
 ]
 
 #: The SRV service name whose SRV-IDs identify an XMPP server (RFC 6120 section 13.7.1.2.1).
@@ -420,3 +421,48 @@ def _short(message: str) -> str:
     if message.startswith("candidates exhausted: "):
         return "no valid chain to a trusted CA: " + message.removeprefix("candidates exhausted: ")
     return message
+
+
+# --- our own certificate (SASL EXTERNAL, XEP-0178) ------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _own_leaf(path: str, stamp: float) -> x509.Certificate | None:
+    try:
+        with open(path, "rb") as f:
+            return x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def own_certificate_problem(
+    certfile: str | None, domain: str, *, now: _dt.datetime | None = None
+) -> str | None:
+    """Why our certificate cannot prove *domain* to a peer (None when it can): before the
+    originating side offers SASL EXTERNAL, the first certificate in *certfile* must be in date
+    and name *domain* (RFC 6125). Whether it chains to the peer's anchors is the peer's call
+    (it offers EXTERNAL only then; a ``<failure/>`` falls back to dialback).
+
+    Args:
+        certfile: ``[s2s] certfile`` (PEM, certificate first).
+        domain: our local domain.
+        now: the time to judge validity at (default: now).
+    """
+    if not certfile:
+        return "no certfile"
+    try:
+        stamp = os.stat(certfile).st_mtime
+    except OSError as e:
+        return f"cannot read {certfile}: {e.strerror}"
+    leaf = _own_leaf(certfile, stamp)
+    if leaf is None:
+        return f"no PEM certificate in {certfile}"
+    now = now or _dt.datetime.now(_dt.UTC)
+    if now < leaf.not_valid_before_utc:
+        return f"our certificate is not valid before {_fmt_time(leaf.not_valid_before_utc)}"
+    if now > leaf.not_valid_after_utc:
+        return f"our certificate expired at {_fmt_time(leaf.not_valid_after_utc)}"
+    names = _names_of(leaf)
+    if not name_matches(names, domain):
+        return f"our certificate does not name {domain} (it names {names.describe()})"
+    return None

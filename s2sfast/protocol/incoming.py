@@ -1,5 +1,6 @@
-"""The receiving side of an S2S stream (sans-IO): header checks, features, STARTTLS, and the
-receiving and authoritative dialback roles.
+"""The receiving side of an S2S stream (sans-IO): header checks, features, STARTTLS, SASL
+EXTERNAL (XEP-0178), and the receiving and authoritative dialback roles (XEP-0220, answered at
+once when the peer's certificate already proves the domain: XEP-0344).
 
 Events in: the framer's StreamOpen / Stanza / StreamClose, plus TlsUp, TimerFired,
 VerifyResult and ConnectionLost. Actions out: see s2sfast.events. No sockets, no clock.
@@ -47,7 +48,16 @@ from s2sfast.protocol.negotiation import (
     check_version,
     stream_header,
 )
-from s2sfast.protocol.sasl import SASL_NS, failure_bytes, parse_sasl, success_bytes
+from s2sfast.protocol.sasl import (
+    EXTERNAL,
+    MAX_ATTEMPTS,
+    SASL_NS,
+    challenge_bytes,
+    failure_bytes,
+    mechanisms_feature,
+    parse_sasl,
+    success_bytes,
+)
 from s2sfast.protocol.sm import (
     ENABLED,
     FEATURE,
@@ -153,6 +163,9 @@ class IncomingMachine(Machine):
         self._sm_offered = False
         #: SASL EXTERNAL offered in the features just sent (XEP-0178)
         self._external_offered = False
+        #: an <auth/> without initial response got our empty <challenge/>
+        self._sasl_challenged = False
+        self._sasl_attempts = 0
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -262,10 +275,9 @@ class IncomingMachine(Machine):
             else:
                 parts.append(f"<starttls xmlns='{TLS_NS}'/>")
         self._external_offered = self._external_allowed()
+        self._sasl_challenged = False
         if self._external_offered:
-            parts.append(
-                f"<mechanisms xmlns='{SASL_NS}'><mechanism>EXTERNAL</mechanism></mechanisms>"
-            )
+            parts.append(mechanisms_feature())
         if not self._tls_missing():
             parts.append(f"<dialback xmlns='{DIALBACK_FEATURE_NS}'><errors/></dialback>")
             self._sm_offered = self._sm_allowed()
@@ -292,8 +304,8 @@ class IncomingMachine(Machine):
             return self._on_data(st)
         elif ns == SM_NS:
             return self._on_sm(st)
-        elif ns == SASL_NS and st.name == "auth":
-            return self._on_sasl_auth(st)
+        elif ns == SASL_NS:
+            return self._on_sasl(st)
         raise RemoteStreamError(
             "unsupported-stanza-type", f"<{st.name} xmlns='{ns}'> is not supported here"
         )
@@ -351,6 +363,21 @@ class IncomingMachine(Machine):
         self._check_trusted(remote)
         if not db.key:
             raise RemoteStreamError("bad-format", "db:result without a key")
+        if self._cert_proves(remote, "dialback_cert_auth"):
+            # XEP-0344 section 2.4: the certificate already proves the originating domain, so
+            # the authoritative server need not be asked (no verify stream, no round trip)
+            self.authorised.add((local, remote))
+            log.info(
+                "dialback: %s -> %s valid at once: its certificate names it (XEP-0344) id=%s",
+                remote,
+                local,
+                self.stream_id,
+            )
+            return [
+                SendBytes(data=result_bytes(from_=local, to=remote, type="valid")),
+                SetTimer(seconds=None),
+                Authenticated(local=local, remote=remote, direction="in", method="dialback-cert"),
+            ]
         if (local, remote) not in self.pending_results and (
             len(self.pending_results) >= MAX_PENDING_RESULTS_PER_STREAM
         ):
@@ -465,30 +492,75 @@ class IncomingMachine(Machine):
                 actions.append(SendBytes(data=ack))
         return actions
 
-    # --- SASL EXTERNAL (XEP-0178) ---------------------------------------------------------------
+    # --- certificates: SASL EXTERNAL (XEP-0178) and dialback without a verify (XEP-0344) ----
+
+    def _cert_proves(self, domain: str, option: str) -> bool:
+        """Whether TLS is up, ``[s2s] <option>`` is on for our domain, and the peer's
+        certificate chains to our trust anchors and names *domain* (RFC 6125)."""
+        if not (self.tls_active and self.local) or not getattr(
+            self.options_for(self.local), option
+        ):
+            return False
+        status = self._cert_verdicts.get(domain)
+        return bool(status is not None and status.trusted and status.name_matches)
 
     def _external_allowed(self) -> bool:
-        """Offer EXTERNAL: TLS up, the option on, no pair authorised yet, and the certificate
-        the peer presented verifies for the domain its header claims."""
+        """Offer EXTERNAL: no pair authenticated on this stream yet, and the certificate the
+        peer presented proves the domain its header claims."""
         frm = self.peer_from
-        if not (self.tls_active and frm and self.local and not self.authorised):
+        if not frm or self.authorised or self._sasl_attempts >= MAX_ATTEMPTS:
             return False
-        if not self.options_for(self.local).sasl_external:
-            return False
-        status = self._cert_verdicts.get(frm)
-        return bool(status is not None and status.trusted and status.name_matches)
+        return self._cert_proves(frm, "sasl_external")
+
+    def _on_sasl(self, st: Any) -> list[Action]:
+        name = st.name
+        if name == "abort" and self._sasl_challenged:
+            self._sasl_challenged = False
+            return [SendBytes(data=failure_bytes("aborted"))]
+        if name == "auth" and not self._sasl_challenged:
+            return self._on_sasl_auth(st)
+        if name == "response" and self._sasl_challenged:
+            self._sasl_challenged = False
+            return self._sasl_authorize(parse_sasl(st.raw).authzid)
+        raise RemoteStreamError(
+            "unsupported-stanza-type", f"<{name} xmlns='{SASL_NS}'> is not expected here"
+        )
 
     def _on_sasl_auth(self, st: Any) -> list[Action]:
         if not self._external_offered:
-            return [SendBytes(data=failure_bytes("invalid-mechanism"))]
+            return self._sasl_failure("invalid-mechanism", "SASL EXTERNAL was not offered")
         auth = parse_sasl(st.raw)
+        if (auth.mechanism or "").upper() != EXTERNAL:
+            return self._sasl_failure("invalid-mechanism", f"mechanism {auth.mechanism!r}")
+        if not auth.initial:
+            # RFC 6120 6.4.2: no initial response: an empty challenge asks for it
+            self._sasl_challenged = True
+            return [SendBytes(data=challenge_bytes())]
+        return self._sasl_authorize(auth.authzid)
+
+    def _sasl_failure(self, condition: str, why: str) -> list[Action]:
+        """``<failure/>``: the stream stays as it was (the peer may try dialback); a peer
+        that keeps failing is closed with policy-violation (RFC 6120 6.4.5)."""
+        self._sasl_attempts += 1
+        log.info(
+            "SASL EXTERNAL refused for %s -> %s (%s: %s) id=%s",
+            self.peer_from,
+            self.local,
+            condition,
+            why,
+            self.stream_id,
+        )
+        if self._sasl_attempts > MAX_ATTEMPTS:
+            raise RemoteStreamError("policy-violation", f"{MAX_ATTEMPTS} SASL attempts failed")
+        return [SendBytes(data=failure_bytes(condition))]
+
+    def _sasl_authorize(self, authzid: str | None) -> list[Action]:
         local, remote = self.local or "", self.peer_from or ""
-        if auth.mechanism != "EXTERNAL":
-            return [SendBytes(data=failure_bytes("invalid-mechanism"))]
-        if auth.authzid is None:
-            return [SendBytes(data=failure_bytes("incorrect-encoding"))]
-        if auth.authzid not in ("", remote):
-            return [SendBytes(data=failure_bytes("invalid-authzid"))]
+        if authzid is None:
+            return self._sasl_failure("incorrect-encoding", "the authzid is not base64 UTF-8")
+        if authzid and authzid.lower() != remote:
+            # XEP-0178 section 2 step 7: the authzid must be the domain the certificate proves
+            return self._sasl_failure("invalid-authzid", f"authzid {authzid!r} is not {remote}")
         if not self.policy_allows(local, remote):
             return self._deny(
                 failure_bytes("not-authorized"),
@@ -496,12 +568,13 @@ class IncomingMachine(Machine):
             )
         self._external_offered = False
         self.authorised.add((local, remote))
-        # RFC 6120 6.4.6: success, then the stream restarts (a new id; the header is the peer's
-        # to send first)
+        # RFC 6120 6.4.6: <success/>, then the stream restarts over the same TLS session (a new
+        # id; the peer sends the new header first)
+        old_id = self.stream_id
         self.stream_id = new_stream_id()
         self.header_sent = False
         self.state = "WAIT_HEADER"
-        log.info("SASL EXTERNAL accepted for %s -> %s", remote, local)
+        log.info("SASL EXTERNAL: %s -> %s authenticated id=%s", remote, local, old_id)
         return [
             SendBytes(data=success_bytes()),
             Authenticated(local=local, remote=remote, direction="in", method="sasl-external"),

@@ -1,5 +1,6 @@
 """The originating side of an S2S stream (sans-IO): our header, the peer's features, STARTTLS,
-our db:result (originating role) and the db:verify requests we send (receiving role).
+SASL EXTERNAL when offered (XEP-0178, dialback when it is not or fails), our db:result
+(originating role) and the db:verify requests we send (receiving role).
 
 One machine per outbound stream for one (local, remote) domain pair. Events in: the framer's
 StreamOpen / Stanza / StreamClose, plus TlsUp, TimerFired, VerifyRequest, ConnectionLost.
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 from lxml import etree
 
 from s2sfast.limits import SM_ACK_TIMEOUT
+from s2sfast.protocol.bidi import offered, request_bytes
 from s2sfast.protocol.dialback import (
     DIALBACK_NS,
     PendingVerifications,
@@ -34,7 +36,9 @@ from s2sfast.protocol.events import (
     Authenticated,
     AuthFailed,
     Close,
+    Deliver,
     Drop,
+    Handled,
     RestartStream,
     SendBytes,
     SetTimer,
@@ -51,7 +55,14 @@ from s2sfast.protocol.negotiation import (
     check_version,
     stream_header,
 )
-from s2sfast.protocol.sasl import SASL_NS, auth_bytes, parse_sasl
+from s2sfast.protocol.sasl import (
+    EXTERNAL,
+    SASL_NS,
+    auth_bytes,
+    parse_mechanisms,
+    parse_sasl,
+    response_bytes,
+)
 from s2sfast.protocol.sm import (
     ENABLE,
     REQUEST,
@@ -63,12 +74,14 @@ from s2sfast.protocol.sm import (
     handled_count_too_high_bytes,
     parse_ack,
 )
+from s2sfast.protocol.stream_limits import StreamLimits, find_limits
 
 __all__ = ["OutgoingMachine", "parse_features", "Features"]
 
 log = logging.getLogger("s2sfast.outgoing")
 
 _REQUIRED = frozenset({"required", "required_trusted"})
+_DATA_STANZAS = frozenset({"message", "presence", "iq"})
 #: a peer closing with one of these may well accept us on a later attempt
 _TRANSIENT_STREAM_ERRORS = frozenset(
     {
@@ -85,7 +98,7 @@ _TRANSIENT_STREAM_ERRORS = frozenset(
 class Features:
     """What a ``<stream:features/>`` offered (only the parts S2S cares about)."""
 
-    __slots__ = ("starttls", "starttls_required", "dialback", "sm", "external")
+    __slots__ = ("starttls", "starttls_required", "dialback", "sm", "external", "bidi", "limits")
 
     def __init__(
         self,
@@ -95,6 +108,8 @@ class Features:
         dialback: bool,
         sm: bool = False,
         external: bool = False,
+        bidi: bool = False,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.starttls = starttls
         self.starttls_required = starttls_required
@@ -103,6 +118,10 @@ class Features:
         self.external = external
         #: XEP-0198 ``<sm xmlns='urn:xmpp:sm:3'/>``
         self.sm = sm
+        #: XEP-0288 ``<bidi xmlns='urn:xmpp:features:bidi'/>``
+        self.bidi = bidi
+        #: XEP-0478: what the peer accepts on this stream (None: not announced)
+        self.limits = limits
 
 
 def parse_features(raw: bytes) -> Features:
@@ -125,10 +144,9 @@ def parse_features(raw: bytes) -> Features:
         and starttls.find(f"{{{TLS_NS}}}required") is not None,
         dialback=features.find("{urn:xmpp:features:dialback}dialback") is not None,
         sm=features.find(f"{{{SM_NS}}}sm") is not None,
-        external=any(
-            (m.text or "").strip() == "EXTERNAL"
-            for m in features.iterfind(f"{{{SASL_NS}}}mechanisms/{{{SASL_NS}}}mechanism")
-        ),
+        external=EXTERNAL in parse_mechanisms(features),
+        bidi=offered(features),
+        limits=find_limits(features),
     )
 
 
@@ -143,7 +161,12 @@ class OutgoingMachine(Machine):
         check_cert: RFC 6125 verdict for the server's chain and *remote* (required_trusted).
         state_timeout: seconds the peer has for each negotiation step.
         sm: ``[s2s] stream_management`` (None: XEP-0198 off): enable it when offered.
-        sasl_external: authenticate with SASL EXTERNAL (XEP-0178) when offered after TLS.
+        sasl_external: authenticate with SASL EXTERNAL (XEP-0178) when offered after TLS
+            (the owner passes False when our own certificate cannot prove *local*).
+        bidi: ask for a bidirectional stream (XEP-0288) when the peer offers one; the peer's
+            stanzas for the inverse pair (*remote* -> *local*) are then delivered from this
+            stream (``[s2s] bidi``).
+        limits: what we accept (XEP-0478), announced inside our ``<bidi/>`` request.
     """
 
     role = "outgoing"
@@ -182,6 +205,8 @@ class OutgoingMachine(Machine):
     TABLE[("ESTABLISHED", "TimerFired")] = "_on_ack_timer"
     TABLE[("CLOSING", "TimerFired")] = "_on_closed"
     TABLE[("CLOSING", "Stanza")] = "_on_closing_stanza"
+    TABLE[("ESTABLISHED", "Handled")] = "_on_handled"
+    TABLE[("CLOSING", "Handled")] = "_ignore"
     del _state
 
     def __init__(
@@ -196,12 +221,24 @@ class OutgoingMachine(Machine):
         state_timeout: float | None = 5.0,
         sm: Any = None,
         sasl_external: bool = False,
+        bidi: bool = False,
+        limits: StreamLimits | None = None,
     ) -> None:
         super().__init__(state_timeout=state_timeout)
+        #: XEP-0288: we want a bidirectional stream; ``bidi`` once we asked for one
+        self.bidi_wanted = bidi
+        self.bidi = False
+        #: XEP-0478: what we accept (sent in <bidi/>) and what the peer announced
+        self.limits = limits
+        self.peer_limits: StreamLimits | None = None
+        #: the peer's max-bytes (None: not announced): the router bounces larger stanzas
+        self.peer_max_bytes: int | None = None
         self.sasl_external = sasl_external
         #: SASL EXTERNAL: None (not tried), "pending", "done" (restarted, authenticated), "failed"
+        #: (what the peer said is in sasl_failure)
         self._sasl: str | None = None
         self._features: Features | None = None
+        self.sasl_failure: str | None = None
         self.sm_options = sm if sm is not None and sm.enabled else None
         self.local = local.lower()
         self.remote = remote.lower()
@@ -452,6 +489,9 @@ class OutgoingMachine(Machine):
                     "policy-violation",
                     f"{self.remote} requires STARTTLS but use_starttls={self.mode}",
                 )
+        self._note_limits(features)
+        if self._bidi_due(features):  # XEP-0288 2.2: after TLS, before SASL or dialback
+            return [SendBytes(data=request_bytes(self.limits)), *self._after_features(features)]
         self.sm_offered = features is not None and features.sm
         if self._sasl == "done":  # the features of the stream restarted after SASL success
             return self._established("sasl-external")
@@ -462,6 +502,7 @@ class OutgoingMachine(Machine):
             and features is not None
             and features.external
         ):
+            # XEP-0178 section 2 step 6: our domain as the authorization identity
             self._sasl = "pending"
             self._features = features
             self.state = "WAIT_SASL"
@@ -498,27 +539,39 @@ class OutgoingMachine(Machine):
         return actions
 
     def _on_sasl(self, st: Any) -> list[Action]:
-        """SASL EXTERNAL's outcome: success restarts the stream, failure falls back to dialback
-        when the peer offered it."""
+        """SASL EXTERNAL's outcome: success restarts the stream (RFC 6120 6.4.6), failure falls
+        back to dialback when the peer offered it."""
         if st.ns == STREAM_NS and st.name == "error":
             return self._peer_error(st)
-        if st.ns != SASL_NS or st.name not in ("success", "failure"):
-            raise RemoteStreamError(
-                "unsupported-stanza-type", f"expected a SASL outcome, got <{st.name}>"
-            )
-        if st.name == "success":
+        name = st.name if st.ns == SASL_NS else None
+        if name == "challenge":  # we sent an initial response; a server may still ask again
+            return [SendBytes(data=response_bytes(self.local)), self._arm()]
+        if name == "success":
             self._sasl = "done"
             self.header_sent = True
             self.state = "WAIT_HEADER"
-            log.info("SASL EXTERNAL %s -> %s succeeded", self.local, self.remote)
+            log.info(
+                "SASL EXTERNAL %s -> %s succeeded id=%s", self.local, self.remote, self.stream_id
+            )
             return [RestartStream(), SendBytes(data=self._header()), self._arm()]
+        if name != "failure":
+            raise RemoteStreamError(
+                "unsupported-stanza-type", f"expected a SASL outcome, got <{st.name}>"
+            )
         self._sasl = "failed"
-        reason = parse_sasl(st.raw).condition or "failure"
-        log.info("SASL EXTERNAL %s -> %s failed (%s)", self.local, self.remote, reason)
+        self.sasl_failure = parse_sasl(st.raw).condition or "failure"
         if self._features is None or not self._features.dialback:
             raise RemoteStreamError(
-                "undefined-condition", f"SASL EXTERNAL failed ({reason}) and no dialback offered"
+                "not-authorized",
+                f"{self.remote} refused SASL EXTERNAL ({self.sasl_failure}) and offers no dialback",
             )
+        log.info(
+            "SASL EXTERNAL %s -> %s failed (%s): falling back to dialback id=%s",
+            self.local,
+            self.remote,
+            self.sasl_failure,
+            self.stream_id,
+        )
         return self._dialback()
 
     def _on_proceed(self, st: Any) -> list[Action]:
@@ -560,6 +613,9 @@ class OutgoingMachine(Machine):
             return self._peer_error(st)
         if st.ns == SM_NS:
             return self._on_sm(st)
+        if self.bidi and self.state == "ESTABLISHED" and self._reverse_allowed(st):
+            sm_in = self.sm_in
+            return [Deliver(stanza=st, seq=sm_in.receive() if sm_in is not None else None)]
         actions: list[Action] = [
             Drop(reason=f"<{st.name}> on an outbound stream is not expected", stanza=st)
         ]
@@ -569,6 +625,40 @@ class OutgoingMachine(Machine):
             if ack is not None:
                 actions.append(SendBytes(data=ack))
         return actions
+
+    # --- XEP-0288 and XEP-0478 ------------------------------------------------------------------
+
+    def _note_limits(self, features: Features | None) -> None:
+        """The peer's limits hold until its next features (XEP-0478 section 4)."""
+        if features is None:
+            return
+        self.peer_limits = features.limits
+        self.peer_max_bytes = features.limits.max_bytes if features.limits is not None else None
+
+    def _bidi_due(self, features: Features | None) -> bool:
+        """Ask for bidi once: offered, wanted, and no authentication started yet."""
+        if self.bidi or not self.bidi_wanted or features is None or not features.bidi:
+            return False
+        if self._sasl is not None:
+            return False
+        self.bidi = True
+        log.info("requesting a bidirectional stream %s -> %s (XEP-0288)", self.local, self.remote)
+        return True
+
+    def _reverse_allowed(self, st: Any) -> bool:
+        """A stanza from the peer on our bidi stream: only for the inverse of our pair (what we
+        authenticated: the peer sends from *remote* to *local*, XEP-0288 section 2.2)."""
+        return (
+            st.name in _DATA_STANZAS
+            and st.to_domain == self.local
+            and st.from_domain == self.remote
+        )
+
+    def _on_handled(self, ev: Handled) -> list[Action]:
+        """XEP-0198 on a bidi stream: an inbound stanza we delivered has been handled."""
+        sm_in = self.sm_in
+        ack = sm_in.handled(ev.seq) if sm_in is not None else None
+        return [SendBytes(data=ack)] if ack is not None else []
 
     def _on_result(self, db: Any, st: Any) -> list[Action]:
         if db.from_.lower() != self.remote or db.to.lower() != self.local:

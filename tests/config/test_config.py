@@ -762,7 +762,8 @@ def test_config_to_dict_has_every_default_keyed_like_the_toml():
             "max_retry_delay": 300,
             "outgoing": {"port": 5269, "ip_versions": [4, 6], "connection_timeout": 10000},
             "dns": {"timeout": 10, "retries": 2},
-            "sasl_external": False,
+            "sasl_external": True,
+            "dialback_cert_auth": True,
             "stream_management": {
                 "enabled": True,
                 "resend": True,

@@ -277,7 +277,8 @@ def test_required_trusted_accepts_trusted_certificate():
     p.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
     p.tls_up(chain=(b"leaf",))
     p.send(HEADER)
-    assert of(p.send(db_result()), VerifyKey)
+    # the certificate proves a.test: valid at once, no verify (XEP-0344, dialback_cert_auth)
+    assert of(p.send(db_result()), Authenticated)[0].method == "dialback-cert"
     assert seen[0] == ((b"leaf",), "a.test")
 
 

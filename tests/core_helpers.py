@@ -47,6 +47,7 @@ def node_config(
     max_stanza_size: int | None = None,
     stream_management: StreamManagementOptions | None = None,
     sasl_external: bool = False,
+    dialback_cert_auth: bool = True,
 ) -> Config:
     """A Config for one test node listening on 127.0.0.1:*port*; *addresses* maps remote
     domains to loopback ports ([s2s] address overrides)."""
@@ -63,6 +64,7 @@ def node_config(
         outgoing=OutgoingOptions(connection_timeout=3000),
         stream_management=stream_management or StreamManagementOptions(),
         sasl_external=sasl_external,
+        dialback_cert_auth=dialback_cert_auth,
     )
     return Config(
         hosts=tuple(hosts),

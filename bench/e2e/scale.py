@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.e2e import paths, procstat, traffic
+from bench.e2e.library import NO_DNS
 
 paths.setup()
 
@@ -50,14 +51,12 @@ def say(line: str) -> None:
 
 async def generator(args: argparse.Namespace) -> None:
     from core_helpers import node_config
-    from dnsserver import DnsServer
 
     from s2sfast.net.dns import Resolver
     from s2sfast.node import Node
 
     procstat.raise_nofile(args.nofile)
     hosts = [f"h{i}.gen.test" for i in range(args.domains)]
-    dns = DnsServer()
     config = node_config(
         hosts,
         port=args.port,
@@ -71,7 +70,8 @@ async def generator(args: argparse.Namespace) -> None:
         config,
         keepalive=None,
         idle_timeout=None,
-        resolver=Resolver([dns.nameserver], timeout=1, retries=1),
+        # address overrides bypass DNS; nothing answers there, the machine's resolver is unused
+        resolver=Resolver([NO_DNS], timeout=1, retries=1),
     )
     authenticated: set[str] = set()
     changed = asyncio.Event()
@@ -130,7 +130,6 @@ async def generator(args: argparse.Namespace) -> None:
                 await node.send(tmpl % (names[s % len(names)], s, s, time.monotonic_ns()))
             say(f"sent {first}")
     await node.stop(timeout=10)
-    dns.close()
 
 
 # --- the harness side ---------------------------------------------------------------------------

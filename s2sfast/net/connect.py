@@ -161,6 +161,10 @@ async def _connect_socket(
     sock = socket.socket(candidate.family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
+        # asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP; without it
+        # Nagle holds our stream header behind the unacknowledged TLS Finished until the
+        # peer's delayed ACK (40 ms on Linux) on every new TLS stream
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         async with asyncio.timeout(timeout):
             await loop.sock_connect(sock, (candidate.ip, candidate.port))
     except BaseException:

@@ -121,10 +121,16 @@ async def test_use_starttls(peer, server, s2sfast_node, c2s, ports, tls_certfile
     assert set(conns) == {"in", "out"}
     for c in conns.values():
         assert c.tls is expected, c
-        assert (A, B) in c.pairs and c.auth_method == "dialback"
+        assert (A, B) in c.pairs
     if mode == "required_trusted":
         for c in conns.values():
             assert c.peer_certificate.trusted and c.peer_certificate.name_matches, c
+        # we trust the peer's certificate, so we offer SASL EXTERNAL and the peer takes it
+        assert conns["in"].auth_method == "sasl-external"
+    else:
+        assert conns["in"].auth_method == "dialback"
+    # the peer does not trust our certificate (no CA for it there): it offers no EXTERNAL
+    assert conns["out"].auth_method == "dialback"
     # ... and as the peer's log tells it (Prosody: "Stream encrypted (TLSv1.3 ...)" per
     # session; ejabberd: the socket of "Accepted ... s2s dialback authentication" is tls|...)
     await eventually(lambda: srv.completed_sessions("in") and srv.completed_sessions("out"))
@@ -195,17 +201,17 @@ async def test_required_trusted_refuses_a_self_signed_certificate(
     assert peer_log in srv.log()
 
 
-async def test_mutual_trust_dialback_is_still_used(
+async def test_mutual_trust_authenticates_with_sasl_external_both_ways(
     peer, server, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
 ):
-    """The peer trusting s2sfast's CA validates our certificate and offers SASL EXTERNAL
-    beside dialback; s2sfast (required_trusted, pinning the peer's certificate) authenticates
-    with dialback, which the peer still completes with a dial-back."""
+    """The peer trusting s2sfast's CA validates our certificate and offers SASL EXTERNAL, and
+    s2sfast (required_trusted, pinning the peer's certificate) offers it too: both directions
+    authenticate with EXTERNAL (XEP-0178), no dialback."""
     (port,) = ports(1)
     if server == "prosody":
         kw = {"extra_config": f's2s_ssl = {{ cafile = "{tls_ca_file}" }}'}
     else:
-        kw = {"cafile": tls_ca_file, "log_level": "debug"}
+        kw = {"cafile": tls_ca_file}
     srv = peer(tls="required", remotes={A: port}, **kw)
     config = node_config(
         port,
@@ -218,25 +224,24 @@ async def test_mutual_trust_dialback_is_still_used(
     bob = await c2s(srv, "bob")
     await bob_to_node(bob, node, "t1", "trusted both ways")
     await node_to_bob(node, bob, "t2", "and back")
-    for c in node.connections():
-        assert c.tls and c.auth_method == "dialback"
+    conns = {c.direction: c for c in node.connections()}
+    assert set(conns) == {"in", "out"}
+    for c in conns.values():
+        assert c.tls and c.auth_method == "sasl-external"
         assert c.peer_certificate.trusted and c.peer_certificate.name_matches
     await eventually(lambda: len(srv.completed_sessions("in") + srv.completed_sessions("out")) == 2)
     sessions = srv.completed_sessions("in") + srv.completed_sessions("out")
     assert len(sessions) == 2 and all(s.encrypted for s in sessions)
     log = srv.log()
-    assert "<mechanism>EXTERNAL</mechanism>" in log
     if server == "prosody":
         assert "Offering SASL EXTERNAL" in log
         for s in sessions:
             assert "certificate chain validation result: valid" in s.lines
             assert "certificate identity validation result: valid" in s.lines
-    else:  # ejabberd offers EXTERNAL on its incoming stream and tries it on its outgoing one
-        assert (
-            "Failed outbound s2s EXTERNAL authentication b.test -> a.test (127.0.0.1): "
-            "Authentication failed: Peer provided no SASL mechanisms"
-        ) in log
-        assert "Retrying with s2s dialback authentication: b.test -> a.test" in log
+    else:
+        assert f"Accepted outbound s2s EXTERNAL authentication {B} -> {A}" in log
+        assert f"Accepted inbound s2s EXTERNAL authentication {A} -> {B}" in log
+    assert "dialback" not in " ".join(t for s in sessions for t in s.lines if "Accepted" in t)
 
 
 async def test_a_ca_issued_peer_certificate_is_verified(
@@ -355,28 +360,69 @@ async def test_prosody_requiring_a_trusted_certificate_refuses_a_self_signed_nod
     assert srv.log().count("Forbidding insecure connection to/from a.test") == 2
 
 
-async def test_ejabberd_requiring_a_trusted_certificate_cannot_federate(
-    ejabberd, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
+async def test_ejabberd_requiring_trusted_certificates_federates_by_sasl_external(
+    ejabberd, s2sfast_node, c2s, ports, tls_certfile, tls_ca, tls_ca_file
 ):
     """ejabberd 23.01 requires a trusted certificate by dropping dialback (its
-    ``required_trusted`` means exactly that): peers must authenticate with SASL EXTERNAL, which
-    s2sfast does not do (it authenticates with dialback only). Even with certificates trusted
-    both ways, they cannot federate, and both senders learn why."""
+    ``required_trusted`` means exactly that): peers must authenticate with SASL EXTERNAL. With
+    each side trusting the other's CA, both directions do."""
+    (port,) = ports(1)
+    srv = ejabberd(
+        tls="required",
+        remotes={A: port},
+        cafile=tls_ca_file,
+        dialback=False,
+        certificate=tls_ca.issue([B]),
+    )
+    node = await s2sfast_node(
+        node_config(
+            port,
+            mode="required_trusted",
+            certfile=tls_certfile(A),
+            cafile=tls_ca_file,
+            peer_port=srv.s2s_port,
+        )
+    )
+    bob = await c2s(srv, "bob")
+    await bob_to_node(bob, node, "x1", "certificates only")
+    await node_to_bob(node, bob, "x2", "both ways")
+    assert {c.direction: c.auth_method for c in node.connections()} == {
+        "in": "sasl-external",
+        "out": "sasl-external",
+    }
+    log = await eventually(
+        lambda: (
+            f"Accepted inbound s2s EXTERNAL authentication {A} -> {B}" in (text := srv.log())
+            and text
+        )
+    )
+    assert f"Accepted outbound s2s EXTERNAL authentication {B} -> {A}" in log
+
+
+async def test_ejabberd_requiring_trusted_certificates_is_refused_what_we_cannot_verify(
+    ejabberd, s2sfast_node, c2s, ports, tls_certfile, tls_ca_file
+):
+    """ejabberd without dialback trusts our certificate, but we cannot verify its self-signed
+    one (use_starttls=required, no trust anchor for it): our stream to it authenticates with
+    SASL EXTERNAL, while on its stream to us we offer no EXTERNAL and it has no dialback to fall
+    back on, so its user's stanza bounces with the reason."""
     (port,) = ports(1)
     srv = ejabberd(tls="required", remotes={A: port}, cafile=tls_ca_file, dialback=False)
     node = await s2sfast_node(
         node_config(port, mode="required", certfile=tls_certfile(A), peer_port=srv.s2s_port)
     )
     bob = await c2s(srv, "bob")
-    await _refused_both_ways(
-        srv,
-        node,
-        bob,
-        "b.test sent stream error not-authorized",  # our db:result, where only SASL is offered
-        (
-            "wait",
-            "remote-server-timeout",
-            "Authentication failed: Peer provided no SASL mechanisms; most likely it doesn't "
-            "accept our certificate",
-        ),
+    await node_to_bob(node, bob, "y1", "our direction works")
+    (out,) = [c for c in node.connections() if c.direction == "out"]
+    assert out.auth_method == "sasl-external" and not out.peer_certificate.trusted
+    bob.send(f"<message to='carol@{A}/x' id='y2' type='chat'><body>theirs?</body></message>")
+    back = await bob.wait_for(lambda e: is_message(e, "y2"))
+    assert back.get("type") == "error"
+    assert error_of(back) == (
+        "wait",
+        "remote-server-timeout",
+        "Authentication failed: Peer provided no SASL mechanisms; most likely it doesn't "
+        "accept our certificate",
     )
+    assert await node.inbox.nothing(lambda s: s.id == "y2", 0.3)
+    assert not [c for c in node.connections() if c.direction == "in" and c.pairs]

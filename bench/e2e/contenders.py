@@ -61,15 +61,52 @@ def write_daemon_config(
     return path
 
 
+class TreeDaemon(DaemonProcess):
+    """A DaemonProcess whose s2sfast comes from another tree (cwd and PYTHONPATH there)."""
+
+    def __init__(self, tree: Path, *args: str) -> None:
+        import subprocess
+        import sys
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "s2sfast", "run", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=paths.child_env(tree), cwd=tree,
+        )  # fmt: skip
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._collect, args=(self.proc.stdout, self.stdout),
+                             daemon=True),
+            threading.Thread(target=self._collect, args=(self.proc.stderr, self.stderr),
+                             daemon=True),
+        ]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+
+
+def daemon_process(tree: Path | None, loop: str, *args: str) -> DaemonProcess:
+    """``s2sfast run ARGS`` on *loop*, from this checkout or *tree* (--loop is only passed for
+    uvloop, so a tree from before the option runs on asyncio)."""
+    if loop != "asyncio":
+        args = (*args, "--loop", loop)
+    return TreeDaemon(tree, *args) if tree else DaemonProcess(*args)
+
+
 class Daemons:
-    """Two ``s2sfast run`` processes (a.test, b.test) on the event loop *loop*."""
+    """Two ``s2sfast run`` processes (a.test, b.test) on the event loop *loop* (s2sfast from
+    *tree* when given: --baseline)."""
 
     kind = "daemon"
 
-    def __init__(self, workdir: Path, loop: str = "asyncio") -> None:
+    def __init__(self, workdir: Path, loop: str = "asyncio", tree: Path | None = None) -> None:
         self.loop = loop
-        self.name = f"s2sfast daemons ({loop})"
-        self.dir = workdir / f"s2sfast-{loop}"
+        self.tree = tree
+        label = paths.tree_label(tree) if tree else ""
+        self.name = f"s2sfast daemons ({loop})" + (f" @{label}" if tree else "")
+        self.dir = workdir / (f"s2sfast-{loop}" + (f"-{label}" if tree else ""))
         self.dir.mkdir(parents=True, exist_ok=True)
         ca = certs.make_ca("bench e2e CA")
         cafile = ca.write_pem(self.dir, "ca.pem")
@@ -91,8 +128,8 @@ class Daemons:
 
     def start(self) -> None:
         for side in ("a", "b"):
-            self.procs[side] = DaemonProcess(
-                "--config", str(self.cfg[side]), "--loop", self.loop, "--log-level", "info"
+            self.procs[side] = daemon_process(
+                self.tree, self.loop, "--config", str(self.cfg[side]), "--log-level", "info"
             )
         for proc in self.procs.values():
             proc.wait_ready()

@@ -20,7 +20,11 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script (a worker for another tree: --baseline)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.e2e import paths, traffic
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,12 +164,13 @@ class Worker:
 
     @classmethod
     async def start(
-        cls, role: str, log: Path, *args: str, module: str = "bench.e2e.library"
-    ) -> Worker:
+        cls, role: str, log: Path, *args: str, module: str = "bench.e2e.library",
+        tree: Path | None = None,
+    ) -> Worker:  # fmt: skip
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, role, *args,
+            *paths.worker_argv(module, tree), role, *args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=open(log, "wb"), cwd=paths.ROOT, env=paths.child_env(),
+            stderr=open(log, "wb"), cwd=tree or paths.ROOT, env=paths.child_env(tree),
         )  # fmt: skip
         self = cls(proc, role)
         await self.expect("ready", 30)
@@ -206,12 +206,16 @@ class Worker:
                 await self.proc.wait()
 
 
-async def measure_library(workdir: Path, loop: str, sizes: Sizes) -> dict[str, Any]:
-    """Node.send in process A -> B's on_stanza handler, one TLS stream; both on *loop*."""
+async def measure_library(
+    workdir: Path, loop: str, sizes: Sizes, tree: Path | None = None
+) -> dict[str, Any]:
+    """Node.send in process A -> B's on_stanza handler, one TLS stream; both on *loop*
+    (s2sfast from *tree* when given)."""
     import certs
     from daemon_helpers import free_port
 
-    d = workdir / f"library-{loop}"
+    suffix = f" @{paths.tree_label(tree)}" if tree else ""
+    d = workdir / f"library-{loop}{suffix.replace(' @', '-')}"
     d.mkdir(parents=True, exist_ok=True)
     ca = certs.make_ca("bench e2e library CA")
     cafile = ca.write_pem(d, "ca.pem")
@@ -224,9 +228,9 @@ async def measure_library(workdir: Path, loop: str, sizes: Sizes) -> dict[str, A
         return ["--host", f"{side}.test", "--port", str(port[side]), "--peer", f"{other}.test",
                 "--peer-port", str(port[other]), "--cert", cert, *common]  # fmt: skip
 
-    recv = await Worker.start("recv", d / "b.log", *args("b", "a"))
-    send = await Worker.start("send", d / "a.log", *args("a", "b"))
-    name = f"s2sfast library ({loop})"
+    recv = await Worker.start("recv", d / "b.log", *args("b", "a"), tree=tree)
+    send = await Worker.start("send", d / "a.log", *args("a", "b"), tree=tree)
+    name = f"s2sfast library ({loop}){suffix}"
     pids = [send.proc.pid, recv.proc.pid]
     try:
         await recv.send("expect 1")

@@ -48,23 +48,29 @@ def _loop_runner(loop: str) -> asyncio.Runner:
     return asyncio.Runner()
 
 
-def run_contender(kind: str, loop: str, workdir: Path, sizes: Sizes, client_loop: str) -> dict:
-    result = _run_contender(kind, loop, workdir, sizes, client_loop)
+def run_contender(
+    kind: str, loop: str, workdir: Path, sizes: Sizes, client_loop: str, tree: Path | None = None
+) -> dict:
+    result = _run_contender(kind, loop, workdir, sizes, client_loop, tree)
+    result["tree"] = paths.tree_label(tree) if tree else "this checkout"
     # the machine is shared: what else ran shows in the load average (1 minute)
     result["loadavg_after"] = os.getloadavg()[0]
     return result
 
 
-def _run_contender(kind: str, loop: str, workdir: Path, sizes: Sizes, client_loop: str) -> dict:
+def _run_contender(
+    kind: str, loop: str, workdir: Path, sizes: Sizes, client_loop: str, tree: Path | None
+) -> dict:
     from bench.e2e.contenders import Daemons, Peers
 
     if kind == "library":
         with _loop_runner(client_loop) as runner:
-            result = runner.run(measure_library(workdir, loop, sizes))
-        result.update(name=f"s2sfast library ({loop})", kind="library", loop=loop)
+            result = runner.run(measure_library(workdir, loop, sizes, tree))
+        suffix = f" @{paths.tree_label(tree)}" if tree else ""
+        result.update(name=f"s2sfast library ({loop}){suffix}", kind="library", loop=loop)
         return result
     for attempt in range(3):
-        contender = Daemons(workdir, loop) if kind == "s2sfast" else Peers(kind, workdir)
+        contender = Daemons(workdir, loop, tree) if kind == "s2sfast" else Peers(kind, workdir)
         say(f"starting {contender.name}")
         try:
             contender.start()
@@ -118,15 +124,16 @@ def table(results: list[dict[str, Any]]) -> str:
     best = max(peers) if peers else None
     rates = {r["low_load"]["rate"] for r in results if "low_load" in r}
     low = f"@{rates.pop():,.0f}/s p50" if len(rates) == 1 else "@low p50"
+    w = max([34] + [len(r["name"]) for r in results])
     head = (
-        f"{'contender (TLS required, dialback)':<34} {'msg/s':>9} {'vs peer':>7} "
+        f"{'contender (TLS required, dialback)':<{w}} {'msg/s':>9} {'vs peer':>7} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8} {'CPU s/10k':>9} {'RSS MiB A/B':>12} "
         f"{'@half p50':>9} {'@half p99':>9} {low:>9} {'p99':>6} {'lost':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         if r.get("error"):
-            lines.append(f"{r['name']:<34} {'error: ' + r['error'][:80]}")
+            lines.append(f"{r['name']:<{w}} {'error: ' + r['error'][:80]}")
             continue
         lat, half = r["latency_ms"], r["half_peak"]["latency_ms"]
         ratio = f"{r['msg_per_s'] / best:6.2f}x" if best else "      -"
@@ -134,7 +141,7 @@ def table(results: list[dict[str, Any]]) -> str:
         lost = r["missing"] + r["half_peak"]["missing"] + r["low_load"]["missing"]
         low_lat = r["low_load"]["latency_ms"]
         lines.append(
-            f"{r['name']:<34} {r['msg_per_s']:>9,.0f} {ratio:>7} {_ms(lat['p50'])} "
+            f"{r['name']:<{w}} {r['msg_per_s']:>9,.0f} {ratio:>7} {_ms(lat['p50'])} "
             f"{_ms(lat['p99'])} {_ms(lat['p99.9'])} {r['cpu_s_per_10k']:>9.3f} {rss:>12} "
             f"{half['p50']:>9.2f} {half['p99']:>9.2f} {low_lat['p50']:>9.2f} "
             f"{low_lat['p99']:>6.2f} {lost:>5}"
@@ -215,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true",
                    help="small sizes (about a minute): 5,000 messages, 20,000 on the library "
-                   "path, 2 s at half peak, scale 300 domains")  # fmt: skip
+                   "path, 2 s at half peak, scale 600 streams")  # fmt: skip
     p.add_argument("--messages", type=int, help="chat messages per server contender (30000)")
     p.add_argument("--library-messages", type=int, help="messages on the library path (100000)")
     p.add_argument("--size", type=int, default=200, help="bytes per message (200)")
@@ -232,9 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every contender this many times, interleaved; the table shows each "
                    "contender's median round by msg/s (the machine is noisy)")  # fmt: skip
     p.add_argument("--no-scale", action="store_true", help="skip the scale section")
-    p.add_argument("--scale-domains", type=int, help="remote domains, 2 streams each (5000)")
-    p.add_argument("--scale-new", type=int, help="new domains timed at the end (500 = 1,000 "
-                   "streams)")  # fmt: skip
+    p.add_argument("--baseline", type=Path, metavar="TREE",
+                   help="also measure the s2sfast of another checkout or export (its framer "
+                   "built in place; e.g. git archive OLD | tar -x -C TREE && cd TREE && python3 "
+                   "setup.py build_ext --inplace): its daemons, library path and scale run in "
+                   "the same run, named @COMMIT")  # fmt: skip
+    p.add_argument(
+        "--scale-streams",
+        type=int,
+        help="TLS streams on the scale daemon (10000): 2 per remote domain (its "
+        "stream and the daemon's own back for dialback), or 1 when bidirectional",
+    )
+    p.add_argument("--scale-new", type=int,
+                   help="new streams timed with all others open (1000)")  # fmt: skip
     p.add_argument("--scale-messages", type=int, help="messages with all streams open (20000)")
     p.add_argument("--scale-loop", help="the scale daemon's loop (default: asyncio)")
     p.add_argument("--json", type=Path, help=f"result file (default {OUT}/e2e.json)")
@@ -289,8 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[list[dict[str, Any]]] = []
     skipped: dict[str, str] = {}
     scale: dict[str, Any] | None = None
+    scale_baseline: dict[str, Any] | None = None
+    trees: list[Path | None] = [None]
+    if args.baseline is not None:
+        if not (args.baseline / "s2sfast").is_dir():
+            print(f"--baseline {args.baseline}: no s2sfast/ there", file=sys.stderr)
+            return 2
+        trees.append(args.baseline.resolve())
     try:
-        runs: list[tuple[str, str]] = []
+        runs: list[tuple[str, str, Path | None]] = []
         for kind in wanted:
             if kind in ("prosody", "ejabberd"):
                 why = Peers.missing(kind)
@@ -298,16 +322,16 @@ def main(argv: list[str] | None = None) -> int:
                     skipped[kind] = why
                     say(f"{kind}: skipped ({why})")
                     continue
-                runs.append((kind, "-"))
+                runs.append((kind, "-", None))
             else:
-                runs.extend((kind, loop) for loop in loops)
+                runs.extend((kind, loop, tree) for tree in trees for loop in loops)
         for round_no in range(args.rounds):
             if args.rounds > 1:
                 say(f"round {round_no + 1} of {args.rounds}")
             done: list[dict[str, Any]] = []
-            for k, loop in runs:
+            for k, loop, tree in runs:
                 try:
-                    done.append(run_contender(k, loop, workdir, sizes, client_loop))
+                    done.append(run_contender(k, loop, workdir, sizes, client_loop, tree))
                 except Exception as exc:  # one contender failing does not lose the others
                     traceback.print_exc()
                     done.append({"name": f"{k} ({loop})", "kind": k, "loop": loop,
@@ -317,17 +341,23 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_scale:
             from bench.e2e import scale as scale_mod
 
-            try:
-                scale = scale_mod.run(
-                    workdir,
-                    domains=args.scale_domains or (300 if quick else 5000),
-                    new=args.scale_new or (100 if quick else 500),
-                    messages=args.scale_messages or (5000 if quick else 20000),
-                    loop=args.scale_loop or "asyncio",
-                )
-            except Exception as exc:
-                traceback.print_exc()
-                scale = {"error": f"{type(exc).__name__}: {exc}"}
+            for tree in trees:
+                try:
+                    one = scale_mod.run(
+                        workdir,
+                        streams=args.scale_streams or (600 if quick else 10000),
+                        new=args.scale_new or (200 if quick else 1000),
+                        messages=args.scale_messages or (5000 if quick else 20000),
+                        loop=args.scale_loop or "asyncio",
+                        tree=tree,
+                    )
+                except Exception as exc:
+                    traceback.print_exc()
+                    one = {"error": f"{type(exc).__name__}: {exc}"}
+                if tree is None:
+                    scale = one
+                else:
+                    scale_baseline = one
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -346,13 +376,15 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "rounds": rounds if len(rounds) > 1 else [],
         "scale": scale,
+        "scale_baseline": scale_baseline,
     }
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     print()
     print(table(results))
-    if scale is not None:
-        print()
-        print(scale_text(scale))
+    for one in (scale, scale_baseline):
+        if one is not None:
+            print()
+            print(scale_text(one))
     if args.profile is not None:
         print(f"\nprofiles (py-spy, during the flood): {args.profile}/*.top.txt")
         for r in results:
@@ -372,9 +404,10 @@ def scale_text(scale: dict[str, Any]) -> str:
     if scale.get("error"):
         return f"scale: error: {scale['error']}"
     lines = [
-        f"scale: one daemon ({scale['loop']}), {scale['domains']:,} remote domains, "
-        f"{scale['streams']:,} authenticated TLS streams ({scale['daemon_sockets']:,} sockets "
-        f"on the daemon), RLIMIT_NOFILE {scale['nofile']}",
+        f"scale: one daemon ({scale['loop']}, s2sfast of {scale.get('tree', 'this checkout')}): "
+        f"{scale['streams']:,} authenticated TLS streams (sockets) from {scale['domains']:,} "
+        f"remote domains, {scale['streams_per_domain']} per domain; RLIMIT_NOFILE "
+        f"{scale['nofile']}",
         f"  RSS per idle stream      {scale['kib_per_stream']:8.1f} KiB  "
         f"(daemon {scale['rss_before_kib'] / 1024:.0f} -> {scale['rss_after_kib'] / 1024:.0f} MiB)",
         f"  open all                 {scale['open_seconds']:8.1f} s",

@@ -2,16 +2,18 @@
 
 A load generator in its own process (``python3 -m bench.e2e.scale gen ...``) runs a Node
 serving h0.gen.test ... hN.gen.test (one ``*.gen.test`` certificate). One message from each
-host opens that domain's stream to the daemon (TLS required); the daemon authenticates it by
-dialback over its own stream back to that domain, which stays open too: two authenticated TLS
-streams per domain on the daemon. The harness holds the daemon's XEP-0114 component (d.test)
-that receives the messages.
+host opens that domain's stream to the daemon (TLS required). The daemon authenticates it by
+dialback over its own stream back to that domain, which stays open too (2 streams per domain);
+where both ends do bidirectional streams (XEP-0288) one connection carries both directions
+(1 per domain). The warm-up shows which, and the domain count follows from the streams wanted.
+A stream here is one of the daemon's TLS connections (its sockets in /proc/PID/fd). The
+harness holds the daemon's XEP-0114 component (d.test) that receives the messages.
 
 Measured (the daemon only, from /proc): VmRSS growth per stream while the streams are opened
-and left idle (after a warm-up of the first domains), the time to authenticate NEW more
-domains (2 x NEW streams) with all the others open, and the message rate over all domains.
-The file limit (RLIMIT_NOFILE) is raised as far as the hard limit allows, for the daemon and
-the generator; when it is the bound, the domain count is cut to fit and the result says so.
+and left idle (after a warm-up of the first domains), the time to authenticate NEW more streams
+with all the others open, and the message rate over all domains. The file limit
+(RLIMIT_NOFILE) is raised as far as the OS allows, for the daemon and the generator; when it is
+the bound, the stream count is cut to fit and the result says so.
 
 Generator commands (stdin, one per line): ``open A B`` (authenticate hA..hB-1, at most WINDOW
 negotiating at once) -> ``opened SECONDS``; ``flood N`` (N messages round-robin over every
@@ -27,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script (a worker for another tree: --baseline)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.e2e import paths, procstat, traffic
 from bench.e2e.library import NO_DNS
@@ -136,45 +141,52 @@ async def generator(args: argparse.Namespace) -> None:
 
 
 def run(
-    workdir: Path, *, domains: int, new: int, messages: int, loop: str = "asyncio"
+    workdir: Path, *, streams: int, new: int, messages: int, loop: str = "asyncio",
+    tree: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Start the daemon (s2sfast from *tree* when given) and the generator (always this
+    checkout's Node), open about *streams* streams, time *new* more, send *messages*, stop
+    both; the result dict."""
+    return asyncio.run(_run(workdir, streams, new, messages, loop, tree))
+
+
+async def _run(
+    workdir: Path, streams: int, new: int, messages: int, loop: str, tree: Path | None
 ) -> dict[str, Any]:
-    """Start the daemon and the generator, measure, stop both; the result dict."""
-    return asyncio.run(_run(workdir, domains, new, messages, loop))
-
-
-async def _run(workdir: Path, domains: int, new: int, messages: int, loop: str) -> dict[str, Any]:
     import certs
-    from daemon_helpers import DaemonProcess, free_port
+    from daemon_helpers import free_port
 
-    from bench.e2e.contenders import PASSWORD, write_daemon_config
-    from bench.e2e.measure import Worker
+    from bench.e2e.contenders import PASSWORD, daemon_process, write_daemon_config
+    from bench.e2e.measure import Worker, _wait
     from bench.e2e.progress import Progress
     from bench.e2e.progress import say as note
 
     bound = None
-    want = 2 * (domains + new) + FD_MARGIN
+    # one stream per domain (bidirectional streams) at most needs a domain per stream
+    want = streams + new + FD_MARGIN
     soft, hard = procstat.raise_nofile(want)
     if soft < want:
-        fit = max(WARMUP + 1, (soft - FD_MARGIN) // 2 - new)
+        fit = max(2 * WARMUP, soft - FD_MARGIN - new)
         bound = (
-            f"RLIMIT_NOFILE is {soft} (hard limit {hard}): {domains:,} domains need {want:,} "
+            f"RLIMIT_NOFILE is {soft} (hard limit {hard}): {streams:,} streams need {want:,} "
             f"descriptors per process; cut to {fit:,}"
         )
         note(f"scale: {bound}")
-        domains = fit
-    d = workdir / "scale"
+        streams = fit
+    label = paths.tree_label(tree) if tree else ""
+    d = workdir / ("scale" + (f"-{label}" if tree else ""))
     d.mkdir(parents=True, exist_ok=True)
     ca = certs.make_ca("bench e2e scale CA")
     cafile = ca.write_pem(d, "ca.pem")
     daemon_port, comp_port, gen_port = free_port(), free_port(), free_port()
-    total = domains + new
+    most = streams + new + WARMUP
     cfg = write_daemon_config(
         d / "d.toml", "d.test", daemon_port, comp_port,
-        {f"h{i}.gen.test": gen_port for i in range(total)},
+        {f"h{i}.gen.test": gen_port for i in range(most)},
         ca.issue(["d.test"]).write_pem(d, "d.pem"), cafile, state_timeout_ms=60000,
     )  # fmt: skip
-    note(f"scale: starting the daemon ({loop}) and the generator ({total:,} domains)")
-    daemon = DaemonProcess("--config", str(cfg), "--loop", loop, "--log-level", "info")
+    note(f"scale: starting the daemon ({loop}) and the generator (up to {most:,} domains)")
+    daemon = daemon_process(tree, loop, "--config", str(cfg), "--log-level", "info")
     gen = None
     try:
         await asyncio.get_running_loop().run_in_executor(
@@ -187,20 +199,25 @@ async def _run(workdir: Path, domains: int, new: int, messages: int, loop: str) 
         receiver.start_counting(0)  # the stream-opening messages carry no marker
         gen = await Worker.start(
             "gen", d / "gen.log",
-            "--domains", str(total), "--port", str(gen_port), "--daemon-port", str(daemon_port),
+            "--domains", str(most), "--port", str(gen_port), "--daemon-port", str(daemon_port),
             "--cert", ca.issue(["*.gen.test"]).write_pem(d, "gen.pem"), "--ca", cafile,
             "--nofile", str(want), module="bench.e2e.scale",
         )  # fmt: skip
+        per_domain = 2  # until the warm-up shows it
+
+        def sockets() -> int:
+            return procstat.socket_count(pid) - base_sockets
 
         async def open_range(a: int, b: int, label: str) -> float:
             progress = Progress(label, b - a)
             await gen.send(f"open {a} {b}")
             line = ""
+            before = sockets()
             while not line.startswith(("opened", "error")):
                 try:
                     line = await gen.line(1.0)
                 except TimeoutError:
-                    progress.update(max(0, (procstat.socket_count(pid) - base_sockets) // 2 - a))
+                    progress.update(max(0, (sockets() - before) // per_domain))
                     continue
             if line.startswith("error"):
                 raise RuntimeError(f"scale generator: {line}")
@@ -211,38 +228,46 @@ async def _run(workdir: Path, domains: int, new: int, messages: int, loop: str) 
         base_sockets = procstat.socket_count(pid)
         await open_range(0, WARMUP, "scale: warm-up domains")
         await asyncio.sleep(1.0)
+        # the daemon's own stream back for dialback (2 per domain), or one bidirectional
+        # stream (XEP-0288) carrying both directions (1 per domain)
+        per_domain = max(1, round(sockets() / WARMUP))
+        domains = max(WARMUP + 1, streams // per_domain)
+        new_domains = max(1, new // per_domain)
+        warm_sockets = sockets()
         rss_before = procstat.rss_kib(pid)
         open_seconds = await open_range(WARMUP, domains, "scale: open domains")
         await asyncio.sleep(2.0)  # let the last handshakes and dialback verifies settle
         rss_after = procstat.rss_kib(pid)
-        sockets_idle = procstat.socket_count(pid) - base_sockets
-        new_seconds = await open_range(domains, total, f"scale: {new} new domains")
-        sockets_all = procstat.socket_count(pid) - base_sockets
+        sockets_idle = sockets()
+        new_seconds = await open_range(
+            domains, domains + new_domains, f"scale: {new_domains:,} new domains"
+        )
+        sockets_all = sockets()
         counter = receiver.start_counting(messages)
         progress = Progress("scale: messages, all open", messages)
         cpu0 = procstat.cpu_seconds(pid)
         await gen.send(f"flood {messages}")
-        from bench.e2e.measure import _wait
-
         await _wait(counter, progress, 30)
         first = int(await gen.expect("sent", 120))
         cpu = procstat.cpu_seconds(pid) - cpu0
         seconds = max(1e-9, (counter.last_ns - first) / 1e9)
         progress.finish(f"{counter.count / seconds:,.0f} msg/s")
-        streams = 2 * (domains - WARMUP)
         result = {
             "loop": loop,
+            "tree": label or "this checkout",
             "domains": domains,
-            "streams": 2 * domains,
+            "streams_per_domain": per_domain,
+            # streams = the daemon's TLS connections (sockets), each authenticated
+            "streams": sockets_idle,
             "daemon_sockets": sockets_idle,
             "daemon_sockets_with_new": sockets_all,
             "nofile": f"{procstat.raise_nofile(0)[0]} (hard {hard})",
             "rss_before_kib": rss_before,
             "rss_after_kib": rss_after,
-            "kib_per_stream": (rss_after - rss_before) / streams,
+            "kib_per_stream": (rss_after - rss_before) / max(1, sockets_idle - warm_sockets),
             "open_seconds": open_seconds,
-            "new_domains": new,
-            "new_streams": 2 * new,
+            "new_domains": new_domains,
+            "new_streams": sockets_all - sockets_idle,
             "new_seconds": new_seconds,
             "messages": messages,
             "received": counter.count,

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = 2000
 LIBRARY = 4000
-SCALE_DOMAINS = 80
-SCALE_NEW = 20
+SCALE_STREAMS = 160
+SCALE_NEW = 40
 SCALE_MESSAGES = 1000
 
 FLOOD_FIELDS = {
@@ -27,7 +27,7 @@ FLOOD_FIELDS = {
     "msg_per_s", "latency_ms", "cpu_s", "cpu_s_per_10k", "peak_rss_kib", "half_peak", "low_load",
 }  # fmt: skip
 SCALE_FIELDS = {
-    "domains", "streams", "daemon_sockets", "rss_before_kib", "rss_after_kib",
+    "domains", "streams", "streams_per_domain", "daemon_sockets", "rss_before_kib", "rss_after_kib",
     "kib_per_stream", "open_seconds", "new_streams", "new_seconds", "messages", "received",
     "missing", "msg_per_s", "nofile",
 }  # fmt: skip
@@ -40,7 +40,7 @@ def test_quick_run_for_s2sfast(tmp_path: Path) -> None:
             sys.executable, "-m", "bench.e2e", "--quick",
             "--contenders", "s2sfast,library", "--loops", "asyncio", "--client-loop", "asyncio",
             "--messages", str(MESSAGES), "--library-messages", str(LIBRARY),
-            "--half-seconds", "0.5", "--low-seconds", "0.3", "--scale-domains", str(SCALE_DOMAINS),
+            "--half-seconds", "0.5", "--low-seconds", "0.3", "--scale-streams", str(SCALE_STREAMS),
             "--scale-new", str(SCALE_NEW), "--scale-messages", str(SCALE_MESSAGES),
             "--json", str(out), "--png", str(png), "--workdir", str(tmp_path / "work"),
         ],
@@ -59,9 +59,12 @@ def test_quick_run_for_s2sfast(tmp_path: Path) -> None:
             assert paced["missing"] == 0 and paced["received"] == paced["messages"] > 0, paced
     scale = doc["scale"]
     assert SCALE_FIELDS <= set(scale), scale
-    assert scale["domains"] == SCALE_DOMAINS and scale["streams"] == 2 * SCALE_DOMAINS
-    # every domain's inbound stream and the daemon's own stream back are open sockets
-    assert scale["daemon_sockets"] >= 2 * SCALE_DOMAINS, scale
+    # every domain's stream (and the daemon's own stream back, unless bidirectional) is open
+    per_domain = scale["streams_per_domain"]
+    assert per_domain in (1, 2), scale
+    assert scale["domains"] == SCALE_STREAMS // per_domain, scale
+    assert scale["streams"] == scale["daemon_sockets"] == scale["domains"] * per_domain, scale
+    assert scale["new_streams"] == SCALE_NEW, scale
     assert (scale["received"], scale["missing"]) == (SCALE_MESSAGES, 0)
     assert "s2sfast daemons (asyncio)" in proc.stdout  # the table
     if png.exists():  # matplotlib installed (the 'bench' extra)

@@ -754,7 +754,11 @@ class Router:
             if dest is None and self._local_default(stanza.to_domain):
                 done = self.deliver(stanza)
             else:
-                self.route(stanza, stream)
+                busy = self.route(stanza, stream)
+                if busy is not None and action.seq is not None:
+                    # queued behind a congested next hop: handled once it drained to its
+                    # transport, so the ack never covers a stanza still in our queue
+                    done = asyncio.ensure_future(busy.drained())
         except ValueError as exc:  # the incoming machine lets only local domains through
             log.info("dropped on %s: %s", stream.describe(), exc)
         if action.seq is None:

@@ -15,8 +15,9 @@ Order of business (RFC 6120 section 3.2, XEP-0368, RFC 2782 section "Usage rules
    at once and ordered as ONE record set (XEP-0368 section 3: priorities and weights mixed), by
    priority and then weighted-random; each target's A/AAAA in ``outgoing.ip_versions`` order (glue
    from the additional section is used when present); a single record with target "." means "no
-   service here" (for ``_xmpps-server``: no Direct TLS, STARTTLS may still be offered);
-3. when neither name has a usable SRV record (NXDOMAIN or an empty answer): the domain's own
+   service here" (for ``_xmpps-server``: no Direct TLS, the ``_xmpp-server`` records still
+   apply, but XEP-0368 forbids the A/AAAA fallback: the domain has said it uses SRV);
+3. when neither name has any SRV record (NXDOMAIN or an empty answer): the domain's own
    A/AAAA on ``outgoing.port``, with STARTTLS. A timed-out or failed SRV query is not "no SRV
    record", so it does not fall back: that could connect to the wrong host while the DNS is merely
    slow. When one of the two names answers with records and the other fails, the records are
@@ -349,6 +350,14 @@ class Resolver:
             raise NoXmppService(
                 domain,
                 f"{SRV_PREFIX}{domain} has target '.': {domain} offers no XMPP S2S service",
+            )
+        if tls is not None and tls.status == "ok":
+            # XEP-0368 section 5: "." for _xmpps-server says the domain uses SRV, so there is
+            # no A/AAAA fallback; without an _xmpp-server record there is nothing to try
+            raise NoXmppService(
+                domain,
+                f"{XMPPS_SRV_PREFIX}{domain} has target '.' (no Direct TLS) and there is no "
+                f"{SRV_PREFIX}{domain} record: {domain} offers no XMPP S2S service",
             )
         return await self._fallback(domain, plain, families, s2s.outgoing.port)
 

@@ -128,12 +128,20 @@ async def test_direct_tls_only_domain(dns_server, resolver):
     assert dns_server.count("d.test") == 0  # records found: no A/AAAA fallback
 
 
-async def test_xmpps_dot_means_no_direct_tls_and_a_records_still_apply(dns_server, resolver):
+async def test_xmpps_dot_means_no_direct_tls_and_no_a_fallback(dns_server, resolver):
     dns_server.add_srv(SRVS + "e.test", 0, 0, 0, ".")
     dns_server.add_a("e.test", "127.0.0.5")
-    cands = await resolver.resolve("e.test", opts(port=15269))
-    assert shape(cands) == [("e.test", 15269, False)]
-    assert cands[0].source == "fallback"
+    with pytest.raises(NoXmppService) as err:  # XEP-0368 section 5: MUST NOT fall back
+        await resolver.resolve("e.test", opts(port=15269))
+    assert "no Direct TLS" in str(err.value)
+    assert dns_server.count("e.test", "A") == 0
+
+
+async def test_xmpps_dot_leaves_the_starttls_records(dns_server, resolver):
+    dns_server.add_srv(SRVS + "e2.test", 0, 0, 0, ".")
+    dns_server.add_srv(SRV + "e2.test", 0, 0, 5269, "xmpp.e2.test")
+    dns_server.add_a("xmpp.e2.test", "127.0.0.1")
+    assert shape(await resolver.resolve("e2.test", opts())) == [("xmpp.e2.test", 5269, False)]
 
 
 async def test_xmpp_dot_with_xmpps_records_uses_direct_tls(dns_server, resolver):

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import is_dataclass
 from typing import TYPE_CHECKING, Any
 
-from s2sfast.limits import MAX_FSM_QUEUE
-
 if TYPE_CHECKING:
     from s2sfast.config.loader import Config, ListenS2S, S2SOptions
 
@@ -41,6 +39,7 @@ def _s2s_dict(o: S2SOptions) -> dict[str, Any]:
         "dns": {"timeout": o.dns.timeout, "retries": o.dns.retries},
         "sasl_external": o.sasl_external,
         "dialback_cert_auth": o.dialback_cert_auth,
+        "bidi": o.bidi,
         "stream_management": {
             "enabled": o.stream_management.enabled,
             "resend": o.stream_management.resend,
@@ -50,8 +49,8 @@ def _s2s_dict(o: S2SOptions) -> dict[str, Any]:
     }
 
 
-def _listener_dict(lst: ListenS2S, config_max_fsm_queue: int) -> dict[str, Any]:
-    return {
+def _listener_dict(lst: ListenS2S) -> dict[str, Any]:
+    out = {
         "port": lst.port,
         "ip_address": lst.ip_address,
         "max_stanza_size": _inf(lst.max_stanza_size),
@@ -59,7 +58,6 @@ def _listener_dict(lst: ListenS2S, config_max_fsm_queue: int) -> dict[str, Any]:
         "backlog": lst.backlog,
         "max_connections": _inf(lst.max_connections),
         "state_timeout": lst.state_timeout,
-        "max_fsm_queue": lst.max_fsm_queue or config_max_fsm_queue,
         "tls": {
             "mode": lst.tls.mode,
             "cacertfile": lst.tls.cacertfile,
@@ -69,12 +67,17 @@ def _listener_dict(lst: ListenS2S, config_max_fsm_queue: int) -> dict[str, Any]:
             "certfile": lst.tls.certfile,
         },
     }
+    if lst.max_fsm_queue is not None:  # not set: [general] max_fsm_queue applies
+        out["max_fsm_queue"] = lst.max_fsm_queue
+    return out
 
 
 def _service_dict(service: Any) -> dict[str, Any]:
     out = {}
     for name in getattr(service, "__dataclass_fields__", {}):
         value = getattr(service, name)
+        if name == "max_fsm_queue" and value is None:
+            continue  # not set: [general] max_fsm_queue applies
         if name == "password":
             value = "(set)"
         elif name in ("max_stanza_size", "max_rate"):
@@ -88,15 +91,14 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
     "infinity" stands for unlimited values, ``null`` for options that are not set.
     """
-    fsm = config.max_fsm_queue or MAX_FSM_QUEUE
-    listen: dict[str, Any] = {"s2s": [_listener_dict(lst, fsm) for lst in config.listen_s2s]}
+    listen: dict[str, Any] = {"s2s": [_listener_dict(lst) for lst in config.listen_s2s]}
     if config.listen_service:
         listen["service"] = [_service_dict(s) for s in config.listen_service if is_dataclass(s)]
     return {
         "general": {
             "hosts": list(config.hosts),
             "loglevel": config.loglevel,
-            "max_fsm_queue": config.max_fsm_queue or MAX_FSM_QUEUE,
+            "max_fsm_queue": config.max_fsm_queue,
         },
         "listen": listen,
         "s2s": _s2s_dict(config.s2s),

@@ -37,7 +37,7 @@ from s2sfast.config.checks import string as _string
 from s2sfast.config.checks import table as _table
 from s2sfast.config.dump import config_to_dict
 from s2sfast.config.loglevel import DEFAULT_LOGLEVEL, parse_loglevel
-from s2sfast.limits import SM_ACK_EVERY, SM_MAX_UNACKED
+from s2sfast.limits import MAX_FSM_QUEUE, SM_ACK_EVERY, SM_MAX_UNACKED
 
 if TYPE_CHECKING:
     from s2sfast.config.service import ListenService
@@ -202,6 +202,11 @@ class S2SOptions:
     #: asking its authoritative server over a verify stream (XEP-0344)
     dialback_cert_auth: bool = True
     stream_management: StreamManagementOptions = field(default_factory=StreamManagementOptions)
+    #: s2sfast addition (MongooseIM has no XEP-0288): offer bidirectional streams on incoming
+    #: connections and ask for them on outgoing ones, so one TCP connection (and one handshake)
+    #: carries both directions between two servers. Off by default, as in Prosody (whose
+    #: mod_s2s_bidi is opt-in): a peer's stanzas then arrive on our outbound stream too.
+    bidi: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,9 +228,9 @@ class Config:
     #: ``s2sfast run`` logs unless ``--log-level`` says otherwise
     loglevel: str = DEFAULT_LOGLEVEL
     #: ``[general] max_fsm_queue``: stanzas one connection may hold while its peer is not
-    #: reading (a listener's own ``max_fsm_queue`` overrides it); None: not set, which means
-    #: s2sfast.limits.MAX_FSM_QUEUE (MongooseIM: unlimited)
-    max_fsm_queue: int | None = None
+    #: reading (a listener's own ``max_fsm_queue`` overrides it); not set: the named default
+    #: s2sfast.limits.MAX_FSM_QUEUE (MongooseIM's own default is unlimited)
+    max_fsm_queue: int = MAX_FSM_QUEUE
 
     def s2s_for(self, host: str) -> S2SOptions:
         """The effective [s2s] options for local *host* (its [[host_config]] override, if any)."""
@@ -384,7 +389,7 @@ def _resolve_shaper(rule: str, path: str, raw: Mapping[str, Any]) -> tuple[str |
 _S2S_KEYS = tuple(
     "default_policy host_policy use_starttls certfile shared "
     "address ciphers max_retry_delay outgoing dns sasl_external dialback_cert_auth"
-    " stream_management".split()
+    " stream_management bidi".split()
 )
 
 
@@ -436,7 +441,7 @@ def _s2s(value: Any, path: str, base: S2SOptions) -> S2SOptions:
         if "retries" in sub:
             dns["retries"] = _positive(sub["retries"], f"{path}.dns.retries")
         changes["dns"] = replace(base.dns, **dns)
-    for key in ("sasl_external", "dialback_cert_auth"):
+    for key in ("sasl_external", "dialback_cert_auth", "bidi"):
         if key in table:
             if not isinstance(table[key], bool):
                 _fail(f"{path}.{key}", table[key], "a boolean (true or false)")
@@ -721,10 +726,11 @@ def config_from_dict(
     )
 
 
-def _max_fsm_queue(general: Mapping[str, Any]) -> int | None:
-    """``[general] max_fsm_queue``: a positive integer (MongooseIM's syntax), or not set."""
+def _max_fsm_queue(general: Mapping[str, Any]) -> int:
+    """``[general] max_fsm_queue``: a positive integer (MongooseIM's syntax); not set: the
+    named default."""
     if "max_fsm_queue" not in general:
-        return None
+        return MAX_FSM_QUEUE
     return _positive(general["max_fsm_queue"], "general.max_fsm_queue", " (stanzas)")
 
 

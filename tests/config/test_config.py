@@ -729,7 +729,7 @@ def test_file_errors_start_with_the_file_and_keep_the_path(tmp_path):
 def test_config_to_dict_has_every_default_keyed_like_the_toml():
     config = config_from_dict(doc(listen={"s2s": [{"port": 5269}]}, s2s={"shared": "s"}))
     assert config_to_dict(config) == {
-        "general": {"hosts": ["localhost"], "loglevel": "warning"},
+        "general": {"hosts": ["localhost"], "loglevel": "warning", "max_fsm_queue": 10_000},
         "listen": {
             "s2s": [
                 {

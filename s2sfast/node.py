@@ -25,6 +25,7 @@ from s2sfast.net.dns import Resolver
 from s2sfast.net.stream import CLOSE_TIMEOUT, WRITE_STALL_TIMEOUT, XmlStream
 from s2sfast.net.tls import make_client_context, make_server_context, verify_peer
 from s2sfast.protocol.incoming import IncomingMachine
+from s2sfast.protocol.stream_limits import StreamLimits
 from s2sfast.router import MAX_QUEUE, Router, stanza_from_bytes
 
 __all__ = ["Node", "ConnectionInfo"]
@@ -300,6 +301,11 @@ class Node:
             tls_available=ctx is not None,
             check_cert=check,
             state_timeout=listen.state_timeout / 1000,
+            # XEP-0478: announce what this listener accepts and how long it lets a stream idle
+            limits=StreamLimits(
+                max_bytes=listen.max_stanza_size,
+                idle_seconds=int(self.idle_timeout) if self.idle_timeout else None,
+            ),
         )
         stream = XmlStream(
             machine,

@@ -42,6 +42,7 @@ from s2sfast.net.connect import ConnectError, connect_first
 from s2sfast.net.dns import Candidate, ResolutionError, Resolver
 from s2sfast.net.peercert import own_certificate_problem
 from s2sfast.net.stream import WRITE_STALL_TIMEOUT, XmlStream
+from s2sfast.protocol.bidi import BidiRoute
 from s2sfast.protocol.dialback import key_matches
 from s2sfast.protocol.errors import LocalStreamError, make_bounce
 from s2sfast.protocol.events import (
@@ -60,6 +61,7 @@ from s2sfast.protocol.events import (
 from s2sfast.protocol.negotiation import stream_header
 from s2sfast.protocol.outgoing import OutgoingMachine
 from s2sfast.protocol.policy import Policy
+from s2sfast.protocol.stream_limits import StreamLimits, over_limit_text
 
 __all__ = ["Router", "OutboundLink", "stanza_from_bytes", "MAX_QUEUE"]
 
@@ -384,6 +386,10 @@ class Router:
         if link is not None and link.established and link.stream is not None:
             stream = link.stream
             if stream.writable:
+                limit = stream.machine.peer_max_bytes
+                if limit is not None and len(raw) > limit:
+                    self._over_peer_limit(raw, local, remote, limit)
+                    return None
                 # XEP-0198 window full, or stanzas already wait for it: queue behind them
                 if not link.queue and not stream.machine.window_full:
                     if not stream.write_stanza(raw):
@@ -416,10 +422,15 @@ class Router:
             return link
         return None
 
-    def bounce(self, raw: bytes, local: str, condition: str, text: str | None) -> None:
-        """Return *raw* to its sender as an error stanza (when one is due), wherever it is."""
+    def bounce(
+        self, raw: bytes, local: str, condition: str, text: str | None, *, by_us: bool = True
+    ) -> None:
+        """Return *raw* to its sender as an error stanza (when one is due), wherever it is.
+
+        *by_us*: the error names *local* in ``by`` (False: the policy broken is the peer's).
+        """
         try:
-            data = make_bounce(raw, condition, text=text, by=local)
+            data = make_bounce(raw, condition, text=text, by=local if by_us else None)
         except ValueError as exc:
             log.warning("cannot bounce a stanza: %s", exc)
             return
@@ -502,11 +513,14 @@ class Router:
             # XEP-0178: use EXTERNAL only when our certificate can prove link.local
             sasl_external=opts.sasl_external
             and own_certificate_problem(opts.certfile, link.local) is None,
+            bidi=opts.bidi,
+            limits=self.own_limits,
         )
 
         def attach(stream: XmlStream) -> None:
             stream.link = link
-            link.stream = stream
+            if not self._bidi_serves(link):  # else an incoming bidi stream took the pair over
+                link.stream = stream
             self.streams.add(stream)
             for req in link.verify_queue:
                 stream.feed_event(req)
@@ -600,6 +614,78 @@ class Router:
         for req in link.verify_queue:
             self._answer_verify(req.receiving, req.originating, req.stream_id, "error", text)
         link.verify_queue.clear()
+
+    # --- XEP-0288 / XEP-0478 --------------------------------------------------------------------
+
+    @property
+    def own_limits(self) -> StreamLimits:
+        """What we accept (XEP-0478), announced in our ``<bidi/>`` requests."""
+        idle = self.idle_timeout
+        return StreamLimits(
+            max_bytes=self.max_stanza_size, idle_seconds=int(idle) if idle else None
+        )
+
+    def _bidi_serves(self, link: OutboundLink) -> bool:
+        """Whether an incoming bidi stream (XEP-0288) is *link*'s established stream."""
+        stream = link.stream
+        return (
+            link.established and stream is not None and stream.direction == "in" and stream.writable
+        )
+
+    def _bidi_route(self, stream: XmlStream, action: BidiRoute) -> None:
+        """XEP-0288: incoming *stream* may now carry stanzas from action.local to
+        action.remote. It becomes the pair's outbound stream unless an outbound stream of
+        ours is established already; stanzas waiting for a connection go out on it now."""
+        key = (action.local, action.remote)
+        if self.closing or not self.policy_allows(*key):
+            return
+        link = self.outbound.get(key)
+        if link is not None and link.established and link.stream is not None:
+            if link.stream.writable:
+                return  # our own outbound stream serves the pair already
+        if link is None:
+            queue: PendingQueue[bytes] = PendingQueue(
+                max_stanzas=self.max_queue,
+                deadline=self.pending_deadline,
+                budget=self.pending_budget,
+            )
+            link = self.outbound[key] = OutboundLink(action.local, action.remote, queue)
+        else:
+            if link.retry_timer is not None:
+                link.retry_timer.cancel()
+                link.retry_timer = None
+            if link.stream is None and link.task is not None and not link.task.done():
+                link.task.cancel()  # still resolving or connecting: no second connection
+        stream.link = link
+        link.stream = stream
+        link.established = True
+        self.emit(
+            "bidi-route", local=action.local, remote=action.remote, stream_id=stream.stream_id
+        )
+        self.sm_flush(link)
+        if not link.done.done():
+            link.done.set_result(True)
+
+    def _over_peer_limit(self, raw: bytes, local: str, remote: str, limit: int) -> None:
+        """XEP-0478 section 4: a stanza above the peer's announced max-bytes is not sent (the
+        peer would kill the stream); its sender gets policy-violation without ``by``."""
+        log.info(
+            "stanza of %d bytes to %s exceeds its limit of %d: bouncing", len(raw), remote, limit
+        )
+        self.bounce(
+            raw, local, "policy-violation", over_limit_text(len(raw), limit, remote), by_us=False
+        )
+
+    def _within_peer_limit(self, raws: list[bytes], link: OutboundLink, limit: int) -> list[bytes]:
+        if all(len(raw) <= limit for raw in raws):
+            return raws
+        out = []
+        for raw in raws:
+            if len(raw) > limit:
+                self._over_peer_limit(raw, link.local, link.remote, limit)
+            else:
+                out.append(raw)
+        return out
 
     # --- dialback brokering --------------------------------------------------------------------
 
@@ -733,6 +819,8 @@ class Router:
                     self._link_retry(link, action.condition, action.text)
                 else:
                     self._link_failed(link, action.condition, action.text)
+        elif kind is BidiRoute:
+            self._bidi_route(stream, action)
         elif kind is Drop:
             log.info("dropped on %s: %s", stream.describe(), action.reason)
         else:  # pragma: no cover - a new action kind without routing is a bug
@@ -795,11 +883,13 @@ class Router:
             return
         machine = stream.machine
         if machine.sm_out is None:
-            stream.write_stanzas(link.queue.drain())
+            batch = link.queue.drain()
         else:
             room = machine.sm_out.max_unacked - len(machine.sm_out.unacked)
             batch = link.queue.take(room) if room > 0 else []
-            stream.write_stanzas(batch)
+        if machine.peer_max_bytes is not None:
+            batch = self._within_peer_limit(batch, link, machine.peer_max_bytes)
+        stream.write_stanzas(batch)
         if not link.queue:
             if link.expiry_timer is not None:
                 link.expiry_timer.cancel()
@@ -860,7 +950,10 @@ class Router:
                 stream.limiter.closed(
                     self._address(stream), was_authenticated=bool(stream.authenticated)
                 )
-            return
+            if stream.link is None:
+                return
+            if stream.link.stream is stream:  # XEP-0288: it carried the pair's outbound stanzas
+                stream.link.established = False  # a next stream must authenticate first
         link = stream.link
         unsent = stream.take_unsent()
         if unsent and stream.deaf and link is not None:

@@ -48,6 +48,7 @@ def node_config(
     stream_management: StreamManagementOptions | None = None,
     sasl_external: bool = False,
     dialback_cert_auth: bool = True,
+    bidi: bool = False,
 ) -> Config:
     """A Config for one test node listening on 127.0.0.1:*port*; *addresses* maps remote
     domains to loopback ports ([s2s] address overrides)."""
@@ -65,6 +66,7 @@ def node_config(
         stream_management=stream_management or StreamManagementOptions(),
         sasl_external=sasl_external,
         dialback_cert_auth=dialback_cert_auth,
+        bidi=bidi,
     )
     return Config(
         hosts=tuple(hosts),

@@ -14,7 +14,10 @@ from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 from s2sfast.config import S2SOptions
+from s2sfast.framing import StreamFramer
 from s2sfast.limits import MAX_PENDING_RESULTS_PER_STREAM
+from s2sfast.protocol.bidi import BIDI_NS, BidiRoute, parse_request
+from s2sfast.protocol.bidi import FEATURE as BIDI_FEATURE
 from s2sfast.protocol.dialback import (
     DIALBACK_FEATURE_NS,
     DIALBACK_NS,
@@ -25,6 +28,7 @@ from s2sfast.protocol.dialback import (
 )
 from s2sfast.protocol.errors import STREAM_NS, RemoteStreamError
 from s2sfast.protocol.events import (
+    Acked,
     Action,
     Authenticated,
     Close,
@@ -35,6 +39,7 @@ from s2sfast.protocol.events import (
     SendBytes,
     SetTimer,
     StartTls,
+    Unacked,
     VerifyKey,
     VerifyResult,
 )
@@ -61,6 +66,7 @@ from s2sfast.protocol.sasl import (
 from s2sfast.protocol.sm import (
     ENABLED,
     FEATURE,
+    REQUEST,
     SM_NS,
     HandledCountTooHigh,
     SmInbound,
@@ -69,6 +75,7 @@ from s2sfast.protocol.sm import (
     handled_count_too_high_bytes,
     parse_ack,
 )
+from s2sfast.protocol.stream_limits import StreamLimits, limits_bytes
 
 __all__ = ["IncomingMachine", "new_stream_id"]
 
@@ -94,6 +101,8 @@ class IncomingMachine(Machine):
         check_cert: RFC 6125 verdict for a peer chain and domain (required_trusted).
         stream_id: our id for this stream (random when omitted).
         state_timeout: seconds a peer has for each negotiation step.
+        limits: what we accept (XEP-0478: the listener's max_stanza_size, our idle timeout),
+            announced in our stream features.
     """
 
     role = "incoming"
@@ -105,7 +114,7 @@ class IncomingMachine(Machine):
         ("WAIT_HEADER", "ConnectionLost"): "_on_lost",
         ("OPEN", "Stanza"): "_on_stanza",
         ("OPEN", "StreamClose"): "_on_peer_close",
-        ("OPEN", "TimerFired"): "_timeout",
+        ("OPEN", "TimerFired"): "_on_open_timer",
         ("OPEN", "VerifyResult"): "_on_verify_result",
         ("OPEN", "ConnectionLost"): "_on_lost",
         ("OPEN", "Handled"): "_on_handled",
@@ -114,7 +123,7 @@ class IncomingMachine(Machine):
         ("TLS_PENDING", "VerifyResult"): "_on_verify_result",
         ("TLS_PENDING", "ConnectionLost"): "_on_lost",
         ("CLOSING", "StreamClose"): "_on_closed",
-        ("CLOSING", "Stanza"): "_ignore",
+        ("CLOSING", "Stanza"): "_on_closing_stanza",
         ("CLOSING", "VerifyResult"): "_ignore",
         ("CLOSING", "TimerFired"): "_on_closed",
         ("CLOSING", "ConnectionLost"): "_on_lost",
@@ -131,8 +140,19 @@ class IncomingMachine(Machine):
         check_cert: CertChecker | None = None,
         stream_id: str | None = None,
         state_timeout: float | None = 5.0,
+        limits: StreamLimits | None = None,
     ) -> None:
         super().__init__(state_timeout=state_timeout)
+        #: XEP-0478: our limits (announced) and the peer's (from its <bidi/> request)
+        self.limits = limits
+        self.peer_limits: StreamLimits | None = None
+        #: the peer's max-bytes (None: not announced): the router bounces larger stanzas
+        self.peer_max_bytes: int | None = None
+        #: XEP-0288: the peer asked for a bidirectional stream (after we offered it)
+        self.bidi = False
+        self._bidi_offered = False
+        #: pairs whose reverse direction the router was told about (BidiRoute)
+        self._routed: set[tuple[str, str]] = set()
         #: live collection (the router may add domains at run time); lowercase domains
         self.hosts = hosts
         self.options_for = options_for
@@ -278,6 +298,11 @@ class IncomingMachine(Machine):
         self._sasl_challenged = False
         if self._external_offered:
             parts.append(mechanisms_feature())
+        self._bidi_offered = self._bidi_allowed()
+        if self._bidi_offered:
+            parts.append(BIDI_FEATURE.decode())
+        if self.limits is not None:
+            parts.append(limits_bytes(self.limits).decode())
         if not self._tls_missing():
             parts.append(f"<dialback xmlns='{DIALBACK_FEATURE_NS}'><errors/></dialback>")
             self._sm_offered = self._sm_allowed()
@@ -306,6 +331,8 @@ class IncomingMachine(Machine):
             return self._on_sm(st)
         elif ns == SASL_NS:
             return self._on_sasl(st)
+        elif ns == BIDI_NS and st.name == "bidi":
+            return self._on_bidi(st)
         raise RemoteStreamError(
             "unsupported-stanza-type", f"<{st.name} xmlns='{ns}'> is not supported here"
         )
@@ -615,10 +642,10 @@ class IncomingMachine(Machine):
             return [SendBytes(data=ack)] if ack is not None else []
         if name == "a":
             try:
-                self.sm_out.ack(parse_ack(st.raw))
+                count = self.sm_out.ack(parse_ack(st.raw))
             except HandledCountTooHigh as exc:
                 return self._sm_fail(exc)
-            return []
+            return [Acked(count=count)] if count else []  # our bidi stanzas (XEP-0288)
         return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> is not used on S2S", stanza=st)]
 
     def _sm_fail(self, exc: HandledCountTooHigh) -> list[Action]:
@@ -660,4 +687,128 @@ class IncomingMachine(Machine):
         if self.closed:
             return []
         self.state = "CLOSING"
-        return [*self._final_ack(), Close(condition=None, text=reason)]
+        actions = self._final_ack()
+        if self.sm_out is not None and self.sm_out.unacked:
+            actions.append(SendBytes(data=REQUEST))  # bidi: the peer's last <a/> settles the rest
+        return [*actions, Close(condition=None, text=reason)]
+
+    # --- XEP-0288: the reverse direction on this stream ------------------------------------
+
+    def receive(self, event: Any) -> list[Action]:
+        """As :meth:`Machine.receive`; on a bidi stream, also tell the router when a pair's
+        reverse direction becomes usable, and hand back what the peer never acknowledged
+        when the stream ends."""
+        actions = super().receive(event)
+        if self.bidi:
+            extra = self._bidi_release("the stream ended") if self.state in self.FINAL else None
+            extra = extra or self._bidi_routes()
+            if extra:
+                return [*actions, *extra]
+        return actions
+
+    def _bidi_allowed(self) -> bool:
+        """Offer bidi: ``[s2s] bidi`` is on, TLS is not still owed, nothing authenticated yet
+        (XEP-0288 section 2.1: offered before and after TLS; requested before authentication)."""
+        if self.bidi or self.authorised or self._tls_missing():
+            return False
+        host = self.local or next(iter(sorted(self.hosts)), "")
+        return bool(host) and self.options_for(host).bidi
+
+    def _on_bidi(self, st: Any) -> list[Action]:
+        if not self._bidi_offered or self.authorised:
+            why = "after authentication" if self.authorised else "without our offer"
+            return [Drop(reason=f"<bidi/> request {why} ignored on {self.stream_id}", stanza=st)]
+        self.bidi = True
+        self.peer_limits = parse_request(st.raw)
+        limits = self.peer_limits
+        self.peer_max_bytes = limits.max_bytes if limits is not None else None
+        log.info(
+            "bidirectional stream requested by %s -> %s (XEP-0288) id=%s",
+            self.peer_from,
+            self.local,
+            self.stream_id,
+        )
+        return []
+
+    def _bidi_routes(self) -> list[Action]:
+        """BidiRoute for each pair authenticated since the last call, once our (restarted)
+        stream is open: never before the peer authenticated (XEP-0288 section 2.2)."""
+        if len(self._routed) == len(self.authorised):
+            return []
+        if self.state != "OPEN" or not self.header_sent:
+            return []
+        actions: list[Action] = []
+        for local, remote in sorted(self.authorised - self._routed):
+            self._routed.add((local, remote))
+            log.info(
+                "bidi: %s -> %s now goes over incoming stream %s", local, remote, self.stream_id
+            )
+            actions.append(BidiRoute(local=local, remote=remote))
+        return actions
+
+    def sent(self, raw: bytes) -> list[Action]:
+        """A stanza was just written to this (bidi) stream: with XEP-0198 on it is counted and
+        kept until acknowledged, as on an outgoing stream."""
+        sm = self.sm_out
+        if sm is None:
+            return []
+        actions: list[Action] = []
+        if not sm.unacked:
+            actions.append(SetTimer(seconds=sm.request_after))
+        if sm.record(raw):
+            sm.requested()
+            actions.append(SendBytes(data=REQUEST))
+        return actions
+
+    @property
+    def window_full(self) -> bool:
+        """Whether our unacked window is full (bidi with XEP-0198): the router holds stanzas."""
+        return self.sm_out is not None and self.sm_out.window_full
+
+    def _on_open_timer(self, ev: Any) -> list[Action]:
+        """Negotiating: the step timed out. Authenticated (no step timer any more): our bidi
+        stanzas wait for an ack, so ask (again)."""
+        sm = self.sm_out
+        if not self.authorised:
+            return self._timeout(ev)
+        if sm is None or not sm.unacked:
+            return []
+        sm.requested()
+        return [SendBytes(data=REQUEST), SetTimer(seconds=sm.request_after)]
+
+    def _on_closing_stanza(self, st: Any) -> list[Action]:
+        """While we close: the peer's last <a/> still counts for our bidi stanzas."""
+        if st.ns == SM_NS and st.name == "a" and self.sm_out is not None:
+            return self._on_sm(st)
+        return []
+
+    def _on_failure(self, exc: Any) -> list[Action]:
+        return self._bidi_release(exc.text or exc.condition)
+
+    def _bidi_release(self, reason: str) -> list[Action]:
+        """The stream is over: what we sent on it and the peer never acknowledged, per pair
+        (once), for the router to resend or bounce."""
+        sm = self.sm_out
+        if sm is None or not sm.unacked or not self._routed:
+            return []
+        raws = sm.take_unacked()
+        by_pair: dict[tuple[str, str], list[bytes]] = {}
+        if len(self._routed) == 1:
+            by_pair[next(iter(self._routed))] = raws
+        else:
+            framer = StreamFramer()
+            framer.feed(b"<stream:stream xmlns='jabber:server' "
+                        b"xmlns:stream='http://etherx.jabber.org/streams'>")
+            for raw in raws:
+                (st,) = framer.feed(raw)
+                by_pair.setdefault((st.from_domain, st.to_domain), []).append(raw)
+        log.warning(
+            "bidi stream %s ended with %d unacknowledged stanza(s): %s",
+            self.stream_id,
+            len(raws),
+            reason,
+        )
+        return [
+            Unacked(local=local, remote=remote, raws=tuple(out), reason=reason)
+            for (local, remote), out in by_pair.items()
+        ]

@@ -48,6 +48,7 @@ from s2sfast.protocol.events import (
     VerifyRequest,
 )
 from s2sfast.protocol.negotiation import (
+    SERVER_NS,
     TLS_NS,
     CertChecker,
     Machine,
@@ -650,9 +651,16 @@ class OutgoingMachine(Machine):
         authenticated: the peer sends from *remote* to *local*, XEP-0288 section 2.2)."""
         return (
             st.name in _DATA_STANZAS
+            and st.ns == SERVER_NS
             and st.to_domain == self.local
             and st.from_domain == self.remote
         )
+
+    def _bidi_final_ack(self) -> list[Action]:
+        """XEP-0198 on a bidi stream: our last <a/> for the peer's stanzas before we close."""
+        if not self.bidi or self.sm_in is None or self.state != "ESTABLISHED":
+            return []
+        return [SendBytes(data=self.sm_in.final_ack())]
 
     def _on_handled(self, ev: Handled) -> list[Action]:
         """XEP-0198 on a bidi stream: an inbound stanza we delivered has been handled."""
@@ -759,7 +767,8 @@ class OutgoingMachine(Machine):
         return [*actions, SetTimer(seconds=None), self._close(text)]
 
     def _on_peer_close(self, ev: Any) -> list[Action]:
-        actions = self._fail_all(
+        actions = self._bidi_final_ack()
+        actions += self._fail_all(
             "remote-server-not-found", f"{self.remote} closed the stream", retry=True
         )
         actions += self._sm_release(f"{self.remote} closed the stream")
@@ -785,7 +794,8 @@ class OutgoingMachine(Machine):
         """We close the stream (shutdown or idle): ``</stream:stream>``, wait for the peer's."""
         if self.closed:
             return []
-        actions = self._fail_all("remote-server-not-found", reason)
+        actions = self._bidi_final_ack()
+        actions += self._fail_all("remote-server-not-found", reason)
         if self.sm_out is not None and self.sm_out.unacked:
             actions.append(SendBytes(data=REQUEST))  # the peer's last <a/> settles the rest
         self.state = "CLOSING"

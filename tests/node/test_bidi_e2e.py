@@ -1,0 +1,152 @@
+"""Bidirectional S2S (XEP-0288) between two real nodes on 127.0.0.1: with ``[s2s] bidi`` on
+both sides and certificates that prove each domain (no dialback verify stream), one TCP
+connection carries both directions; without it, two; delivery both ways; policy on the reverse
+direction; the pair's next stanza opens a connection of its own when the bidi stream is gone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from core_helpers import message
+
+
+async def _until(predicate, timeout=10.0):
+    """Poll *predicate* (a hang guard, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+def _tls(hosts, tls_certfile, tls_ca_file, **extra):
+    return {
+        "hosts": hosts,
+        "mode": "required_trusted",
+        "certfile": tls_certfile(*hosts),
+        "cafile": tls_ca_file,
+        **extra,
+    }
+
+
+def _tcp(node):
+    """The node's live TCP connections as (direction, pairs authenticated on it)."""
+    return sorted((c.direction, c.pairs) for c in node.connections())
+
+
+async def _exchange(a, b, n=5):
+    """A sends n to B, then B sends n to A (B's stanzas can only use what A's opened)."""
+    for i in range(n):
+        await a.send(message("u@a.test", "v@b.test", f"{i}", id=f"ab{i}"))
+    assert [(await b.inbox.get()).id for _ in range(n)] == [f"ab{i}" for i in range(n)]
+    for i in range(n):
+        await b.send(message("v@b.test", "u@a.test", f"{i}", id=f"ba{i}"))
+    assert [(await a.inbox.get()).id for _ in range(n)] == [f"ba{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("sasl_external", [False, True], ids=["dialback-cert", "sasl-external"])
+async def test_one_connection_carries_both_directions(
+    federation, tls_certfile, tls_ca_file, sasl_external
+):
+    nodes = await federation(
+        {
+            "A": _tls(
+                ["a.test"], tls_certfile, tls_ca_file, bidi=True, sasl_external=sasl_external
+            ),
+            "B": _tls(
+                ["b.test"], tls_certfile, tls_ca_file, bidi=True, sasl_external=sasl_external
+            ),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b)
+    assert _tcp(a) == [("out", (("a.test", "b.test"),))]
+    assert _tcp(b) == [("in", (("b.test", "a.test"),))]
+    (stream,) = b.router.streams
+    assert stream.machine.bidi and b.router.outbound[("b.test", "a.test")].stream is stream
+    (out,) = a.router.streams
+    assert out.machine.bidi
+    # the originating side saw dialback answered at once; the receiving side checked the cert
+    methods = ("sasl-external",) * 2 if sasl_external else ("dialback", "dialback-cert")
+    assert (a.connections()[0].auth_method, b.connections()[0].auth_method) == methods
+
+
+async def test_without_bidi_two_connections(federation, tls_certfile, tls_ca_file):
+    nodes = await federation(
+        {
+            "A": _tls(["a.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(["b.test"], tls_certfile, tls_ca_file),  # B does not offer it
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b)
+    assert _tcp(a) == [("in", (("a.test", "b.test"),)), ("out", (("a.test", "b.test"),))]
+    assert _tcp(b) == [("in", (("b.test", "a.test"),)), ("out", (("b.test", "a.test"),))]
+    assert not any(s.machine.bidi for s in a.router.streams)
+
+
+async def test_bidi_over_plain_dialback_delivers_both_ways(federation):
+    """No TLS: B verifies A's key over a stream of its own (XEP-0288: never on the stream the
+    request came on), so there are two connections; both directions deliver and B's stanzas use
+    whichever of its streams to A is up."""
+    nodes = await federation(
+        {"A": {"hosts": ["a.test"], "bidi": True}, "B": {"hosts": ["b.test"], "bidi": True}}
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b, n=20)
+    assert len(a.connections()) == 2 and len(b.connections()) == 2
+
+
+async def test_reverse_direction_only_for_the_authenticated_pair_and_policy(
+    federation, tls_certfile, tls_ca_file
+):
+    """A serves a.test and a2.test; a.test's bidi stream lets B answer a.test only. B's policy
+    denies a2.test: its stanza bounces with service-unavailable (no connection for it), and a
+    stanza from b.test to a2.test smuggled onto the bidi stream is dropped by A."""
+    nodes = await federation(
+        {
+            "A": _tls(["a.test", "a2.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(
+                ["b.test"], tls_certfile, tls_ca_file, bidi=True, host_policy={"a2.test": "deny"}
+            ),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b, n=1)
+    await b.send(message("v@b.test", "w@a2.test", "no", id="denied"))
+    bounce = await b.inbox.get()
+    assert bounce.id == "denied" and bounce.type == "error"
+    assert b"service-unavailable" in bounce.raw
+    assert _tcp(b) == [("in", (("b.test", "a.test"),))]
+    # B's incoming bidi stream writes a stanza for a pair A never authenticated on it
+    (stream,) = b.router.streams
+    stream.write_stanza(message("v@b.test", "w@a2.test", "smuggled", id="smuggled"))
+    await b.send(message("v@b.test", "u@a.test", "after", id="after"))
+    assert (await a.inbox.get()).id == "after"
+    assert [s.id for s in a.inbox.seen].count("smuggled") == 0
+
+
+async def test_a_closed_bidi_stream_gives_way_to_a_connection_of_our_own(
+    federation, tls_certfile, tls_ca_file
+):
+    nodes = await federation(
+        {
+            "A": _tls(["a.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(["b.test"], tls_certfile, tls_ca_file, bidi=True),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b, n=1)
+    (out,) = a.router.streams
+    out.close("test closes the bidi stream")
+    await _until(lambda: not a.router.streams and not b.router.streams)
+    await b.send(message("v@b.test", "u@a.test", "again", id="again"))
+    assert (await a.inbox.get()).id == "again"
+    # B opened its own stream this time (and asked for bidi on it)
+    assert [c.direction for c in b.connections()] == ["out"]
+    assert [c.direction for c in a.connections()] == ["in"]
+    await a.send(message("u@a.test", "v@b.test", "back", id="back"))
+    assert (await b.inbox.get()).id == "back"
+    assert len(a.connections()) == 1 and len(b.connections()) == 1

@@ -248,3 +248,54 @@ async def test_stop_right_after_a_burst_loses_nothing(federation):
     assert delivered | bounced == {f"s{i}" for i in range(n)}
     assert not (delivered & bounced)  # the final ack covered everything B handled
     print(f"stop: {n} sent, {in_doubt} unacked at stop, {len(bounced)} bounced")
+
+
+async def test_peer_crash_and_restart_mid_burst_delivers_everything(federation, dns_server):
+    """B 'crashes' (every connection reset, its listener gone, nothing closed cleanly) a
+    third of the way through A's burst and a new B starts on the same port 0.3 s later:
+    with resend on, every stanza reaches one of the two B's; duplicates are only the ones
+    the first B handled without its ack getting back."""
+    from core_helpers import Inbox
+
+    from s2sfast.net.dns import Resolver
+    from s2sfast.node import Node
+
+    opts = {"max_queue": 50_000, "retry_initial": 0.05}
+    nodes = await federation({"A": {"hosts": ["a.test"], **opts}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    requeued = []
+    a.on_event(lambda kind, f: requeued.append(f["count"]) if kind == "sm-requeue" else None)
+    n, crash_at = 3000, 1000
+    b2 = None
+    try:
+        for i in range(n):
+            if i == crash_at:
+                for server in b._servers:
+                    server.close()
+                for stream in list(b.router.streams):
+                    stream.abort()
+                await asyncio.sleep(0.3)
+                b2 = Node(b.config, resolver=Resolver([dns_server.nameserver], timeout=1))
+                b2.inbox = Inbox()
+                b2.on_stanza(b2.inbox)
+                await b2.start()
+            await a.send(message("u@a.test", "v@b.test", "c", id=f"c{i}"))
+            if i % 50 == 17:
+                await asyncio.sleep(0.002)
+        want = {f"c{i}" for i in range(n)}
+
+        def got():
+            return [s.id for s in b.inbox.seen + b2.inbox.seen if s.id in want]
+
+        await _until(lambda: set(got()) == want, timeout=30)
+        assert not [s for s in a.inbox.seen if s.type == "error"]
+        dup = len(got()) - len(want)
+        print(
+            f"crash+restart: {n} sent, {len(set(got()))} delivered, {dup} duplicates, "
+            f"{sum(requeued)} resent"
+        )
+        assert len(b.inbox.seen) < n  # the crash did cut the burst
+        assert dup <= sum(requeued)  # a duplicate is only ever a resent stanza
+    finally:
+        if b2 is not None:
+            await b2.stop(timeout=3)

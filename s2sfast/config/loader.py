@@ -626,6 +626,14 @@ def _cross_checks(
                 problem="this listener needs TLS, and [s2s] turns TLS off",
             )
     for opts, path in options.values():
+        for j, address in enumerate(opts.address):
+            if address.tls and opts.use_starttls == "false":
+                _fail(
+                    f"{path}.address[{j}].tls",
+                    True,
+                    f'false while {path}.use_starttls is "false"',
+                    problem="a Direct TLS address needs TLS, and use_starttls turns it off",
+                )
         if opts.use_starttls == "false":
             continue
         if opts.certfile is None:

@@ -59,14 +59,16 @@ def test_a_tls_listener_needs_tls_enabled_in_s2s(mode):
     assert "use_starttls" in str(err.value)
 
 
-def test_address_tls_flag():
+def test_address_tls_flag(tls_certfile):
     config = load(
         BASE
-        + """
+        + f"""
 [s2s]
+  use_starttls = "optional"
+  certfile = "{tls_certfile("a.test")}"
   address = [
-    {host = "b.test", ip_address = "127.0.0.1", port = 5270, tls = true},
-    {host = "c.test", ip_address = "127.0.0.1"},
+    {{host = "b.test", ip_address = "127.0.0.1", port = 5270, tls = true}},
+    {{host = "c.test", ip_address = "127.0.0.1"}},
   ]
 """
     )
@@ -103,3 +105,10 @@ def test_check_config_summary_names_the_listener_kind(tls_certfile):
     lines = [line for line in summary(config).splitlines() if line.startswith("listen.s2s:")]
     assert ":5269," in lines[0] and "Direct TLS" not in lines[0]
     assert ":5270, Direct TLS," in lines[1]
+
+
+def test_a_direct_tls_address_needs_tls():
+    with pytest.raises(ConfigError) as err:
+        load(BASE + '[s2s]\n  address = [{host = "b.test", ip_address = "::1", tls = true}]\n')
+    assert err.value.path == "s2s.address[0].tls"
+    assert "use_starttls" in str(err.value)

@@ -14,9 +14,14 @@ Facts this relies on (ejabberd 23.01, Erlang 25):
 - Accounts are made through ejabberd's own admin command ``register`` over its HTTP API
   (``mod_http_api`` on a loopback port, allowed for 127.0.0.1 only) - the command ``ejabberdctl
   register`` runs, without distribution.
-- ejabberd has no per-domain address override: it finds remote domains only through DNS (SRV
-  ``_xmpp-server._tcp``, then A). ``ERL_INETRC`` points its resolver at a loopback DNS server:
-  the caller's ``dns`` zone, or a private one holding the ``remotes``.
+- ejabberd has no per-domain address override: it finds remote domains only through DNS.
+  ``ERL_INETRC`` points Erlang's resolver at a loopback DNS server (the caller's ``dns`` zone, or
+  a private one holding the ``remotes``), and the SRV lookups (``_xmpps-server``/
+  ``_xmpp-server._tcp``, through ``inet_res``) go there. But addresses - of an SRV target name,
+  or of a domain without an SRV record - come from ``net:getaddrinfo`` (p1_xmpp 1.6.1,
+  ``xmpp_stream_out:a_lookup/5``): libc, the machine's resolver. So every domain ejabberd is
+  to reach needs an SRV record whose target is an IP literal (``add_xmpp_domain``'s default),
+  and a test must never make ejabberd look up a domain its zone does not know.
 """
 
 from __future__ import annotations

@@ -34,8 +34,9 @@ def write_daemon_config(
     *,
     state_timeout_ms: int = 30000,
 ) -> Path:
-    """A mongooseim.toml for one bench daemon: TLS required (dialback), a component listener,
-    an [[s2s.address]] for every peer domain."""
+    """A mongooseim.toml for one bench daemon: TLS required, a component listener, an
+    [[s2s.address]] for every peer domain. *cafile*: the CA peers' certificates are checked
+    against (see :func:`cafile_for`)."""
     addresses = "".join(
         f'  [[s2s.address]]\n    host = "{d}"\n    ip_address = "127.0.0.1"\n    port = {p}\n'
         for d, p in peers.items()
@@ -59,6 +60,16 @@ def write_daemon_config(
 {addresses}"""
     )
     return path
+
+
+def cafile_for(auth: str, cafile: str, directory: Path) -> str:
+    """The tls.cacertfile for *auth*: "trusted", the CA that issued every certificate (peers
+    prove their names: SASL EXTERNAL where offered); "dialback", an unrelated CA, so no peer
+    certificate verifies and every stream authenticates by dialback, as Prosody and ejabberd do
+    here (their certificates are self-signed)."""
+    if auth == "trusted":
+        return cafile
+    return certs.make_ca("bench e2e unrelated CA").write_pem(directory, "unrelated-ca.pem")
 
 
 class TreeDaemon(DaemonProcess):
@@ -101,7 +112,10 @@ class Daemons:
 
     kind = "daemon"
 
-    def __init__(self, workdir: Path, loop: str = "asyncio", tree: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, loop: str = "asyncio", tree: Path | None = None,
+        auth: str = "dialback",
+    ) -> None:  # fmt: skip
         self.loop = loop
         self.tree = tree
         label = paths.tree_label(tree) if tree else ""
@@ -122,7 +136,7 @@ class Daemons:
                 self.comp[side],
                 {f"{other}.test": self.s2s[other]},
                 cert,
-                cafile,
+                cafile_for(auth, cafile, self.dir),
             )
         self.procs: dict[str, DaemonProcess] = {}
 

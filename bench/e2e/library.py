@@ -73,7 +73,7 @@ async def main_async(args: argparse.Namespace) -> None:
         addresses={args.peer: args.peer_port},
         mode="required",
         certfile=args.cert,
-        cafile=args.ca,
+        cafile=args.ca or None,
         state_timeout_ms=30000,
     )
     # [s2s] address overrides bypass DNS; a nameserver where nothing listens makes sure the
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--peer", required=True)
     parser.add_argument("--peer-port", type=int, required=True)
     parser.add_argument("--cert", required=True)
-    parser.add_argument("--ca", required=True)
+    parser.add_argument("--ca", default="", help="trust this CA (default: none: dialback)")
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--stall", type=float, default=20.0)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")

@@ -25,6 +25,8 @@ class Sizes:
     low_rate: float = 1000.0
     low_seconds: float = 3.0
     stall: float = 20.0
+    #: "dialback": no certificate trusted; "trusted": a CA both ends trust (SASL EXTERNAL)
+    auth: str = "dialback"
     #: py-spy profiles of the s2sfast processes during the flood go here (None: no profiling)
     profile: Path | None = None
 
@@ -220,8 +222,9 @@ async def measure_library(
     ca = certs.make_ca("bench e2e library CA")
     cafile = ca.write_pem(d, "ca.pem")
     port = {"a": free_port(), "b": free_port()}
-    common = ["--ca", cafile, "--size", str(sizes.size), "--loop", loop,
-              "--stall", str(sizes.stall)]  # fmt: skip
+    common = ["--size", str(sizes.size), "--loop", loop, "--stall", str(sizes.stall)]
+    if sizes.auth == "trusted":
+        common += ["--ca", cafile]
 
     def args(side: str, other: str) -> list[str]:
         cert = ca.issue([f"{side}.test"]).write_pem(d, f"{side}.pem")

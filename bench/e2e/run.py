@@ -70,7 +70,10 @@ def _run_contender(
         result.update(name=f"s2sfast library ({loop}){suffix}", kind="library", loop=loop)
         return result
     for attempt in range(3):
-        contender = Daemons(workdir, loop, tree) if kind == "s2sfast" else Peers(kind, workdir)
+        if kind == "s2sfast":
+            contender: Any = Daemons(workdir, loop, tree, sizes.auth)
+        else:
+            contender = Peers(kind, workdir)
         say(f"starting {contender.name}")
         try:
             contender.start()
@@ -118,15 +121,16 @@ def _ms(value: float) -> str:
     return f"{value:8.2f}" if value == value else "       -"
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def table(results: list[dict[str, Any]], auth: str = "dialback") -> str:
     """The human table; "vs peer" = msg/s over the faster of Prosody and ejabberd."""
     peers = [r["msg_per_s"] for r in results if r["kind"] == "peer" and not r.get("error")]
     best = max(peers) if peers else None
     rates = {r["low_load"]["rate"] for r in results if "low_load" in r}
     low = f"@{rates.pop():,.0f}/s p50" if len(rates) == 1 else "@low p50"
-    w = max([34] + [len(r["name"]) for r in results])
+    label = f"contender (TLS required, {auth})"
+    w = max([len(label)] + [len(r["name"]) for r in results])
     head = (
-        f"{'contender (TLS required, dialback)':<{w}} {'msg/s':>9} {'vs peer':>7} "
+        f"{label:<{w}} {'msg/s':>9} {'vs peer':>7} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8} {'CPU s/10k':>9} {'RSS MiB A/B':>12} "
         f"{'@half p50':>9} {'@half p99':>9} {low:>9} {'p99':>6} {'lost':>5}"
     )
@@ -238,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1,
                    help="run every contender this many times, interleaved; the table shows each "
                    "contender's median round by msg/s (the machine is noisy)")  # fmt: skip
+    p.add_argument("--auth", choices=("dialback", "trusted"), default="dialback",
+                   help="s2sfast authentication: dialback (default: no certificate trusted, as "
+                   "for Prosody and ejabberd here) or trusted (a CA both ends trust: SASL "
+                   "EXTERNAL where the s2sfast under test offers it)")  # fmt: skip
     p.add_argument("--no-scale", action="store_true", help="skip the scale section")
     p.add_argument("--baseline", type=Path, metavar="TREE",
                    help="also measure the s2sfast of another checkout or export (its framer "
@@ -275,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         half_seconds=args.half_seconds or (2.0 if quick else 5.0),
         profile=args.profile,
         low_rate=args.low_rate,
+        auth=args.auth,
         low_seconds=args.low_seconds or (1.0 if quick else 3.0),
     )
     if args.profile is not None:
@@ -350,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                         messages=args.scale_messages or (5000 if quick else 20000),
                         loop=args.scale_loop or "asyncio",
                         tree=tree,
+                        auth=sizes.auth,
                     )
                 except Exception as exc:
                     traceback.print_exc()
@@ -368,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "sizes": {k: str(v) if isinstance(v, Path) else v for k, v in sizes.__dict__.items()},
         "client_loop": client_loop,
+        "auth": args.auth,
         "skipped": skipped,
         "rounds_note": "results: per contender the round with the median msg/s "
         "(all rounds in 'rounds')"
@@ -380,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
     print()
-    print(table(results))
+    print(table(results, "dialback" if args.auth == "dialback" else "s2sfast trusted certs"))
     for one in (scale, scale_baseline):
         if one is not None:
             print()

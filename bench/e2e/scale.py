@@ -68,7 +68,7 @@ async def generator(args: argparse.Namespace) -> None:
         addresses={"d.test": args.daemon_port},
         mode="required",
         certfile=args.cert,
-        cafile=args.ca,
+        cafile=args.ca or None,
         state_timeout_ms=60000,
     )
     node = Node(
@@ -142,21 +142,22 @@ async def generator(args: argparse.Namespace) -> None:
 
 def run(
     workdir: Path, *, streams: int, new: int, messages: int, loop: str = "asyncio",
-    tree: Path | None = None,
+    tree: Path | None = None, auth: str = "dialback",
 ) -> dict[str, Any]:  # fmt: skip
     """Start the daemon (s2sfast from *tree* when given) and the generator (always this
     checkout's Node), open about *streams* streams, time *new* more, send *messages*, stop
     both; the result dict."""
-    return asyncio.run(_run(workdir, streams, new, messages, loop, tree))
+    return asyncio.run(_run(workdir, streams, new, messages, loop, tree, auth))
 
 
 async def _run(
-    workdir: Path, streams: int, new: int, messages: int, loop: str, tree: Path | None
-) -> dict[str, Any]:
+    workdir: Path, streams: int, new: int, messages: int, loop: str, tree: Path | None,
+    auth: str,
+) -> dict[str, Any]:  # fmt: skip
     import certs
     from daemon_helpers import free_port
 
-    from bench.e2e.contenders import PASSWORD, daemon_process, write_daemon_config
+    from bench.e2e.contenders import PASSWORD, cafile_for, daemon_process, write_daemon_config
     from bench.e2e.measure import Worker, _wait
     from bench.e2e.progress import Progress
     from bench.e2e.progress import say as note
@@ -183,7 +184,8 @@ async def _run(
     cfg = write_daemon_config(
         d / "d.toml", "d.test", daemon_port, comp_port,
         {f"h{i}.gen.test": gen_port for i in range(most)},
-        ca.issue(["d.test"]).write_pem(d, "d.pem"), cafile, state_timeout_ms=60000,
+        ca.issue(["d.test"]).write_pem(d, "d.pem"), cafile_for(auth, cafile, d),
+        state_timeout_ms=60000,
     )  # fmt: skip
     note(f"scale: starting the daemon ({loop}) and the generator (up to {most:,} domains)")
     daemon = daemon_process(tree, loop, "--config", str(cfg), "--log-level", "info")
@@ -200,7 +202,8 @@ async def _run(
         gen = await Worker.start(
             "gen", d / "gen.log",
             "--domains", str(most), "--port", str(gen_port), "--daemon-port", str(daemon_port),
-            "--cert", ca.issue(["*.gen.test"]).write_pem(d, "gen.pem"), "--ca", cafile,
+            "--cert", ca.issue(["*.gen.test"]).write_pem(d, "gen.pem"),
+            "--ca", cafile if auth == "trusted" else "",
             "--nofile", str(want), module="bench.e2e.scale",
         )  # fmt: skip
         per_domain = 2  # until the warm-up shows it
@@ -254,6 +257,7 @@ async def _run(
         progress.finish(f"{counter.count / seconds:,.0f} msg/s")
         result = {
             "loop": loop,
+            "auth": auth,
             "tree": label or "this checkout",
             "domains": domains,
             "streams_per_domain": per_domain,
@@ -297,7 +301,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--daemon-port", type=int, required=True)
     parser.add_argument("--cert", required=True)
-    parser.add_argument("--ca", required=True)
+    parser.add_argument("--ca", default="", help="trust this CA (default: none: dialback)")
     parser.add_argument("--nofile", type=int, default=20000)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()

@@ -299,3 +299,46 @@ async def test_peer_crash_and_restart_mid_burst_delivers_everything(federation, 
     finally:
         if b2 is not None:
             await b2.stop(timeout=3)
+
+
+class _SlowHop:
+    """A local route (like a component whose socket is full): takes stanzas into its queue and
+    stays congested until released; what XEP-0198 must not acknowledge early."""
+
+    def __init__(self) -> None:
+        self.queued: list = []
+        self._drained = asyncio.Event()
+
+    def deliver(self, stanza) -> bool:
+        self.queued.append(stanza)
+        return True
+
+    @property
+    def congested(self) -> bool:
+        return not self._drained.is_set()
+
+    async def drained(self) -> None:
+        await self._drained.wait()
+
+    def hold_source(self, source) -> None:
+        pass  # the real hops stop reading the source; not what this test is about
+
+    def release(self) -> None:
+        self._drained.set()
+
+
+async def test_no_ack_for_a_stanza_queued_behind_a_congested_hop(federation):
+    nodes = await federation(
+        {"A": {"hosts": ["a.test"], "addresses": {"comp.b.test": "B"}}, "B": {"hosts": ["b.test"]}}
+    )
+    a, b = nodes["A"], nodes["B"]
+    hop = _SlowHop()
+    b.add_local_domain("comp.b.test", "b.test")
+    b.router.add_route("comp.b.test", hop)
+    await a.send(message("u@a.test", "x@comp.b.test", "queued", id="q"))
+    await _until(lambda: hop.queued)
+    out = _out(a, "comp.b.test").machine
+    await asyncio.sleep(1.5)  # past A's ack timer: A asked, B answers only for what left
+    assert len(out.sm_out.unacked) == 1
+    hop.release()  # the hop wrote it out
+    await _until(lambda: not out.sm_out.unacked)

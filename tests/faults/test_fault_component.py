@@ -1,0 +1,93 @@
+"""A component that stops reading (issue 15, point 3): component A floods 1 KiB messages to
+bot.b.test while B's component reads nothing. B must not grow without bound (RSS < 256 MiB);
+the pressure reaches the sender (its writes block) or the stanzas bounce; and when the
+component reads again (or has been disconnected), every stanza is delivered or bounced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
+
+from fault_harness import (  # noqa: E402
+    RSS_LIMIT,
+    SendStats,
+    clean_exit,
+    exit_codes,
+    mib,
+    report,
+    running_pair,
+    send_burst,
+)
+
+pytestmark = pytest.mark.slow
+
+#: seconds of flooding against the stuck component, and the most it sends (bytes)
+FLOOD = float(os.environ.get("S2SFAST_FAULT_FLOOD", "20"))
+FLOOD_BYTES = 1024 * 1024 * 1024
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: after B disconnects the stuck component, each stanza for its domain gets "
+    "a service-unavailable reply from a domain no longer local; the reply is not routable and "
+    "is dropped (server/daemon.py, 'reply to ... not routable'): the sender never learns",
+)
+async def test_component_that_stops_reading(tmp_path: Path) -> None:
+    async with running_pair(tmp_path, "stuck") as (pair, a, b, ledger):
+        b.pause()  # B's component reads nothing from here on
+        stats = SendStats()
+        loop = asyncio.get_running_loop()
+        stop_flag: list[str] = []
+        sender = asyncio.create_task(
+            send_burst(
+                a,
+                n=10_000_000,
+                rate=50_000,
+                pad=1000,
+                stop=lambda: bool(stop_flag),
+                stats=stats,
+                deadline=FLOOD + 60,
+            )
+        )
+        end = loop.time() + FLOOD
+        peak = {"a": 0, "b": 0}
+        while loop.time() < end and not sender.done():
+            peak["a"] = max(peak["a"], pair.a.rss())
+            peak["b"] = max(peak["b"], pair.b.rss())
+            if max(peak.values()) > RSS_LIMIT or stats.bytes > FLOOD_BYTES:
+                break  # growing without bound: stop before the machine suffers
+            await asyncio.sleep(0.05)
+        felt = stats.longest_block_now(loop.time())
+        flooded = stats.sent
+        flooded_bytes = stats.bytes
+        stop_flag.append("flood over")
+        b.resume()
+        await asyncio.wait_for(sender, 90)
+        ledger.sent = stats.sent
+        await ledger.settle(quiet=8.0, cap=90.0, queued=pair.queued)
+        queued = pair.queued()
+        code_a = await pair.a.aterminate()
+        code_b = await pair.b.aterminate()
+        result = ledger.result(
+            "component-stops-reading",
+            queued=queued,
+            flooded=flooded,
+            flooded_mib=mib(flooded_bytes),
+            longest_block_s=round(felt, 1),
+            rss_peak_mib={"a": mib(peak["a"]), "b": mib(peak["b"])},
+            component_b_ends=b.ends,
+            stream_errors=[e[:120] for e in b.stream_errors],
+            exits={"a": exit_codes(pair.a), "b": exit_codes(pair.b)},
+        )
+        report(result)
+
+        assert peak["b"] < RSS_LIMIT and peak["a"] < RSS_LIMIT, result.line()
+        assert felt >= 1.0 or result.bounced > 0, result.line()
+        assert result.missing == 0, result.line()
+        assert (code_a, code_b) == (0, 0)
+        assert clean_exit(pair.a) + clean_exit(pair.b) == []

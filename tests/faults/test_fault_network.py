@@ -1,0 +1,155 @@
+"""Network faults between the daemons, made by a loopback TCP proxy on A's stream to B:
+a TCP reset in the middle of a TLS record, and a peer that stops reading. Every stanza is
+delivered or bounced; a stalled peer makes the sender feel backpressure, not the daemon grow."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
+
+from fault_harness import (  # noqa: E402
+    RSS_LIMIT,
+    SM_OFF,
+    SM_SETTINGS,
+    SendStats,
+    clean_exit,
+    exit_codes,
+    mib,
+    report,
+    running_pair,
+    send_burst,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+N = int(os.environ.get("S2SFAST_FAULT_N", "6000"))
+RATE = float(os.environ.get("S2SFAST_FAULT_RATE", "4000"))
+SETTINGS = {**SM_SETTINGS, "sm-off": SM_OFF}
+#: without XEP-0198, stanzas the sender wrote up to this many seconds after the fault may have
+#: gone into the dead stream before the daemon saw it die (what cannot be known); anything later
+#: must be delivered or bounced
+IN_FLIGHT = 0.2
+
+
+@pytest.mark.parametrize("sm", list(SETTINGS))
+async def test_tcp_reset_in_the_middle_of_a_tls_record(tmp_path: Path, sm: str) -> None:
+    prefix = f"rst{sm[3]}"
+    async with running_pair(tmp_path, prefix, sm=SETTINGS[sm], via_proxy=True) as (
+        pair,
+        a,
+        b,
+        ledger,
+    ):
+        proxy = pair.proxy
+        assert proxy is not None
+        stats = SendStats()
+        sender = asyncio.create_task(send_burst(a, n=N, rate=RATE, stats=stats))
+        await wait_until(lambda: len(b.delivered) >= N // 4, 60, "a quarter delivered")
+        proxy.arm_reset()
+        await wait_until(lambda: proxy.resets >= 1, 20, "the proxy reset the stream")
+        # what the sender wrote after A could have seen the reset (IN_FLIGHT later)
+        cut_at = stats.sent + int(RATE * IN_FLIGHT)
+        await asyncio.wait_for(sender, 120)
+        ledger.sent = stats.sent
+        await ledger.settle(quiet=8.0, cap=90.0, queued=pair.queued)
+        queued = pair.queued()
+        code_a = await pair.a.aterminate()
+        code_b = await pair.b.aterminate()
+        record, length, kept = proxy.cuts[0]
+        result = ledger.result(
+            f"tcp-reset-mid-tls-record[{sm}]",
+            queued=queued,
+            cut=f"record {record} ({length} bytes) cut after {kept} bytes",
+            connections=proxy.accepted,
+            rss_peak_mib={"a": mib(pair.a.rss_peak), "b": mib(pair.b.rss_peak)},
+            exits={"a": exit_codes(pair.a), "b": exit_codes(pair.b)},
+        )
+        report(result)
+
+        assert 0 <= kept < length  # the reset came inside the record
+        assert proxy.accepted >= 2, "A never reconnected after the reset"
+        assert stats.sent == N, stats
+        if sm == "sm-off":
+            late = [i for i in ledger.missing_ids() if i >= cut_at]
+            assert late == [], f"{len(late)} lost after the reset: {late[:20]}; {result.line()}"
+        else:
+            assert result.missing == 0, result.line()
+        if SETTINGS[sm].get("resend"):
+            assert result.bounced == 0, result.line()
+            assert result.delivered == N, result.line()
+        assert (code_a, code_b) == (0, 0)
+        assert clean_exit(pair.a) + clean_exit(pair.b) == []
+
+
+#: how long the peer reads nothing while A's component keeps sending
+STALL = float(os.environ.get("S2SFAST_FAULT_STALL", "10"))
+
+
+@pytest.mark.parametrize("sm", list(SM_SETTINGS))
+async def test_peer_that_stops_reading(tmp_path: Path, sm: str) -> None:
+    """The proxy stops reading A's stream to B for STALL seconds while component A floods 1 KiB
+    messages: A must not grow (RSS < 256 MiB) and its component must feel it (drain() blocks)
+    or get bounces; when the peer reads again, every stanza is delivered or bounced."""
+    prefix = f"stall{sm[3]}"
+    async with running_pair(tmp_path, prefix, sm=SM_SETTINGS[sm], via_proxy=True) as (
+        pair,
+        a,
+        b,
+        ledger,
+    ):
+        proxy = pair.proxy
+        assert proxy is not None
+        stats = SendStats()
+        loop = asyncio.get_running_loop()
+        stop_flag: list[str] = []
+
+        def stop() -> bool:
+            return bool(stop_flag)
+
+        sender = asyncio.create_task(
+            send_burst(
+                a, n=10_000_000, rate=20_000, pad=1000, stop=stop, stats=stats, deadline=STALL + 60
+            )
+        )
+        await wait_until(lambda: len(b.delivered) >= 500, 60, "the flood reaching B")
+        proxy.stall()
+        sent_at_stall = stats.sent
+        stall_end = loop.time() + STALL
+        rss_a_stalled = 0
+        while loop.time() < stall_end and not sender.done():
+            rss_a_stalled = max(rss_a_stalled, pair.a.rss())
+            if rss_a_stalled > RSS_LIMIT:
+                break  # growing without bound: stop before the machine suffers
+            await asyncio.sleep(0.05)
+        felt = stats.longest_block_now(loop.time())
+        sent_during_stall = stats.sent - sent_at_stall
+        stop_flag.append("stall over")
+        proxy.unstall()
+        await asyncio.wait_for(sender, 90)
+        ledger.sent = stats.sent
+        await ledger.settle(quiet=8.0, cap=120.0, queued=pair.queued)
+        queued = pair.queued()
+        code_a = await pair.a.aterminate()
+        code_b = await pair.b.aterminate()
+        result = ledger.result(
+            f"peer-stops-reading[{sm}]",
+            queued=queued,
+            sent_during_stall=sent_during_stall,
+            longest_block_during_stall_s=round(felt, 1),
+            rss_peak_mib={"a": mib(rss_a_stalled), "b": mib(pair.b.rss_peak)},
+            exits={"a": exit_codes(pair.a), "b": exit_codes(pair.b)},
+        )
+        report(result)
+
+        assert rss_a_stalled < RSS_LIMIT, result.line()
+        # backpressure felt by the sender, or bounces - never silent buffering
+        assert felt >= 1.0 or result.bounced > 0, result.line()
+        assert result.missing == 0, result.line()
+        assert (code_a, code_b) == (0, 0)
+        assert clean_exit(pair.a) + clean_exit(pair.b) == []

@@ -122,3 +122,19 @@ async def test_prosody_without_mod_s2s_bidi_gets_two_connections(
     assert _directions(node) == ["in", "out"]
     assert not any(s.machine.bidi for s in node.router.streams)
     assert "bidirectional" not in srv.log()
+
+
+async def test_ejabberd_without_xep_0288_ignores_our_offer(ejabberd, s2sfast_node, c2s, ports):
+    """ejabberd 23.01 has no XEP-0288: it neither asks for bidi on our offer nor offers it,
+    so each direction gets its own connection and everything arrives (our stream features
+    also carry the XEP-0478 limits it does not know)."""
+    (port,) = ports(1)
+    srv = ejabberd(tls="optional", remotes={A: port})
+    config = node_config(port, peer_port=srv.s2s_port)
+    node = await s2sfast_node(replace(config, s2s=replace(config.s2s, bidi=True)))
+    bob = await c2s(srv, "bob")
+    await bob_to_node(bob, node, "first", "ejabberd opens")
+    await node_to_bob(node, bob, "reply", "we open our own")
+    await _both_ways(node, bob, n=5)
+    assert _directions(node) == ["in", "out"]
+    assert not any(s.machine.bidi for s in node.router.streams)

@@ -193,3 +193,45 @@ async def test_dialback_answered_at_once_for_a_trusted_peer(
     await bob_to_node(bob, node, "x1", "no verify stream")
     assert [(c.direction, c.auth_method) for c in node.connections()] == [("in", "dialback-cert")]
     assert "db:verify" not in srv.log()
+
+
+async def test_external_both_ways_over_direct_tls_with_prosody(
+    prosody, s2sfast_node, c2s, ports, dns_server, tls_certfile, tls_ca, tls_ca_file
+):
+    """Direct TLS (XEP-0368) both ways, certificates from the test CA trusted both ways:
+    EXTERNAL authenticates both streams just as after STARTTLS."""
+    from dataclasses import replace as _replace
+
+    from s2sfast.net.dns import Resolver
+
+    node_port, peer_c2s, peer_s2s, peer_tls = ports(4)
+    for domain, port in ((A, node_port), (B, peer_tls)):
+        dns_server.add_srv(f"_xmpps-server._tcp.{domain}", 0, 0, port, "127.0.0.1.")
+    srv = prosody(
+        tls="required",
+        dns=dns_server,
+        c2s_port=peer_c2s,
+        s2s_port=peer_s2s,
+        certificate=tls_ca.issue([B]),
+        direct_tls_port=peer_tls,
+        # the Direct TLS port has its own TLS settings (s2s_ssl does not reach it)
+        extra_config=f's2s_ssl = {{ cafile = "{tls_ca_file}" }}\n'
+        f's2s_direct_tls_ssl = {{ cafile = "{tls_ca_file}" }}',
+    )
+    config = node_config(
+        node_port, mode="required_trusted", certfile=tls_certfile(A), cafile=tls_ca_file
+    )
+    (listen,) = config.listen_s2s
+    config = _replace(config, listen_s2s=(_replace(listen, tls=_replace(listen.tls, mode="tls")),))
+    node = await s2sfast_node(
+        config, resolver=Resolver([dns_server.nameserver], timeout=2, retries=1)
+    )
+    bob = await c2s(srv, "bob")
+    await _both_ways(node, bob, "dt")
+    conns = [c for c in node.connections() if c.pairs]
+    assert {(c.direction, c.auth_method, c.direct_tls) for c in conns} == {
+        ("in", "sasl-external", True),
+        ("out", "sasl-external", True),
+    }
+    assert await eventually(lambda: PEER_ACCEPTED_OURS["prosody"] in srv.log())
+    assert PEER_USED_EXTERNAL["prosody"] in srv.log()

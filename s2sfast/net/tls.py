@@ -74,7 +74,7 @@ __all__ = [
 
 # --- contexts ------------------------------------------------------------------------------
 
-#: XEP-0368 section 4: the ALPN protocol id of server-to-server XMPP. Every S2S context offers
+#: XEP-0368 section 3: the ALPN protocol id of server-to-server XMPP. Every S2S context offers
 #: (client) or accepts (server) it; a peer offering nothing else still gets no ALPN at all, and a
 #: peer offering only other protocols is not refused (OpenSSL's "no overlap" is not an alert).
 ALPN_XMPP_SERVER = "xmpp-server"

@@ -157,3 +157,32 @@ async def test_probe_of_a_refusing_direct_tls_port_falls_back_and_says_so(
     connect = [s for s in doc["steps"] if s["step"] == "connect"]
     assert f"127.0.0.1:{closed} (srv, Direct TLS): refused" in connect[0]["detail"]
     assert connect[-1]["status"] == "ok"
+
+
+async def test_probe_refuses_a_wrong_name_on_direct_tls_with_the_reason(
+    dns_server, tmp_path, tls_ca, tls_certfile, tls_ca_file
+):
+    wrong = tls_ca.issue(["wrong.test"]).write_pem(tmp_path, "wrong.pem")
+    config = node_config(["b.test"], port=free_port(), mode="optional", certfile=wrong)
+    (listen,) = config.listen_s2s
+    config = replace(config, listen_s2s=(replace(listen, tls=replace(listen.tls, mode="tls")),))
+    b = Node(config, resolver=Resolver([dns_server.nameserver], timeout=1, retries=1))
+    await b.start()
+    try:
+        port = b.listen_addresses()[0][1]
+        dns_server.add_srv(XMPPS_SRV_PREFIX + "b.test", 0, 0, port, "xmpp.b.test")
+        dns_server.add_a("xmpp.b.test", "127.0.0.1")
+        path = Path(_config_a(tmp_path, tls_certfile, tls_ca_file))
+        path.write_text(path.read_text().replace('"optional"', '"required_trusted"'))
+        code, text = await _probe(
+            "b.test", "--config", str(path), "--nameserver", dns_server.nameserver
+        )
+    finally:
+        await b.stop(timeout=3)
+    assert code == 1, text
+    lines = text.splitlines()
+    (tls_line,) = [line for line in lines if " tls " in line and "Direct TLS: TLSv1." in line]
+    assert "DNS:wrong.test" in tls_line and "NOT acceptable for b.test" in tls_line
+    assert any(line.startswith("[FAIL] tls") and "required_trusted" in line for line in lines)
+    assert text.splitlines()[-2].endswith("Direct TLS (XEP-0368)")
+    assert text.splitlines()[-1] == "federation a.test -> b.test: failure"

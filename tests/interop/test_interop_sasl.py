@@ -235,3 +235,38 @@ async def test_external_both_ways_over_direct_tls_with_prosody(
     }
     assert await eventually(lambda: PEER_ACCEPTED_OURS["prosody"] in srv.log())
     assert PEER_USED_EXTERNAL["prosody"] in srv.log()
+
+
+async def test_our_expired_certificate_is_not_offered_to_ejabberd(
+    ejabberd, s2sfast_node, c2s, ports, tls_ca, tls_ca_file, tmp_path
+):
+    """ejabberd offers EXTERNAL whatever it thinks of our certificate; ours has expired, so
+    we do not try it (no <auth/> it would refuse) and authenticate with dialback at once."""
+    import datetime as dt
+
+    from certs import utcnow
+
+    past = utcnow() - dt.timedelta(days=2)
+    expired = tls_ca.issue([A], not_before=past - dt.timedelta(days=30), not_after=past).write_pem(
+        tmp_path, "expired-a.pem"
+    )
+    (port,) = ports(1)
+    srv = ejabberd(tls="required", remotes={A: port}, cafile=tls_ca_file, log_level="debug")
+    node = await s2sfast_node(
+        node_config(
+            port, mode="required", certfile=expired, cafile=tls_ca_file, peer_port=srv.s2s_port
+        )
+    )
+    bob = await c2s(srv, "bob")
+    await node_to_bob(node, bob, "e1", "dialback, no EXTERNAL attempt")
+    (out,) = [s for s in node.router.streams if s.direction == "out"]
+    assert _methods(node)["out"] == "dialback"
+    assert out.machine.sasl_failure is None
+    # ejabberd's features to us offered EXTERNAL; no <auth/> of ours ever reached it
+    offer = (
+        'Send XML on stream = <<"<stream:features><mechanisms '
+        "xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>"
+    )
+    assert await eventually(lambda: offer in srv.log())
+    received = [line for line in srv.log().splitlines() if "Received XML on stream" in line]
+    assert not [line for line in received if "xmpp-sasl' mechanism='EXTERNAL'" in line]

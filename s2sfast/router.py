@@ -515,6 +515,7 @@ class Router:
             and own_certificate_problem(opts.certfile, link.local) is None,
             bidi=opts.bidi,
             limits=self.own_limits,
+            policy_allows=self.policy_allows,
         )
 
         def attach(stream: XmlStream) -> None:
@@ -942,6 +943,10 @@ class Router:
     def stream_closed(self, stream: XmlStream) -> None:
         self.streams.discard(stream)
         self._sm_wake(stream)
+        if stream.direction == "out" and getattr(stream.machine, "reverse_requests", 0):
+            # XEP-0288: the peer's dialback requests on our stream indexed it for verify answers
+            for key in [k for k, v in self.inbound.items() if v is stream]:
+                del self.inbound[key]
         if stream.direction == "in":
             for key in [k for k, v in self.inbound.items() if v is stream]:
                 del self.inbound[key]

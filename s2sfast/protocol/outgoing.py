@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from lxml import etree
 
-from s2sfast.limits import SM_ACK_TIMEOUT
+from s2sfast.limits import MAX_PENDING_RESULTS_PER_STREAM, SM_ACK_TIMEOUT
 from s2sfast.protocol.bidi import offered, request_bytes
 from s2sfast.protocol.dialback import (
     DIALBACK_NS,
@@ -45,8 +45,11 @@ from s2sfast.protocol.events import (
     StartTls,
     Unacked,
     VerifyAnswered,
+    VerifyKey,
     VerifyRequest,
+    VerifyResult,
 )
+from s2sfast.protocol.jid import valid_domain
 from s2sfast.protocol.negotiation import (
     SERVER_NS,
     TLS_NS,
@@ -168,6 +171,8 @@ class OutgoingMachine(Machine):
             stanzas for the inverse pair (*remote* -> *local*) are then delivered from this
             stream (``[s2s] bidi``).
         limits: what we accept (XEP-0478), announced inside our ``<bidi/>`` request.
+        policy_allows: ``(local, remote) -> bool``, for the peer's own dialback requests on a
+            bidi stream (XEP-0288 section 2.2: other domains of the peer asking to send to us).
     """
 
     role = "outgoing"
@@ -207,6 +212,8 @@ class OutgoingMachine(Machine):
     TABLE[("CLOSING", "TimerFired")] = "_on_closed"
     TABLE[("CLOSING", "Stanza")] = "_on_closing_stanza"
     TABLE[("ESTABLISHED", "Handled")] = "_on_handled"
+    TABLE[("ESTABLISHED", "VerifyResult")] = "_on_reverse_verified"
+    TABLE[("CLOSING", "VerifyResult")] = "_ignore"
     TABLE[("CLOSING", "Handled")] = "_ignore"
     del _state
 
@@ -224,8 +231,16 @@ class OutgoingMachine(Machine):
         sasl_external: bool = False,
         bidi: bool = False,
         limits: StreamLimits | None = None,
+        policy_allows: Any = None,
     ) -> None:
         super().__init__(state_timeout=state_timeout)
+        self.policy_allows = policy_allows
+        #: XEP-0288: (local, peer domain) pairs the peer authenticated by dialback on this
+        #: stream besides (remote -> local), and the peer domains whose keys are being verified
+        self.reverse_pairs: set[tuple[str, str]] = set()
+        self._reverse_pending: set[str] = set()
+        #: dialback requests the peer made on this stream (the router's verify index)
+        self.reverse_requests = 0
         #: XEP-0288: we want a bidirectional stream; ``bidi`` once we asked for one
         self.bidi_wanted = bidi
         self.bidi = False
@@ -649,12 +664,81 @@ class OutgoingMachine(Machine):
     def _reverse_allowed(self, st: Any) -> bool:
         """A stanza from the peer on our bidi stream: only for the inverse of our pair (what we
         authenticated: the peer sends from *remote* to *local*, XEP-0288 section 2.2)."""
-        return (
-            st.name in _DATA_STANZAS
-            and st.ns == SERVER_NS
-            and st.to_domain == self.local
-            and st.from_domain == self.remote
-        )
+        if st.name not in _DATA_STANZAS or st.ns != SERVER_NS or st.to_domain != self.local:
+            return False
+        frm = st.from_domain
+        return frm == self.remote or (self.local, frm) in self.reverse_pairs
+
+    def _on_reverse_request(self, db: Any, st: Any) -> list[Action]:
+        """XEP-0288 section 2.2: on a bidi stream the peer may authenticate another of its
+        domains towards ours by dialback; we are the receiving server and ask that domain's
+        authoritative server (never on this stream), answering with XEP-0220 errors."""
+        if not self.bidi or self.state != "ESTABLISHED":
+            return [Drop(reason="db:result request on an outbound stream", stanza=st)]
+        local, originating = db.to.lower(), db.from_.lower()
+
+        def error(condition: str) -> list[Action]:
+            log.info(
+                "dialback request %s -> %s on bidi stream %s refused: %s",
+                originating,
+                local,
+                self.stream_id,
+                condition,
+            )
+            answer = result_bytes(
+                from_=local or self.local, to=originating, type="error", error_condition=condition
+            )
+            return [SendBytes(data=answer)]
+
+        if local != self.local:
+            return error("item-not-found")  # XEP-0220 section 2.4: not a domain of ours here
+        if not valid_domain(originating) or not db.key:
+            return error("bad-request")
+        if self.policy_allows is not None and not self.policy_allows(local, originating):
+            return error("policy-violation")
+        if originating in self._reverse_pending:
+            return [Drop(reason=f"dialback request for {originating} already pending", stanza=st)]
+        if len(self._reverse_pending) >= MAX_PENDING_RESULTS_PER_STREAM:
+            return error("resource-constraint")
+        self._reverse_pending.add(originating)
+        self.reverse_requests += 1
+        return [
+            VerifyKey(
+                receiving=local,
+                originating=originating,
+                stream_id=self.stream_id or "",
+                key=db.key,
+            )
+        ]
+
+    def _on_reverse_verified(self, ev: VerifyResult) -> list[Action]:
+        originating = ev.originating
+        if (
+            ev.stream_id != self.stream_id
+            or ev.receiving != self.local
+            or originating not in self._reverse_pending
+        ):
+            return [Drop(reason=f"unexpected verify result for {originating} on {ev.stream_id}")]
+        self._reverse_pending.discard(originating)
+        if ev.type == "valid":
+            self.reverse_pairs.add((self.local, originating))
+            log.info(
+                "bidi: %s -> %s authenticated by dialback on our stream %s",
+                originating,
+                self.local,
+                self.stream_id,
+            )
+            answer = result_bytes(from_=self.local, to=originating, type="valid")
+        elif ev.type == "invalid":
+            answer = result_bytes(from_=self.local, to=originating, type="invalid")
+        else:
+            answer = result_bytes(
+                from_=self.local,
+                to=originating,
+                type="error",
+                error_condition="remote-server-not-found",
+            )
+        return [SendBytes(data=answer)]
 
     def _bidi_final_ack(self) -> list[Action]:
         """XEP-0198 on a bidi stream: our last <a/> for the peer's stanzas before we close."""
@@ -669,6 +753,8 @@ class OutgoingMachine(Machine):
         return [SendBytes(data=ack)] if ack is not None else []
 
     def _on_result(self, db: Any, st: Any) -> list[Action]:
+        if db.type is None:
+            return self._on_reverse_request(db, st)
         if db.from_.lower() != self.remote or db.to.lower() != self.local:
             return [Drop(reason=f"db:result for {db.from_}->{db.to} is not ours", stanza=st)]
         if self.state != "AUTHENTICATING" or db.type is None:

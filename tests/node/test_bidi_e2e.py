@@ -10,6 +10,8 @@ import asyncio
 import pytest
 from core_helpers import message
 
+from s2sfast.protocol.dialback import make_key
+
 
 async def _until(predicate, timeout=10.0):
     """Poll *predicate* (a hang guard, not a timing assertion)."""
@@ -150,3 +152,32 @@ async def test_a_closed_bidi_stream_gives_way_to_a_connection_of_our_own(
     await a.send(message("u@a.test", "v@b.test", "back", id="back"))
     assert (await b.inbox.get()).id == "back"
     assert len(a.connections()) == 1 and len(b.connections()) == 1
+
+
+async def test_peer_authenticates_another_of_its_domains_on_our_bidi_stream(
+    federation, tls_certfile, tls_ca_file
+):
+    """XEP-0288 section 2.2: B (the receiving server, here made to speak by the test) asks by
+    dialback to send as b2.test on A's bidi stream; A verifies the key with b2.test's
+    authoritative server over a connection of its own and answers on the bidi stream."""
+    nodes = await federation(
+        {
+            "A": _tls(["a.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(["b.test", "b2.test"], tls_certfile, tls_ca_file, bidi=True),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b, n=1)
+    (stream,) = b.router.streams
+    (out,) = a.router.streams
+    machine = out.machine
+    stream.write(b"<db:result from='b2.test' to='a.test'>" + b"0" * 64 + b"</db:result>")
+    await _until(lambda: machine.reverse_requests == 1 and not machine._reverse_pending)
+    assert ("a.test", "b2.test") not in machine.reverse_pairs  # the wrong key was refused
+    stream.write_stanza(message("v@b2.test", "u@a.test", "refused", id="refused"))
+    key = make_key(b.config.s2s.shared, "a.test", "b2.test", stream.stream_id)
+    stream.write(f"<db:result from='b2.test' to='a.test'>{key}</db:result>".encode())
+    await _until(lambda: ("a.test", "b2.test") in machine.reverse_pairs)
+    stream.write_stanza(message("v@b2.test", "u@a.test", "accepted", id="accepted"))
+    assert (await a.inbox.get()).id == "accepted"
+    assert "refused" not in [s.id for s in a.inbox.seen]

@@ -368,3 +368,75 @@ def test_outgoing_acks_the_peers_stanzas_once_handled():
     assert out(s.send(b"<r xmlns='urn:xmpp:sm:3'/>")) == ack_bytes(2)
     # the peer closes: our last <a/> goes before our </stream:stream>
     assert out(s.send(b"</stream:stream>")).startswith(ack_bytes(2))
+
+
+# --- outgoing: the peer's dialback requests on our bidi stream (XEP-0288 section 2.2) ----------
+
+
+def _established(policy=None):
+    s = Server()
+    s.machine.policy_allows = policy
+    s.send(FROM_B)
+    s.send(F_BIDI)
+    s.send(VALID)
+    return s
+
+
+def test_peer_authenticates_another_domain_on_our_bidi_stream():
+    s = _established()
+    assert of(s.send(msg(1, frm="v@b2.test")), Drop)  # not authenticated yet
+    acts = s.send(b"<db:result from='b2.test' to='a.test'>k2</db:result>")
+    assert of(acts, VerifyKey) == [
+        VerifyKey(receiving="a.test", originating="b2.test", stream_id="peer-id", key="k2")
+    ]
+    assert s.machine.reverse_requests == 1
+    acts = s.event(
+        VerifyResult(receiving="a.test", originating="b2.test", stream_id="peer-id", type="valid")
+    )
+    assert out(acts) == b"<db:result from='a.test' to='b2.test' type='valid'/>"
+    (d,) = of(s.send(msg(2, frm="v@b2.test")), Deliver)
+    assert d.stanza.from_domain == "b2.test"
+    assert of(s.send(msg(3, frm="v@b3.test")), Drop)
+
+
+def test_peer_dialback_requests_answered_with_xep_0220_errors():
+    s = _established(policy=lambda local, remote: remote != "denied.test")
+    for request, condition in (
+        (b"<db:result from='b2.test' to='other.test'>k</db:result>", b"item-not-found"),
+        (b"<db:result from='b2.test' to='a.test'/>", b"bad-request"),
+        (b"<db:result from='denied.test' to='a.test'>k</db:result>", b"policy-violation"),
+    ):
+        acts = s.send(request)
+        assert not of(acts, VerifyKey)
+        data = out(acts)
+        assert b"type='error'" in data and condition in data
+    assert s.machine.state == "ESTABLISHED"  # dialback errors leave the stream up
+    s.send(b"<db:result from='b2.test' to='a.test'>k</db:result>")
+    acts = s.event(
+        VerifyResult(receiving="a.test", originating="b2.test", stream_id="peer-id", type="invalid")
+    )
+    assert b"type='invalid'" in out(acts)
+    assert of(s.send(msg(4, frm="v@b2.test")), Drop)
+    s.send(b"<db:result from='b4.test' to='a.test'>k</db:result>")
+    acts = s.event(
+        VerifyResult(receiving="a.test", originating="b4.test", stream_id="peer-id", type="error")
+    )
+    assert b"remote-server-not-found" in out(acts)
+    # an answer nobody asked for changes nothing
+    acts = s.event(
+        VerifyResult(receiving="a.test", originating="b5.test", stream_id="peer-id", type="valid")
+    )
+    assert of(acts, Drop) and ("a.test", "b5.test") not in s.machine.reverse_pairs
+
+
+def test_no_dialback_requests_without_bidi_or_before_authentication():
+    s = Server(bidi=False)
+    s.send(FROM_B)
+    s.send(F_BIDI)
+    s.send(VALID)
+    assert of(s.send(b"<db:result from='b2.test' to='a.test'>k</db:result>"), Drop)
+    t = Server()
+    t.send(FROM_B)
+    t.send(F_BIDI)
+    acts = t.send(b"<db:result from='b2.test' to='a.test'>k</db:result>")
+    assert of(acts, Drop) and not of(acts, VerifyKey)

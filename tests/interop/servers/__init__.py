@@ -35,8 +35,8 @@ for ``remotes`` in ``dns`` if given, else in a private loopback zone (tests/dnss
 lives while the server runs. Prosody asks it through libunbound, ejabberd through Erlang's
 resolver (``ERL_INETRC``) - for SRV records only: ejabberd looks up addresses with libc, so give
 it IP-literal SRV targets (the default) and no domain its zone lacks. Neither server reads
-/etc/prosody or /etc/ejabberd, and both run as the calling user (root included), so Debian's
-system instances are irrelevant except for ports.
+the system's Prosody or ejabberd configuration, and both run as the calling user (root
+included), so Debian's system instances are irrelevant except for ports.
 
 Skipping: ``need_server("prosody"|"ejabberd")`` in a test skips it when that server cannot run
 here, with the reason and how to install it (``INSTALL``); under ``S2SFAST_REQUIRE_INTEROP=1``

@@ -26,10 +26,12 @@ Facts this relies on (ejabberd 23.01, Erlang 25):
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import re
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,12 @@ from typing import Any
 from dnsserver import DnsServer
 
 from ._process import (
+    INSTALL,
     LOOPBACK,
     ServerError,
     ServerProcess,
     Session,
     free_ports,
-    listening,
     missing,
     render,
 )
@@ -53,20 +55,26 @@ __all__ = ["EjabberdServer", "ejabberd_missing", "ejabberd_sessions"]
 _TLS = {"off": "false", "optional": "optional", "required": "required"}
 
 
+@functools.cache
 def _ejabberd_lib() -> str | None:
-    """The directory holding ejabberd-*/ebin (Debian: /usr/lib/<arch>/ejabberd-23.01)."""
-    for pattern in ("/usr/lib/*/ejabberd-*/ebin", "/usr/lib/ejabberd-*/ebin"):
-        found = sorted(glob.glob(pattern))
-        if found:
-            return str(Path(found[-1]).parent.parent)
-    return None
+    """Where ejabberd's Erlang application lives (the ERL_LIBS its ejabberdctl sets; Debian:
+    the multiarch lib directory holding ejabberd-23.01/ebin)."""
+    search = os.environ.get("PATH", "").split(os.pathsep)
+    search += [d[: -len("bin")] + "sbin" for d in search if d.endswith("/bin")]  # root's tools
+    ctl = shutil.which("ejabberdctl", path=os.pathsep.join(search))
+    if ctl is None:
+        return None
+    m = re.search(r"^ERL_LIBS='?([^'\n]+)'?$", Path(ctl).read_text(errors="replace"), re.M)
+    if m is None or not glob.glob(os.path.join(m.group(1), "ejabberd-*", "ebin")):
+        return None
+    return m.group(1)
 
 
 def ejabberd_missing() -> str | None:
     """Why ejabberd cannot run here, or None."""
     why = missing("erl")
     if why is None and _ejabberd_lib() is None:
-        why = "ejabberd not installed (apt-get install ejabberd)"
+        why = f"ejabberd not installed ({INSTALL})"
     return why
 
 
@@ -87,7 +95,8 @@ class EjabberdServer(ServerProcess):
             required_trusted`` into exactly that: ``required`` without dialback).
         extra_config: YAML lines added at the top level.
         certificate: a tests/certs.py ``IssuedCert`` to present; None: a self-signed one.
-        log_level: ``info`` (default) or ``debug`` (every element sent and received).
+        log_level: ``info`` (default; not less: start() reads readiness from the log) or
+            ``debug`` (every element sent and received).
     """
 
     program = "ejabberd"
@@ -195,7 +204,15 @@ class EjabberdServer(ServerProcess):
         return argv, env
 
     def _ready(self) -> bool:
-        return all(listening(p) for p in (self.s2s_port, self.c2s_port, self.api_port))
+        log = self.log()
+        return all(
+            f"Start accepting TCP connections at {LOOPBACK}:{port} for {module}" in log
+            for port, module in (
+                (self.c2s_port, "ejabberd_c2s"),
+                (self.s2s_port, "ejabberd_s2s_in"),
+                (self.api_port, "ejabberd_http"),
+            )
+        )
 
     def s2s_sessions(self) -> dict[str, Session]:
         """ejabberd's s2s streams by Erlang process, from its log (info level suffices)."""

@@ -9,15 +9,17 @@ libunbound, forwarded to a loopback DNS server (never the machine's resolver): t
 
 from __future__ import annotations
 
-import glob
+import functools
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from dnsserver import DnsServer
 
-from ._process import LOOPBACK, ServerError, ServerProcess, Session, missing, render
+from ._process import INSTALL, LOOPBACK, ServerError, ServerProcess, Session, missing, render
 
 __all__ = ["ProsodyServer", "prosody_missing", "s2s_sessions"]
 
@@ -28,13 +30,29 @@ _TLS = {
 }
 
 
+@functools.cache
 def prosody_missing() -> str | None:
     """Why Prosody cannot run here, or None."""
     why = missing("prosody", "prosodyctl")
-    if why is None and not glob.glob("/usr/lib/*/lua/*/lunbound.so"):
+    if why is None and not _has_lunbound():
         # without lua-unbound Prosody would ask the machine's resolver, never the test zone
-        why = "lua-unbound not installed (apt-get install lua-unbound)"
+        why = f"lua-unbound not installed ({INSTALL})"
     return why
+
+
+def _has_lunbound() -> bool:
+    """Whether Prosody's Lua (its script's interpreter) can load lua-unbound."""
+    script = shutil.which("prosody")
+    assert script is not None
+    first = Path(script).read_text(errors="replace").split("\n", 1)[0]
+    lua = first.split()[-1] if first.startswith("#!") else "lua"
+    try:
+        proc = subprocess.run(
+            [lua, "-e", 'require "lunbound"'], capture_output=True, timeout=30, check=False
+        )
+    except OSError:
+        return False
+    return proc.returncode == 0
 
 
 class ProsodyServer(ServerProcess):
@@ -53,7 +71,8 @@ class ProsodyServer(ServerProcess):
             ``network_settings``, ...).
         certificate: a tests/certs.py ``IssuedCert`` to present; None: a self-signed one for
             *domain*, made at the first start and kept across restarts.
-        log_level: ``debug`` (default: the log shows every element sent and received) or ``info``.
+        log_level: ``debug`` (default: the log shows every element sent and received) or
+            ``info`` (not less: start() reads readiness from the log).
         direct_tls_port: a loopback port for Direct TLS S2S (XEP-0368, ``s2s_direct_tls_ports``;
             0: none). Prosody presents the host's certificate there, and itself asks for
             ``_xmpps-server._tcp`` before ``_xmpp-server._tcp`` when it connects out.
@@ -124,6 +143,13 @@ class ProsodyServer(ServerProcess):
 
     def _state_dirs(self) -> list[Path]:
         return [self.dir / "data"]
+
+    def _ready(self) -> bool:
+        log = self.log()
+        return all(
+            f"Activated service '{service}' on [{LOOPBACK}]:{port}" in log
+            for service, port in (("s2s", self.s2s_port), ("c2s", self.c2s_port))
+        )
 
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         why = prosody_missing()

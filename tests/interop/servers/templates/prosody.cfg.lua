@@ -1,5 +1,5 @@
 -- Prosody 0.12 as a throw-away S2S peer on loopback (tests/interop/servers/prosody.py fills in
--- the placeholders). Everything lives in @DIR@; nothing is read from /etc/prosody.
+-- the placeholders). Everything lives in @DIR@; nothing is read from the system configuration.
 run_as_root = true                    -- a test run as root stays root (no setuid to 'prosody')
 pidfile = "@DIR@/prosody.pid"
 data_path = "@DIR@/data"

@@ -641,9 +641,11 @@ class Router:
         if self.closing or not self.policy_allows(*key):
             return
         link = self.outbound.get(key)
-        if link is not None and link.established and link.stream is not None:
-            if link.stream.writable:
-                return  # our own outbound stream serves the pair already
+        if link is not None and link.stream is not None and link.stream.writable:
+            # our own stream serves the pair, or will once it authenticates (it may be the one
+            # verifying this very stream's dialback key; both sides retiring theirs would
+            # leave none): the bidi stream is not needed for this pair
+            return
         if link is None:
             queue: PendingQueue[bytes] = PendingQueue(
                 max_stanzas=self.max_queue,

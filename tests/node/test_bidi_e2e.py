@@ -181,3 +181,25 @@ async def test_peer_authenticates_another_of_its_domains_on_our_bidi_stream(
     stream.write_stanza(message("v@b2.test", "u@a.test", "accepted", id="accepted"))
     assert (await a.inbox.get()).id == "accepted"
     assert "refused" not in [s.id for s in a.inbox.seen]
+
+
+async def test_both_sides_opening_at_once_keep_their_own_streams(
+    federation, tls_certfile, tls_ca_file
+):
+    """Each node sends before either stream is up: each has its own outbound stream
+    negotiating when the other's bidi stream authenticates, keeps it, and ignores the offer."""
+    nodes = await federation(
+        {
+            "A": _tls(["a.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(["b.test"], tls_certfile, tls_ca_file, bidi=True),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    for i in range(10):
+        await a.send(message("u@a.test", "v@b.test", f"{i}", id=f"ab{i}"))
+        await b.send(message("v@b.test", "u@a.test", f"{i}", id=f"ba{i}"))
+    assert [(await b.inbox.get()).id for _ in range(10)] == [f"ab{i}" for i in range(10)]
+    assert [(await a.inbox.get()).id for _ in range(10)] == [f"ba{i}" for i in range(10)]
+    for node, pair in ((a, ("a.test", "b.test")), (b, ("b.test", "a.test"))):
+        assert node.router.outbound[pair].stream.direction == "out"
+        assert len(node.connections()) == 2

@@ -53,6 +53,8 @@ class ConnectionInfo:
     peer_address: Any
     #: Direct TLS (XEP-0368) rather than plain TCP with or without STARTTLS
     direct_tls: bool = False
+    #: bidirectional (XEP-0288): the stream carries stanzas both ways
+    bidi: bool = False
 
 
 class Node:
@@ -250,6 +252,7 @@ class Node:
                     state=m.state,
                     peer_address=s.peername,
                     direct_tls=s.direct_tls,
+                    bidi=m.bidi,
                 )
             )
         return out

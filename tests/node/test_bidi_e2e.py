@@ -70,6 +70,7 @@ async def test_one_connection_carries_both_directions(
     assert stream.machine.bidi and b.router.outbound[("b.test", "a.test")].stream is stream
     (out,) = a.router.streams
     assert out.machine.bidi
+    assert [c.bidi for c in a.connections() + b.connections()] == [True, True]
     # the originating side saw dialback answered at once; the receiving side checked the cert
     methods = ("sasl-external",) * 2 if sasl_external else ("dialback", "dialback-cert")
     assert (a.connections()[0].auth_method, b.connections()[0].auth_method) == methods
@@ -87,6 +88,7 @@ async def test_without_bidi_two_connections(federation, tls_certfile, tls_ca_fil
     assert _tcp(a) == [("in", (("a.test", "b.test"),)), ("out", (("a.test", "b.test"),))]
     assert _tcp(b) == [("in", (("b.test", "a.test"),)), ("out", (("b.test", "a.test"),))]
     assert not any(s.machine.bidi for s in a.router.streams)
+    assert not any(c.bidi for c in a.connections() + b.connections())
 
 
 async def test_bidi_over_plain_dialback_delivers_both_ways(federation):

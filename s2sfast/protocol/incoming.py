@@ -694,16 +694,16 @@ class IncomingMachine(Machine):
 
     # --- XEP-0288: the reverse direction on this stream ------------------------------------
 
-    def receive(self, event: Any) -> list[Action]:
-        """As :meth:`Machine.receive`; on a bidi stream, also tell the router when a pair's
-        reverse direction becomes usable, and hand back what the peer never acknowledged
-        when the stream ends."""
-        actions = super().receive(event)
-        if self.bidi:
-            extra = self._bidi_release("the stream ended") if self.state in self.FINAL else None
-            extra = extra or self._bidi_routes()
-            if extra:
-                return [*actions, *extra]
+    def _receive_bidi(self, event: Any) -> list[Action]:
+        """:meth:`receive` once the peer asked for bidi (installed on the instance then, so
+        other streams keep the plain dispatch): also tell the router when a pair's reverse
+        direction becomes usable, and hand back what the peer never acknowledged when the
+        stream ends."""
+        actions = Machine.receive(self, event)
+        extra = self._bidi_release("the stream ended") if self.state in self.FINAL else None
+        extra = extra or self._bidi_routes()
+        if extra:
+            return [*actions, *extra]
         return actions
 
     def _bidi_allowed(self) -> bool:
@@ -719,6 +719,7 @@ class IncomingMachine(Machine):
             why = "after authentication" if self.authorised else "without our offer"
             return [Drop(reason=f"<bidi/> request {why} ignored on {self.stream_id}", stanza=st)]
         self.bidi = True
+        self.receive = self._receive_bidi  # type: ignore[method-assign]
         self.peer_limits = parse_request(st.raw)
         limits = self.peer_limits
         self.peer_max_bytes = limits.max_bytes if limits is not None else None
@@ -797,8 +798,10 @@ class IncomingMachine(Machine):
             by_pair[next(iter(self._routed))] = raws
         else:
             framer = StreamFramer()
-            framer.feed(b"<stream:stream xmlns='jabber:server' "
-                        b"xmlns:stream='http://etherx.jabber.org/streams'>")
+            framer.feed(
+                b"<stream:stream xmlns='jabber:server' "
+                b"xmlns:stream='http://etherx.jabber.org/streams'>"
+            )
             for raw in raws:
                 (st,) = framer.feed(raw)
                 by_pair.setdefault((st.from_domain, st.to_domain), []).append(raw)

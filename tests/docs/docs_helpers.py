@@ -1,0 +1,40 @@
+"""Reading the documentation pages (docs/*.md) for the tests that keep them true."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+
+#: a fenced block: opening fence with its info string ("python title=\"example\""), body
+_FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_TITLE = re.compile(r'title="([^"]*)"')
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One fenced code block of a page."""
+
+    lang: str
+    title: str | None
+    body: str
+    line: int
+
+
+def page(name: str) -> str:
+    return (DOCS / name).read_text(encoding="utf-8")
+
+
+def blocks(text: str) -> list[Block]:
+    """Every fenced block of *text*, in order, with its language and ``title="..."``."""
+    out = []
+    for match in _FENCE.finditer(text):
+        info = match.group(1).strip()
+        lang = info.split(None, 1)[0] if info else ""
+        title = _TITLE.search(info)
+        line = text.count("\n", 0, match.start()) + 1
+        out.append(Block(lang, title.group(1) if title else None, match.group(2), line))
+    return out

@@ -322,6 +322,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--baseline {args.baseline}: no s2sfast/ there", file=sys.stderr)
             return 2
         trees.append(args.baseline.resolve())
+
+    def save(partial: bool = True) -> None:
+        """Write the JSON (after every contender too: a run cut short keeps what it measured)."""
+        doc = {
+            "when": stamp(),
+            "partial": partial,
+            "git_head": _git_head(),
+            "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "sizes": {k: str(v) if isinstance(v, Path) else v for k, v in sizes.__dict__.items()},
+            "client_loop": client_loop,
+            "auth": args.auth,
+            "skipped": skipped,
+            "rounds_note": "results: per contender the round with the median msg/s "
+            "(all rounds in 'rounds')"
+            if len(rounds) > 1
+            else "one round",
+            # until every round is in: what has been measured so far, round after round
+            "results": results or [r for rnd in rounds for r in rnd] + done,
+            "rounds": rounds if len(rounds) > 1 else [],
+            "scale": scale,
+            "scale_baseline": scale_baseline,
+        }
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+
+    done: list[dict[str, Any]] = []
     try:
         runs: list[tuple[str, str, Path | None]] = []
         for kind in wanted:
@@ -337,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(args.rounds):
             if args.rounds > 1:
                 say(f"round {round_no + 1} of {args.rounds}")
-            done: list[dict[str, Any]] = []
+            done = []
             for k, loop, tree in runs:
                 try:
                     done.append(run_contender(k, loop, workdir, sizes, client_loop, tree))
@@ -345,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                     traceback.print_exc()
                     done.append({"name": f"{k} ({loop})", "kind": k, "loop": loop,
                                  "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+                save()
             rounds.append(done)
+            done = []
         results = median_rows(rounds)
         if not args.no_scale:
             from bench.e2e import scale as scale_mod
@@ -368,28 +396,11 @@ def main(argv: list[str] | None = None) -> int:
                     scale = one
                 else:
                     scale_baseline = one
+                save()
     finally:
         if tmp is not None:
             tmp.cleanup()
-    doc = {
-        "when": stamp(),
-        "git_head": _git_head(),
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "sizes": {k: str(v) if isinstance(v, Path) else v for k, v in sizes.__dict__.items()},
-        "client_loop": client_loop,
-        "auth": args.auth,
-        "skipped": skipped,
-        "rounds_note": "results: per contender the round with the median msg/s "
-        "(all rounds in 'rounds')"
-        if len(rounds) > 1
-        else "one round",
-        "results": results,
-        "rounds": rounds if len(rounds) > 1 else [],
-        "scale": scale,
-        "scale_baseline": scale_baseline,
-    }
-    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    save(partial=False)
     print()
     print(table(results, "dialback" if args.auth == "dialback" else "s2sfast trusted certs"))
     for one in (scale, scale_baseline):

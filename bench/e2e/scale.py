@@ -144,9 +144,9 @@ def run(
     workdir: Path, *, streams: int, new: int, messages: int, loop: str = "asyncio",
     tree: Path | None = None, auth: str = "dialback",
 ) -> dict[str, Any]:  # fmt: skip
-    """Start the daemon (s2sfast from *tree* when given) and the generator (always this
-    checkout's Node), open about *streams* streams, time *new* more, send *messages*, stop
-    both; the result dict."""
+    """Start the daemon and the generator (both s2sfast from *tree* when given: two commits
+    of s2sfast need not agree on XEP-0198 and the like), open about *streams* streams, time
+    *new* more, send *messages*, stop both; the result dict."""
     return asyncio.run(_run(workdir, streams, new, messages, loop, tree, auth))
 
 
@@ -204,7 +204,7 @@ async def _run(
             "--domains", str(most), "--port", str(gen_port), "--daemon-port", str(daemon_port),
             "--cert", ca.issue(["*.gen.test"]).write_pem(d, "gen.pem"),
             "--ca", cafile if auth == "trusted" else "",
-            "--nofile", str(want), module="bench.e2e.scale",
+            "--nofile", str(want), module="bench.e2e.scale", tree=tree,
         )  # fmt: skip
         per_domain = 2  # until the warm-up shows it
 

@@ -669,6 +669,30 @@ class Router:
         if not link.done.done():
             link.done.set_result(True)
 
+    def _bidi_closed(self, stream: XmlStream, link: OutboundLink) -> None:
+        """An incoming bidi stream that carried *link*'s stanzas is gone: what never left
+        goes first on the pair's next stream, which we open only if something waits for it."""
+        unsent = stream.take_unsent()
+        if unsent and stream.deaf:
+            for raw in unsent:
+                self.bounce(raw, link.local, "remote-server-timeout", "the peer stopped reading")
+            unsent = []
+        if link.stream is not stream:
+            if unsent:
+                self._requeue_unsent(link.local, link.remote, unsent)
+            return
+        link.stream = None
+        link.established = False  # the next stream must authenticate before it writes
+        if unsent:
+            link.queue.push_front(unsent, self._now())
+        if link.queue:
+            self._link_retry(link, "remote-server-not-found", "the bidirectional stream closed")
+            return
+        if self.outbound.get((link.local, link.remote)) is link:
+            del self.outbound[(link.local, link.remote)]
+        link.cancel_timers()
+        link.release_sources()
+
     def _over_peer_limit(self, raw: bytes, local: str, remote: str, limit: int) -> None:
         """XEP-0478 section 4: a stanza above the peer's announced max-bytes is not sent (the
         peer would kill the stream); its sender gets policy-violation without ``by``."""
@@ -957,10 +981,9 @@ class Router:
                 stream.limiter.closed(
                     self._address(stream), was_authenticated=bool(stream.authenticated)
                 )
-            if stream.link is None:
-                return
-            if stream.link.stream is stream:  # XEP-0288: it carried the pair's outbound stanzas
-                stream.link.established = False  # a next stream must authenticate first
+            if stream.link is not None:
+                self._bidi_closed(stream, stream.link)
+            return
         link = stream.link
         unsent = stream.take_unsent()
         if unsent and stream.deaf and link is not None:

@@ -205,3 +205,28 @@ async def test_both_sides_opening_at_once_keep_their_own_streams(
     for node, pair in ((a, ("a.test", "b.test")), (b, ("b.test", "a.test"))):
         assert node.router.outbound[pair].stream.direction == "out"
         assert len(node.connections()) == 2
+
+
+async def test_stanzas_on_a_dead_bidi_stream_go_out_on_our_own_next_stream(
+    federation, tls_certfile, tls_ca_file
+):
+    """B writes 50 stanzas to A's bidi stream and the connection dies before they leave:
+    XEP-0198 hands them back (or they were never sent) and B's own new stream delivers them."""
+    nodes = await federation(
+        {
+            "A": _tls(["a.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(["b.test"], tls_certfile, tls_ca_file, bidi=True, retry_initial=0.05),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b, n=1)
+    (stream,) = b.router.streams
+    for i in range(50):
+        await b.send(message("v@b.test", "u@a.test", f"{i}", id=f"lost{i}"))
+    stream.abort()  # same loop turn: nothing of the burst has reached the socket
+    got = {(await a.inbox.get()).id for _ in range(50)}
+    while not got >= {f"lost{i}" for i in range(50)}:
+        got.add((await a.inbox.get()).id)  # a resent duplicate may come first
+    assert not any(s.type == "error" for s in b.inbox.seen)
+    # B opened a stream of its own (A also reconnects: it resends its one unacked stanza)
+    assert "out" in [c.direction for c in b.connections()]

@@ -100,7 +100,8 @@ async def test_pairing(
     (out,) = [s for s in node.router.streams if s.direction == "out"]
     print(
         f"{server} we_trust={we_trust} they_trust={they_trust}: {_methods(node)}"
-        f" (our EXTERNAL refused: {out.machine.sasl_failure})"
+        f" (our EXTERNAL refused: {out.machine.sasl_failure};"
+        f" XEP-0198 offered to us: {out.machine.sm_offered})"
     )
     assert _methods(node) == expected
     # ejabberd offers EXTERNAL even to a certificate it does not trust and answers <failure/>:

@@ -6,6 +6,7 @@ direction; the pair's next stanza opens a connection of its own when the bidi st
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from core_helpers import message
@@ -230,3 +231,22 @@ async def test_stanzas_on_a_dead_bidi_stream_go_out_on_our_own_next_stream(
     assert not any(s.type == "error" for s in b.inbox.seen)
     # B opened a stream of its own (A also reconnects: it resends its one unacked stanza)
     assert "out" in [c.direction for c in b.connections()]
+
+
+async def test_a_reloaded_policy_applies_to_the_reverse_direction(
+    federation, tls_certfile, tls_ca_file
+):
+    nodes = await federation(
+        {
+            "A": _tls(["a.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(["b.test"], tls_certfile, tls_ca_file, bidi=True),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    await _exchange(a, b, n=1)
+    assert b.router.outbound[("b.test", "a.test")].stream.direction == "in"
+    b.reload_policy(replace(b.config.s2s, default_policy="deny"))
+    await b.send(message("v@b.test", "u@a.test", "denied", id="denied"))
+    bounce = await b.inbox.get()
+    assert bounce.id == "denied" and b"service-unavailable" in bounce.raw
+    assert await a.inbox.nothing(0.3)

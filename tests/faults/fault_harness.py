@@ -410,6 +410,8 @@ class CountingComponent:
         self.stream_errors: list[bytes] = []
         self.ends: list[str] = []  # how each stream ended: "close", "eof", "reset", ...
         self.bytes_in = 0
+        #: the last bytes read (a stanza cut by the daemon's close shows here)
+        self.tail = b""
         self._reading = asyncio.Event()
         self._reading.set()
         self._task: asyncio.Task[None] | None = None
@@ -468,6 +470,7 @@ class CountingComponent:
                 if not chunk:
                     break
                 self.bytes_in += len(chunk)
+                self.tail = (self.tail + chunk)[-200:]
                 for event in comp.framer.feed(chunk):
                     if type(event).__name__ == "StreamClose":
                         how = "close"
@@ -678,6 +681,9 @@ class Ledger:
         ]
 
     def result(self, scenario: str, queued: int | None = None, **extra: Any) -> Result:
+        missing = self.missing_ids()
+        if missing:
+            extra = {**extra, "missing_ranges": ranges(missing)[:12]}
         delivered = self.delivered()
         bounced = self.sender.bounced
         ids = [f"{self.prefix}-{i}" for i in range(self.sent)]
@@ -693,6 +699,23 @@ class Ledger:
             conditions=dict(self.sender.conditions),
             extra=extra,
         )
+
+
+def ranges(ids: list[int]) -> list[str]:
+    """[1, 2, 3, 7] -> ["1-3", "7"]: where the missing stanzas sit in the burst."""
+    out: list[str] = []
+    start = prev = None
+    for i in ids:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}-{prev}" if prev != start else str(start))
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev != start else str(start))
+    return out
 
 
 def report(result: Result) -> None:

@@ -91,3 +91,53 @@ async def test_component_that_stops_reading(tmp_path: Path) -> None:
         assert result.missing == 0, result.line()
         assert (code_a, code_b) == (0, 0)
         assert clean_exit(pair.a) + clean_exit(pair.b) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: on SIGTERM B aborts the stuck component's connection with a stanza half "
+    "written into the socket; that stanza is neither delivered nor bounced (1 lost a run)",
+)
+async def test_sigterm_while_the_component_is_stuck(tmp_path: Path) -> None:
+    """B gets SIGTERM while its component has read nothing for a few seconds of flood: B exits
+    0 without a traceback, and every stanza is delivered (what reached the component's socket
+    before B closed it) or bounced to A - none vanishes with B's buffers."""
+    async with running_pair(tmp_path, "termstuck") as (pair, a, b, ledger):
+        b.pause()
+        stats = SendStats()
+        stop_flag: list[str] = []
+        sender = asyncio.create_task(
+            send_burst(
+                a,
+                n=10_000_000,
+                rate=20_000,
+                pad=1000,
+                stop=lambda: bool(stop_flag),
+                stats=stats,
+                deadline=60,
+            )
+        )
+        await asyncio.sleep(5.0)
+        stop_flag.append("sigterm")
+        await asyncio.wait_for(sender, 30)
+        code_b = await pair.b.aterminate(timeout=60)
+        how_b = pair.b.current.how
+        b.resume()
+        ledger.sent = stats.sent
+        await ledger.settle(quiet=6.0, cap=60.0, queued=pair.queued)
+        queued = pair.queued()
+        code_a = await pair.a.aterminate()
+        result = ledger.result(
+            "sigterm-while-component-stuck",
+            queued=queued,
+            component_b_ends=b.ends,
+            component_b_tail=b.tail[-120:],
+            rss_peak_mib={"a": mib(pair.a.rss_peak), "b": mib(pair.b.rss_peak)},
+            exits={"a": exit_codes(pair.a), "b": exit_codes(pair.b)},
+        )
+        report(result)
+
+        assert (code_b, how_b) == (0, "sigterm"), pair.b.log()[-3000:]
+        assert clean_exit(pair.b) == [], pair.b.log()[-3000:]
+        assert result.missing == 0, result.line()
+        assert code_a == 0 and clean_exit(pair.a) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,58 @@ async def test_peer_that_stops_reading(tmp_path: Path, sm: str) -> None:
         assert result.missing == 0, result.line()
         assert (code_a, code_b) == (0, 0)
         assert clean_exit(pair.a) + clean_exit(pair.b) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: Router.close_all aborts the stalled stream and returns without waiting "
+    "for its connection_lost, Daemon.stop then closes the component streams, so the bounces "
+    "of the stream's unacknowledged and queued stanzas find no component (thousands lost)",
+)
+async def test_sigterm_while_the_peer_stops_reading(tmp_path: Path) -> None:
+    """A gets SIGTERM while its stream to B is stalled with a backlog: A exits 0 without a
+    traceback within its drain bound, closes its component stream cleanly, and bounces what it
+    could not hand over; once the peer reads again, every stanza is delivered or bounced
+    (delivered and bounced both, for what the stalled connection still carried, is counted)."""
+    async with running_pair(tmp_path, "termstall", via_proxy=True) as (pair, a, b, ledger):
+        proxy = pair.proxy
+        assert proxy is not None
+        stats = SendStats()
+        stop_flag: list[str] = []
+        sender = asyncio.create_task(
+            send_burst(
+                a,
+                n=10_000_000,
+                rate=20_000,
+                pad=1000,
+                stop=lambda: bool(stop_flag),
+                stats=stats,
+                deadline=60,
+            )
+        )
+        await wait_until(lambda: len(b.delivered) >= 500, 60, "the flood reaching B")
+        proxy.stall()
+        await asyncio.sleep(3.0)
+        stop_flag.append("sigterm")
+        pair.a.process.signal(signal.SIGTERM)  # type: ignore[union-attr]
+        await asyncio.wait_for(sender, 30)
+        code_a = await pair.a.aterminate(timeout=60)
+        how_a = pair.a.current.how
+        await wait_until(lambda: not a.is_open(), 10, "A's component stream closed")
+        proxy.unstall()
+        ledger.sent = stats.sent
+        await ledger.settle(quiet=6.0, cap=60.0)
+        code_b = await pair.b.aterminate()
+        result = ledger.result(
+            "sigterm-while-peer-stops-reading",
+            component_a_ends=a.ends,
+            rss_peak_mib={"a": mib(pair.a.rss_peak), "b": mib(pair.b.rss_peak)},
+            exits={"a": exit_codes(pair.a), "b": exit_codes(pair.b)},
+        )
+        report(result)
+
+        assert (code_a, how_a) == (0, "sigterm"), pair.a.log()[-3000:]
+        assert clean_exit(pair.a) == [], pair.a.log()[-3000:]
+        assert len(a.ends) == 1 and a.ends[0].startswith("close"), a.ends
+        assert result.missing == 0, result.line()
+        assert code_b == 0 and clean_exit(pair.b) == []

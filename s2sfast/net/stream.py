@@ -117,6 +117,10 @@ class BufferedWriter(asyncio.Protocol):
         self._shaped = False
         #: per-stream send hook: called with each stanza's raw bytes as it is queued for the peer
         self.on_stanza_sent: Callable[[bytes], None] | None = None
+        #: what we last handed to the transport (to tell, when the peer stops reading, which
+        #: stanzas never left the process); bounded to about two high-water marks
+        self._recent: deque[bytes] = deque()
+        self._recent_size = 0
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -157,6 +161,7 @@ class BufferedWriter(asyncio.Protocol):
             return
         if self._wpaused and not force:
             return  # resume_writing flushes
+        self._remember(self._wbuf)
         data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
         self._wbuf.clear()
         self._wbuf_size = 0
@@ -164,6 +169,36 @@ class BufferedWriter(asyncio.Protocol):
 
     def _emit(self, data: bytes) -> None:  # pragma: no cover - subclasses
         raise NotImplementedError
+
+    def _remember(self, chunks: list[bytes]) -> None:
+        recent = self._recent
+        recent.extend(chunks)
+        size = self._recent_size + sum(map(len, chunks))
+        while size > 2 * _HIGH_WATER and len(recent) > 1:
+            size -= len(recent.popleft())
+        self._recent_size = size
+
+    def _unsent_bytes(self) -> int:
+        """Bytes of ours still in the transport's buffer (never handed to the kernel)."""
+        return self.transport.get_write_buffer_size()
+
+    def _never_sent(self) -> list[bytes]:
+        """The stanzas whose bytes are all still in the transport's buffer (never reached the
+        kernel, so never the peer), oldest first; a stanza only partly there is not claimed."""
+        if self.transport is None:
+            return []
+        left = self._unsent_bytes()
+        out: list[bytes] = []
+        for chunk in reversed(self._recent):
+            left -= len(chunk)
+            if left < 0:
+                break
+            if is_stanza(chunk):
+                out.append(chunk)
+        out.reverse()
+        self._recent.clear()
+        self._recent_size = 0
+        return out
 
     def take_unsent(self) -> list[bytes]:
         """Remove and return the stanzas still in our own queue (never handed to the transport)."""
@@ -353,10 +388,6 @@ class XmlStream(BufferedWriter):
         self._counted = False
         #: we failed the stream because the peer stopped reading (what waits for it bounces)
         self.deaf = False
-        #: what we last handed to the transport (to tell, when the peer goes deaf, which
-        #: stanzas never left the process); bounded to about two high-water marks
-        self._recent: deque[bytes] = deque()
-        self._recent_size = 0
         self._stranded: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._ka_timer: asyncio.TimerHandle | None = None
@@ -446,7 +477,8 @@ class XmlStream(BufferedWriter):
         if self._lost:
             return
         self.deaf = True
-        self._stranded = self._never_sent()
+        if not self._counted:
+            self._stranded = self._never_sent()
         size = self.transport.get_write_buffer_size() if self.transport else 0
         log.warning("%s: peer stopped reading (%d bytes queued)", self.describe(), size)
         self._perform(
@@ -710,37 +742,10 @@ class XmlStream(BufferedWriter):
             return
         self._queue(data)
 
-    def _remember(self, chunks: list[bytes]) -> None:
-        recent = self._recent
-        recent.extend(chunks)
-        size = self._recent_size + sum(map(len, chunks))
-        while size > 2 * _HIGH_WATER and len(recent) > 1:
-            size -= len(recent.popleft())
-        self._recent_size = size
-
-    def _never_sent(self) -> list[bytes]:
-        """The stanzas whose bytes are all still in the transport's buffer (never reached the
-        kernel, so never the peer), oldest first. TLS record overhead is counted against us:
-        a stanza only partly in the buffer is not claimed."""
-        if self.transport is None or self._counted:
-            return []
+    def _unsent_bytes(self) -> int:
+        # TLS record overhead is counted against us: only stanzas surely whole are claimed
         left = self.transport.get_write_buffer_size()
-        if self._ssl is not None:
-            left -= 64 * (left // 16384 + 1)
-        out: list[bytes] = []
-        for chunk in reversed(self._recent):
-            left -= len(chunk)
-            if left < 0:
-                break
-            if is_stanza(chunk):
-                out.append(chunk)
-        out.reverse()
-        return out
-
-    def _flush(self, force: bool = False) -> None:
-        if self._wbuf and not self._lost and (force or not self._wpaused):
-            self._remember(self._wbuf)
-        super()._flush(force)
+        return left - 64 * (left // 16384 + 1) if self._ssl is not None else left
 
     def _emit(self, data: bytes) -> None:
         if self._lost or self.transport is None:

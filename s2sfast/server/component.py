@@ -226,19 +226,22 @@ class ComponentConnection(BufferedWriter):
         if self.machine.closed or self.transport is None:
             return
         text = f"the component did not read for {self.write_stall_timeout:g} s"
+        stranded = self._never_sent()
         log.warning(
             "component stream %s (%s): stuck, %d stanzas queued: closing",
             self.machine.stream_id,
             self.machine.domain,
-            self.queued,
+            len(stranded) + self.queued,
         )
-        self._bounce_unsent(text)
+        self._bounce_unsent(text, stranded)
         self._perform(self.machine.fail(LocalStreamError("resource-constraint", text)))
         if self.transport is not None:
             self.transport.abort()  # the error cannot get through a full pipe either
 
-    def _bounce_unsent(self, text: str) -> None:
-        unsent = self.take_unsent()
+    def _bounce_unsent(self, text: str, stranded: list[bytes] | None = None) -> None:
+        """Bounce what never left for the component: our queue, and *stranded* (what was
+        still whole in the transport's buffer when we gave up on it)."""
+        unsent = (stranded or []) + self.take_unsent()
         router = self._server.router
         if not unsent or router is None:
             return

@@ -158,8 +158,8 @@ class Daemon:
         if up:
             parent = next(h for h in self.hosts if domain.endswith("." + h))
             self.node.add_local_domain(domain, parent)
-        else:
-            self.node.remove_local_domain(domain)
+        # when the component goes the domain stays local: stanzas still arriving for it get
+        # service-unavailable from it, and that reply must be able to leave over S2S
 
     def _hosted(self, domain: str) -> bool:
         """is_hosted for the router, remembered per domain (asked for every stanza it routes
@@ -423,3 +423,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        # a second SIGTERM/SIGINT while the process winds down must not turn exit 0 into a
+        # death by signal (the handlers above are gone with the loop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)

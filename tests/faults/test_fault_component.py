@@ -33,9 +33,10 @@ FLOOD_BYTES = 1024 * 1024 * 1024
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 15: after B disconnects the stuck component, each stanza for its domain gets "
-    "a service-unavailable reply from a domain no longer local; the reply is not routable and "
-    "is dropped (server/daemon.py, 'reply to ... not routable'): the sender never learns",
+    reason="issue 15: B disconnects the stuck component by aborting its connection with a "
+    "stanza half written into the socket: that stanza is neither delivered nor bounced (1 lost "
+    "a run; until 00:05 UTC also every service-unavailable reply for the gone component's "
+    "domain was dropped as 'not routable')",
 )
 async def test_component_that_stops_reading(tmp_path: Path) -> None:
     async with running_pair(tmp_path, "stuck") as (pair, a, b, ledger):

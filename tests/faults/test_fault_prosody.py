@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
-servers = pytest.importorskip("servers", reason="the interop server harness is not there")
 
+import servers  # noqa: E402  (tests/interop/servers: Prosody as a throw-away peer)
 from daemon_helpers import free_port  # noqa: E402
 from fault_harness import (  # noqa: E402
     CountingComponent,

@@ -5,11 +5,12 @@ reason of any failure: DNS (every SRV record and address, in the order the node 
 them, ``_xmpps-server`` Direct TLS records mixed with ``_xmpp-server`` ones as XEP-0368 says),
 TCP connect, TLS (STARTTLS after the first features, or Direct TLS from the first byte with SNI
 and ALPN ``xmpp-server``: protocol, cipher, ALPN, the certificate's names and expiry, and the
-RFC 6125 verdict), the stream header and features, and dialback as the configured local domain.
+RFC 6125 verdict), the stream header and features, SASL EXTERNAL (XEP-0178) when the peer offers
+it and our certificate names the local domain, and dialback as the configured local domain.
 The ``transport`` line (and ``"transport"`` in ``--json``) says which way the stream went:
 "Direct TLS", "STARTTLS" or "plain TCP". Dialback needs the local domain's authoritative server,
 i.e. a running node with the same ``[s2s] shared`` secret; without one the probe says how far it
-got.
+got. An accepted SASL EXTERNAL proves federation without it (the peer trusts our certificate).
 
 Exit status: 0 when federation would succeed, 1 when a step failed, 2 when everything tried
 worked but dialback could not be tried (no configured secret), so success is not proven.
@@ -31,6 +32,7 @@ from s2sfast.net.connect import failure_reason
 from s2sfast.net.dns import ResolutionError, Resolver
 from s2sfast.protocol.dialback import DIALBACK_FEATURE_NS, DIALBACK_NS, make_key, result_bytes
 from s2sfast.protocol.errors import STREAM_NS, StreamError, parse_stream_error
+from s2sfast.protocol.sasl import EXTERNAL, SASL_NS, auth_bytes, parse_sasl
 
 __all__ = ["Step", "Probe", "add_probe_parser", "run", "main"]
 
@@ -134,6 +136,8 @@ def _features(raw: bytes) -> dict[str, Any]:
             out["starttls_required"] = any(etree.QName(c).localname == "required" for c in child)
         elif qname.namespace == DIALBACK_FEATURE_NS:
             out["dialback"] = True
+        elif qname.namespace == SASL_NS and qname.localname == "mechanisms":
+            out["external"] = any((m.text or "").strip().upper() == EXTERNAL for m in child)
     out["offered"] = names
     return out
 
@@ -291,7 +295,48 @@ class Probe:
         else:
             self.transport = "plain"
             self._add("tls", "info", "not used (plain TCP)")
+        if self.transport != "plain":
+            code = await self._sasl_external(stream, feats)
+            if code is not None:
+                return code
         return await self._dialback(stream, stream_id)
+
+    async def _sasl_external(self, stream: _Stream, feats: dict[str, Any]) -> int | None:
+        """SASL EXTERNAL as the local domain when offered and our certificate can prove it:
+        EXIT_OK once accepted (the restarted stream opens); None: dialback goes on."""
+        from s2sfast.net.peercert import own_certificate_problem
+
+        self._current = "sasl"
+        if not feats.get("external"):
+            self._add(
+                "sasl",
+                "info",
+                f"SASL EXTERNAL not offered ({self.domain} does not trust our certificate for "
+                f"{self.local}, or does not do it)",
+            )
+            return None
+        if self.config is None or not self.s2s.sasl_external:
+            problem = "no --config" if self.config is None else "[s2s] sasl_external is off"
+        else:
+            problem = own_certificate_problem(self.s2s.certfile, self.local)
+        if problem is not None:
+            self._add("sasl", "skip", f"SASL EXTERNAL offered, not tried: {problem}")
+            return None
+        stream.writer.write(auth_bytes(self.local))
+        answer = await stream.next_event(self.timeout, "the SASL EXTERNAL outcome")
+        if getattr(answer, "name", None) == "success" and answer.ns == SASL_NS:
+            self._add(
+                "sasl",
+                "ok",
+                f"SASL EXTERNAL as {self.local} accepted: {self.domain} trusts our certificate",
+                method="sasl-external",
+            )
+            await self._open(stream)  # the stream restarts after <success/>
+            stream.writer.write(b"</stream:stream>")
+            return EXIT_OK
+        why = parse_sasl(answer.raw).condition or answer.raw.decode("utf-8", "replace")
+        self._add("sasl", "info", f"SASL EXTERNAL as {self.local} refused ({why}); dialback next")
+        return None
 
     async def _starttls(self, stream: _Stream) -> None:
         self._current = "tls"

@@ -69,3 +69,22 @@ def test_example_runs_and_prints_what_the_page_shows(tmp_path, where, code, expe
     )
     assert done.returncode == 0, f"example at {where} failed:\n{done.stderr}"
     assert done.stdout == expected, f"example at {where} printed:\n{done.stdout}"
+
+
+def test_check_config_sample_matches_the_command(tmp_path):
+    """docs/operations.md shows `s2sfast check-config examples/mongooseim.toml`: its output."""
+    sample = next(
+        b.body
+        for b in blocks(page("operations.md"))
+        if b.lang == "console" and b.body.startswith("$ s2sfast check-config examples/")
+    )
+    command, *shown = sample.rstrip("\n").split("\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "s2sfast", *command.split()[2:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stderr + done.stdout).rstrip("\n").split("\n") == shown

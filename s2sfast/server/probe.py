@@ -33,6 +33,7 @@ from s2sfast.net.dns import ResolutionError, Resolver
 from s2sfast.protocol.dialback import DIALBACK_FEATURE_NS, DIALBACK_NS, make_key, result_bytes
 from s2sfast.protocol.errors import STREAM_NS, StreamError, parse_stream_error
 from s2sfast.protocol.sasl import EXTERNAL, SASL_NS, auth_bytes, parse_sasl
+from s2sfast.protocol.stream_limits import LIMITS_NS, parse_limits
 
 __all__ = ["Step", "Probe", "add_probe_parser", "run", "main"]
 
@@ -138,6 +139,10 @@ def _features(raw: bytes) -> dict[str, Any]:
             out["dialback"] = True
         elif qname.namespace == SASL_NS and qname.localname == "mechanisms":
             out["external"] = any((m.text or "").strip().upper() == EXTERNAL for m in child)
+        elif qname.namespace == LIMITS_NS and qname.localname == "limits":
+            limits = parse_limits(child)  # XEP-0478: what the peer accepts
+            if limits is not None:
+                names[-1] += f" max-bytes={limits.max_bytes} idle-seconds={limits.idle_seconds}"
     out["offered"] = names
     return out
 

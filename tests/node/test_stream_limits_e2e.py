@@ -4,10 +4,11 @@ sender gets policy-violation (no ``by``: the limit is the peer's) and the stream
 
 from __future__ import annotations
 
-from core_helpers import message
+from core_helpers import message, node_config
 
 from s2sfast.protocol.errors import stanza_error_condition
 from s2sfast.router import stanza_from_bytes
+from s2sfast.server.probe import Probe
 
 SMALL = 2000
 
@@ -94,3 +95,17 @@ async def test_bidi_initiator_announces_its_limit_in_the_bidi_request(
     await b.send(message("v@b.test", "u@a.test", "fits", id="fits"))
     assert (await a.inbox.get()).id == "fits"
     assert len(a.connections()) == 1 and len(b.connections()) == 1
+
+
+async def test_probe_shows_the_limits_and_bidi_a_node_offers(federation, dns_server):
+    nodes = await federation({"B": {"hosts": ["b.test"], "max_stanza_size": SMALL, "bidi": True}})
+    probe = Probe(
+        "b.test",
+        local="a.test",
+        config=node_config(["a.test"], port=0, addresses={"b.test": nodes["B"].port}),
+        nameservers=[dns_server.nameserver],
+    )
+    await probe.run()
+    (stream,) = [s for s in probe.steps if s.step == "stream"]
+    assert "bidi (urn:xmpp:features:bidi)" in stream.detail
+    assert f"limits (urn:xmpp:stream-limits:0) max-bytes={SMALL} idle-seconds=" in stream.detail

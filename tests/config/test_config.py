@@ -764,6 +764,7 @@ def test_config_to_dict_has_every_default_keyed_like_the_toml():
             "dns": {"timeout": 10, "retries": 2},
             "sasl_external": True,
             "dialback_cert_auth": True,
+            "bidi": False,
             "stream_management": {
                 "enabled": True,
                 "resend": True,

@@ -50,7 +50,9 @@ async def test_peer_originates_and_s2sfast_verifies_back(peer, server, s2sfast_n
     assert got.from_ == bob.full_jid
     out = await eventually(lambda: srv.completed_sessions("out"))
     assert [s.completed for s in out] == [[(B, A)]]
-    inbound = [c for c in node.connections() if c.direction == "in"]
+    # (ejabberd may also have a stream open to us that carries only its db:verify for the key
+    # s2sfast piggybacked on its own verify stream: never authenticated, so no pairs)
+    inbound = [c for c in node.connections() if c.direction == "in" and c.pairs]
     assert [(c.remote, c.pairs, c.auth_method) for c in inbound] == [(B, ((A, B),), "dialback")]
     log = srv.log()
     if server == "prosody":

@@ -51,6 +51,21 @@ from ._process import (
 
 __all__ = ["EjabberdServer", "ejabberd_missing", "ejabberd_sessions"]
 
+#: run after ejabberd started: its file log handler (logger_std_h, opened with delayed_write, so
+#: lines reach ejabberd.log up to 2 s late) is added again with a 1-byte write buffer, so the
+#: tests read what ejabberd did as soon as it did it
+_READY_MARK = "s2sfast harness: ejabberd.log unbuffered"
+_UNBUFFERED_LOG = (
+    "{ok, H = #{config := C}} = logger:get_handler_config(ejabberd_log),"
+    " ok = logger:remove_handler(ejabberd_log),"
+    " Keep = [file, max_no_bytes, max_no_files, file_check, sync_mode_qlen, drop_mode_qlen,"
+    " flush_qlen, burst_limit_window_time, burst_limit_max_count, filesync_repeat_interval],"
+    " ok = logger:add_handler(ejabberd_log, logger_std_h,"
+    " (maps:with([level, formatter, filters, filter_default], H))#{config =>"
+    " (maps:with(Keep, C))#{modes => [raw, append, {delayed_write, 1, 0}]}}),"
+    f' logger:notice("{_READY_MARK}").'
+)
+
 #: tls= -> s2s_use_starttls
 _TLS = {"off": "false", "optional": "optional", "required": "required"}
 
@@ -201,12 +216,17 @@ class EjabberdServer(ServerProcess):
             HOME=str(self.dir),
         )
         argv = ["erl", "+K", "true", "-noinput", "-mnesia", "dir", f'"{spool}"', "-s", "ejabberd"]
-        return argv, env
+        return [*argv, "-eval", _UNBUFFERED_LOG], env
 
     def _ready(self) -> bool:
-        log = self.log()
-        return all(
-            f"Start accepting TCP connections at {LOOPBACK}:{port} for {module}" in log
+        # the console copy of the log (stdout.log) is written at once; ejabberd.log becomes so
+        # only once _UNBUFFERED_LOG has run, which it then says there
+        try:
+            console = self.stdout_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+        return _READY_MARK in self.log() and all(
+            f"Start accepting TCP connections at {LOOPBACK}:{port} for {module}" in console
             for port, module in (
                 (self.c2s_port, "ejabberd_c2s"),
                 (self.s2s_port, "ejabberd_s2s_in"),

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 from core_helpers import message
+from dnsserver import closed_port
 
 from s2sfast.protocol.dialback import make_key
 
@@ -250,3 +251,35 @@ async def test_a_reloaded_policy_applies_to_the_reverse_direction(
     bounce = await b.inbox.get()
     assert bounce.id == "denied" and b"service-unavailable" in bounce.raw
     assert await a.inbox.nothing(0.3)
+
+
+async def test_stanzas_waiting_for_an_unreachable_peer_leave_on_its_bidi_stream(
+    federation, tls_certfile, tls_ca_file
+):
+    """B cannot connect to A (A's port refuses B) and queues its stanzas, backing off; when
+    A connects to B with bidi, B's queue goes out on A's stream at once."""
+    nodes = await federation(
+        {
+            "A": _tls(["a.test"], tls_certfile, tls_ca_file, bidi=True),
+            "B": _tls(
+                ["b.test"],
+                tls_certfile,
+                tls_ca_file,
+                bidi=True,
+                addresses={"a.test": closed_port()},
+                retry_initial=30.0,
+                pending_deadline=60.0,
+            ),
+        }
+    )
+    a, b = nodes["A"], nodes["B"]
+    for i in range(5):
+        await b.send(message("v@b.test", "u@a.test", f"{i}", id=f"wait{i}"))
+    link = b.router.outbound[("b.test", "a.test")]
+    await _until(lambda: link.retry_timer is not None)  # the first attempt was refused
+    assert len(link.queue) == 5 and link.stream is None
+    await a.send(message("u@a.test", "v@b.test", "hello", id="hello"))
+    assert (await b.inbox.get()).id == "hello"
+    assert [(await a.inbox.get()).id for _ in range(5)] == [f"wait{i}" for i in range(5)]
+    assert link.retry_timer is None and link.stream.direction == "in"
+    assert not any(s.type == "error" for s in b.inbox.seen)

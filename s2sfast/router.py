@@ -668,12 +668,22 @@ class Router:
         stream.link = link
         link.stream = stream
         link.established = True
+        self._keep_peer_awake(stream)
         self.emit(
             "bidi-route", local=action.local, remote=action.remote, stream_id=stream.stream_id
         )
         self.sm_flush(link)
         if not link.done.done():
             link.done.set_result(True)
+
+    @staticmethod
+    def _keep_peer_awake(stream: XmlStream) -> None:
+        """XEP-0478: the peer may call a stream idle after its announced idle-seconds without
+        traffic from us; keep our whitespace keepalives (when we send any) within half of it."""
+        limits = stream.machine.peer_limits
+        idle = limits.idle_seconds if limits is not None else None
+        if idle and stream.keepalive and stream.keepalive > idle / 2:
+            stream.keepalive = idle / 2
 
     def _bidi_closed(self, stream: XmlStream, link: OutboundLink) -> None:
         """An incoming bidi stream that carried *link*'s stanzas is gone: what never left
@@ -823,6 +833,7 @@ class Router:
             )
             link = stream.link
             if stream.direction == "out" and link is not None:
+                self._keep_peer_awake(stream)
                 link.established = True
                 if link.expiry_timer is not None:
                     link.expiry_timer.cancel()

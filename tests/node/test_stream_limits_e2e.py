@@ -109,3 +109,18 @@ async def test_probe_shows_the_limits_and_bidi_a_node_offers(federation, dns_ser
     (stream,) = [s for s in probe.steps if s.step == "stream"]
     assert "bidi (urn:xmpp:features:bidi)" in stream.detail
     assert f"limits (urn:xmpp:stream-limits:0) max-bytes={SMALL} idle-seconds=" in stream.detail
+
+
+async def test_keepalives_stay_within_half_the_idle_time_the_peer_announced(federation):
+    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    b.idle_timeout = 50  # announced by the streams B accepts from now on
+    await a.send(message("u@a.test", "v@b.test", "x", id="x"))
+    assert (await b.inbox.get()).id == "x"
+    (out,) = [s for s in a.router.streams if s.direction == "out"]
+    assert out.machine.peer_limits.idle_seconds == 50
+    assert out.keepalive == 25  # was 60: a whitespace keepalive at least every 25 s now
+    await b.send(message("v@b.test", "u@a.test", "y", id="y"))
+    assert (await a.inbox.get()).id == "y"
+    (back,) = [s for s in b.router.streams if s.direction == "out"]
+    assert back.keepalive == 60  # A announced an hour: B keeps its own, shorter period

@@ -9,9 +9,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 
-#: a fenced block: opening fence with its info string ("python title=\"example\""), body
+#: a fenced block: opening fence with its info string, body. A block the tests look for carries
+#: a title in Python-Markdown's attribute form (fenced_code + attr_list), which renders as a
+#: plain code block: ```{.python title="example"}
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _TITLE = re.compile(r'title="([^"]*)"')
+_ATTR_LANG = re.compile(r"\.([\w-]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,11 @@ def blocks(text: str) -> list[Block]:
     out = []
     for match in _FENCE.finditer(text):
         info = match.group(1).strip()
-        lang = info.split(None, 1)[0] if info else ""
+        if info.startswith("{"):  # attribute form: ```{.python title="example"}
+            found = _ATTR_LANG.search(info)
+            lang = found.group(1) if found else ""
+        else:
+            lang = info.split(None, 1)[0] if info else ""
         title = _TITLE.search(info)
         line = text.count("\n", 0, match.start()) + 1
         out.append(Block(lang, title.group(1) if title else None, match.group(2), line))

@@ -4,6 +4,7 @@ or a page left out of the navigation fails the suite (mkdocs.yml turns each into
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,9 @@ def test_mkdocs_build_strict(tmp_path):
     for page in pages:
         built = site / "index.html" if page.name == "index" else site / page / "index.html"
         assert built.is_file(), f"{page} was not built"
+        # a fence Python-Markdown did not understand is left in the page as text
+        html = built.read_text(encoding="utf-8")
+        assert not re.search(r"(^|<p>)```", html, re.MULTILINE), f"{page}: an unrendered fence"
 
 
 def test_a_broken_link_fails_the_build(tmp_path):

@@ -48,19 +48,43 @@ def main(argv: list[str] | None = None) -> int:
     for i, run in enumerate(runs):
         by = {r["name"]: r for r in run["results"] if not r.get("error")}
         parts = []
+        suffixes = sorted({n.partition(")")[2] for n in by if n.startswith("s2sfast ")})
         for kind in ("daemons", "library"):
-            a, u = by.get(f"s2sfast {kind} (asyncio)"), by.get(f"s2sfast {kind} (uvloop)")
-            if a and u:
-                parts.append(
-                    f"{kind} uvloop/asyncio msg/s {u['msg_per_s'] / a['msg_per_s']:.2f}, "
-                    f"CPU {u['cpu_s_per_10k'] / a['cpu_s_per_10k']:.2f}"
-                )
+            for suffix in suffixes:
+                a = by.get(f"s2sfast {kind} (asyncio){suffix}")
+                u = by.get(f"s2sfast {kind} (uvloop){suffix}")
+                if a and u:
+                    parts.append(
+                        f"{kind}{suffix} uvloop/asyncio msg/s "
+                        f"{u['msg_per_s'] / a['msg_per_s']:.2f}, "
+                        f"CPU {u['cpu_s_per_10k'] / a['cpu_s_per_10k']:.2f}"
+                    )
+            for loop in ("asyncio", "uvloop"):
+                new = by.get(f"s2sfast {kind} ({loop})")
+                for suffix in suffixes:
+                    old = by.get(f"s2sfast {kind} ({loop}){suffix}") if suffix else None
+                    if new and old:
+                        parts.append(
+                            f"{kind} ({loop}) this/{suffix.strip()} msg/s "
+                            f"{new['msg_per_s'] / old['msg_per_s']:.2f}, "
+                            f"CPU {new['cpu_s_per_10k'] / old['cpu_s_per_10k']:.2f}"
+                        )
         peers = [r["msg_per_s"] for r in by.values() if r["kind"] == "peer"]
         if peers:
             for name, r in by.items():
                 if r["kind"] == "daemon":
                     parts.append(f"{name} / faster peer {r['msg_per_s'] / max(peers):.2f}x")
-        print(f"  run {i + 1} ({run['when']}, {run.get('git_head', '')}): " + "; ".join(parts))
+        print(f"  run {i + 1} ({run['when']}, {run.get('git_head', '')}):")
+        for part in parts:
+            print(f"    {part}")
+        for key in ("scale", "scale_baseline"):
+            sc = run.get(key)
+            if sc and not sc.get("error"):
+                print(
+                    f"    {key} ({sc.get('tree', '')}): {sc['kib_per_stream']:.1f} KiB/stream, "
+                    f"{sc['new_streams']:,} new in {sc['new_seconds']:.2f} s, "
+                    f"{sc['msg_per_s']:,.0f} msg/s all open"
+                )
     return 0
 
 

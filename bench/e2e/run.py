@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -208,13 +207,8 @@ def plot(results: list[dict[str, Any]], scale: dict[str, Any] | None, path: Path
 
 
 def _git_head() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(paths.ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()  # fmt: skip
-    except OSError:
-        return ""
+    """This checkout's commit (or, for an export, its directory name)."""
+    return paths.tree_label(paths.ROOT)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,10 @@ def test_mkdocs_build_strict(tmp_path):
         # a fence Python-Markdown did not understand is left in the page as text
         html = built.read_text(encoding="utf-8")
         assert not re.search(r"(^|<p>)```", html, re.MULTILINE), f"{page}: an unrendered fence"
+        # Markdown left as text outside code: a table, bold or link Python-Markdown did not parse
+        prose = re.sub(r"<(pre|code)\b.*?</\1>", "", html, flags=re.DOTALL)
+        for leftover in (r"^\|", r"\*\*", r"\]\("):
+            assert not re.search(leftover, prose, re.MULTILINE), f"{page}: unrendered {leftover}"
 
 
 def test_a_broken_link_fails_the_build(tmp_path):

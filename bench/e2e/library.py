@@ -53,7 +53,7 @@ async def report(counter: traffic.SampledCounter, stall: float) -> None:
             say(f"progress {last}")
         elif loop.time() - changed > stall:
             break
-        await asyncio.wait([counter.done], timeout=0.25)
+        await asyncio.wait([counter.done], timeout=0.5)
     result = {
         "received": counter.count,
         "missing": counter.missing(),

@@ -197,6 +197,20 @@ class FaultDaemon:
         return self.process.wait_for_log(pattern, timeout)
 
 
+def tcp_established(sock_name: tuple[str, int], peer_name: tuple[str, int]) -> bool:
+    """Whether our loopback TCP socket *sock_name* -> *peer_name* is still ESTABLISHED, from
+    /proc/net/tcp (a socket whose peer closed it is in CLOSE_WAIT, one reset is gone) - asked
+    without reading from it, so a component that stops reading can still tell."""
+    want_local = f"0100007F:{sock_name[1]:04X}"
+    want_remote = f"0100007F:{peer_name[1]:04X}"
+    with open("/proc/net/tcp") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) > 3 and fields[1] == want_local and fields[2] == want_remote:
+                return fields[3] == "01"
+    return False
+
+
 def has_traceback(text: str) -> bool:
     return "Traceback (most recent call last)" in text
 
@@ -503,6 +517,15 @@ class CountingComponent:
         assert self.comp is not None
         return self.comp.writer
 
+    def established(self) -> bool:
+        """The TCP connection is up as far as the kernel knows (works while paused)."""
+        if self.comp is None:
+            return False
+        transport = self.comp.writer.transport
+        return tcp_established(
+            transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+        )
+
     def is_open(self) -> bool:
         return (
             self.comp is not None
@@ -576,7 +599,11 @@ async def send_burst(
         if now > end:
             stats.stopped_by = "deadline"
             break
-        due = min(n, int((now - start) * rate) + 1)
+        # at most 20 ms worth at once, and no debt after a wait: a sender held back by
+        # backpressure resumes at its rate, it does not dump everything it "owes"
+        due = min(n, int((now - start) * rate) + 1, stats.sent + max(1, int(rate * 0.02)))
+        if (now - start) * rate - stats.sent > rate * 0.1:
+            start = now - stats.sent / rate
         if due <= stats.sent:
             await asyncio.sleep(tick)
             continue

@@ -216,13 +216,18 @@ async def test_metrics_show_tls_streams_and_their_certificate_verdicts(tmp_path:
         assert reply.type == "result" and reply.from_ == "b.test"
 
         _, text = await _get(http_port, "/metrics")
-        out = _value(text, "s2sfast_connections", direction="out", tls="yes", auth="dialback")
+        # both certificates chain to the CA and name their domains: SASL EXTERNAL, not dialback
+        out = _value(text, "s2sfast_connections", direction="out", tls="yes", auth="sasl-external")
         assert out >= 1, text
         assert _value(text, "s2sfast_tls_peer_certificates", verdict="trusted") >= 1
         assert _value(text, "s2sfast_tls_peer_certificates", verdict="untrusted") == 0
         assert _value(text, "s2sfast_tls_handshakes_total", outcome="up", version="TLSv1.3") >= 1
         authed = _value(
-            text, "s2sfast_stream_auth_total", outcome="authenticated", method="dialback", tls="yes"
+            text,
+            "s2sfast_stream_auth_total",
+            outcome="authenticated",
+            method="sasl-external",
+            tls="yes",
         )
         assert authed >= 1
         assert _value(text, "s2sfast_stream_auth_total", outcome="failed") == 0

@@ -168,8 +168,10 @@ def plot(results: list[dict[str, Any]], scale: dict[str, Any] | None, path: Path
     except ImportError:
         return False
     ok = [r for r in results if not r.get("error")]
-    names = [r["name"].replace(" ", "\n") for r in ok]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    names = [
+        r["name"].replace("s2sfast ", "").replace("@s2sfast-", "@").replace(" ", "\n") for r in ok
+    ]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(13, 1.4 * len(ok) + 2), 5.5))
     colours = ["#2a7ab0" if r["kind"] != "peer" else "#b0502a" for r in ok]
     ax1.bar(names, [r["msg_per_s"] for r in ok], color=colours)
     ax1.set_ylabel("messages/s (flood)")

@@ -1026,6 +1026,17 @@ async def running_pair(tmp: Path, prefix: str, **pair_options: Any):  # type: ig
         print(pair.logs()[-20000:])
 
 
+async def restart_with_component(daemon: FaultDaemon, comp: CountingComponent) -> None:
+    """Start *daemon* again and have *comp* connect the moment its listener takes it (trying
+    every 10 ms from before the start): the window in which the daemon runs without its
+    component - stanzas for the component's domain are refused then - stays a few ms wide."""
+    task = asyncio.get_running_loop().create_task(comp.reconnect(deadline=60.0))
+    try:
+        await daemon.astart()
+    finally:
+        await asyncio.wait_for(task, 60)
+
+
 def clean_exit(daemon: FaultDaemon) -> list[str]:
     """What is wrong with how *daemon*'s SIGTERMed incarnations ended (empty: all exited 0
     without a traceback)."""

@@ -20,6 +20,7 @@ from fault_harness import (  # noqa: E402
     exit_codes,
     mib,
     report,
+    restart_with_component,
     running_pair,
     send_burst,
     wait_until,
@@ -136,8 +137,8 @@ async def test_sigterm_while_the_component_is_stuck(tmp_path: Path) -> None:
         how_b = pair.b.current.how
         b.resume()  # what reached the component's socket before B went
         await wait_until(lambda: not b.is_open(), 30, "the old component stream read to its end")
-        await pair.b.astart()  # then B runs again: what A still holds for it goes there
-        await b.reconnect()
+        # then B runs again: what A still holds for it goes there
+        await restart_with_component(pair.b, b)
         ledger.sent = stats.sent
         await ledger.settle(quiet=6.0, cap=60.0, queued=pair.queued)
         queued = pair.queued()

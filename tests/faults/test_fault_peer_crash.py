@@ -20,6 +20,7 @@ from fault_harness import (  # noqa: E402
     exit_codes,
     mib,
     report,
+    restart_with_component,
     running_pair,
     send_burst,
     wait_until,
@@ -51,8 +52,7 @@ async def test_sigkill_peer_mid_burst_then_restart(tmp_path: Path, sm: str) -> N
         await asyncio.to_thread(pair.b.kill)
         # what the sender wrote after A could have seen the crash (IN_FLIGHT later)
         killed_at = stats.sent + int(RATE * IN_FLIGHT)
-        await pair.b.astart()  # the same configuration: the same ports
-        await b.reconnect()
+        await restart_with_component(pair.b, b)  # the same configuration: the same ports
         await asyncio.wait_for(sender, 120)
         ledger.sent = stats.sent
         await ledger.settle(quiet=8.0, cap=90.0, queued=pair.queued)
@@ -82,5 +82,57 @@ async def test_sigkill_peer_mid_burst_then_restart(tmp_path: Path, sm: str) -> N
             # queue and resend across the restart: nothing bounces, everything arrives
             assert result.bounced == 0, result.line()
             assert result.delivered == N, result.line()
+        assert (code_a, code_b) == (0, 0)
+        assert clean_exit(pair.a) + clean_exit(pair.b) == []
+
+
+#: how long the restarted B runs before its component is back (components reconnect on their
+#: own schedule, often seconds after the server they serve)
+COMPONENT_LATE = 3.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: a restarted peer refuses A's stream for the component's domain with "
+    "host-unknown until the component reconnects, and A takes that as final: its whole queue "
+    "bounces with remote-server-not-found (thousands), though resend is on and the component "
+    "is back seconds later",
+)
+async def test_sigkill_peer_whose_component_reconnects_late(tmp_path: Path) -> None:
+    """As above with resend on, but B's component connects COMPONENT_LATE seconds after B is
+    back: A must keep what waits for the component's domain (queue, don't bounce) and deliver
+    it all once the component is there."""
+    prefix = "late"
+    async with running_pair(tmp_path, prefix, sm=SM_SETTINGS["sm-resend"]) as (
+        pair,
+        a,
+        b,
+        ledger,
+    ):
+        stats = SendStats()
+        sender = asyncio.create_task(send_burst(a, n=N, rate=RATE, stats=stats))
+        await wait_until(lambda: len(b.delivered) >= N // 4, 60, "a quarter delivered")
+        await asyncio.to_thread(pair.b.kill)
+        await pair.b.astart()
+        await asyncio.sleep(COMPONENT_LATE)
+        await b.reconnect()
+        await asyncio.wait_for(sender, 120)
+        ledger.sent = stats.sent
+        await ledger.settle(quiet=8.0, cap=90.0, queued=pair.queued)
+        queued = pair.queued()
+        code_a = await pair.a.aterminate()
+        code_b = await pair.b.aterminate()
+        result = ledger.result(
+            "sigkill-peer-restart-component-late[sm-resend]",
+            queued=queued,
+            rss_peak_mib={"a": mib(pair.a.rss_peak), "b": mib(pair.b.rss_peak)},
+            exits={"a": exit_codes(pair.a), "b": exit_codes(pair.b)},
+        )
+        report(result)
+
+        assert stats.sent == N, stats
+        assert result.missing == 0, result.line()
+        assert result.bounced == 0, result.line()
+        assert result.delivered == N, result.line()
         assert (code_a, code_b) == (0, 0)
         assert clean_exit(pair.a) + clean_exit(pair.b) == []

@@ -26,6 +26,7 @@ from fault_harness import (  # noqa: E402
     has_traceback,
     mib,
     report,
+    restart_with_component,
     running_pair,
     send_burst,
     wait_until,
@@ -48,8 +49,7 @@ async def test_sigterm_peer_during_burst_then_restart(tmp_path: Path, sm: str) -
         await wait_until(lambda: len(b.delivered) >= N // 4, 60, "a quarter delivered")
         code_b_term = await pair.b.aterminate()
         await wait_until(lambda: not b.is_open(), 10, "B's component stream closed")
-        await pair.b.astart()
-        await b.reconnect()
+        await restart_with_component(pair.b, b)
         await asyncio.wait_for(sender, 120)
         ledger.sent = stats.sent
         await ledger.settle(quiet=8.0, cap=90.0, queued=pair.queued)

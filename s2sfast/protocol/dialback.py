@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from s2sfast.protocol.errors import RemoteStreamError
+
 __all__ = [
     "DIALBACK_NS",
     "DIALBACK_FEATURE_NS",
@@ -23,6 +25,7 @@ __all__ = [
     "key_matches",
     "DialbackElement",
     "parse_dialback",
+    "read_dialback",
     "result_bytes",
     "verify_bytes",
     "PendingVerifications",
@@ -120,6 +123,18 @@ def parse_dialback(raw: bytes) -> DialbackElement:
         key=key,
         error_condition=condition,
     )
+
+
+def read_dialback(raw: bytes) -> DialbackElement:
+    """:func:`parse_dialback` for a machine reading the peer's element.
+
+    Raises:
+        RemoteStreamError: ``bad-format`` when it is malformed.
+    """
+    try:
+        return parse_dialback(raw)
+    except ValueError as exc:
+        raise RemoteStreamError("bad-format", str(exc)) from exc
 
 
 def _quoteattr(value: str) -> str:

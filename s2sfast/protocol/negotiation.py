@@ -8,6 +8,7 @@ role-agnostic (h11's habit): header validation, stream-header bytes, JID domains
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
@@ -17,6 +18,8 @@ from s2sfast.protocol.events import Action, Close, SendBytes, SetTimer
 __all__ = [
     "SERVER_NS",
     "TLS_NS",
+    "DATA_STANZAS",
+    "new_stream_id",
     "Machine",
     "CertChecker",
     "stream_header",
@@ -28,6 +31,13 @@ log = logging.getLogger("s2sfast.negotiation")
 
 SERVER_NS = "jabber:server"
 TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+#: the stanzas that carry data (RFC 6120 8): everything else on a stream is negotiation
+DATA_STANZAS = frozenset({"message", "presence", "iq"})
+
+
+def new_stream_id() -> str:
+    """A fresh, unguessable stream id (128 random bits)."""
+    return secrets.token_hex(16)
 
 
 class PeerStatus(Protocol):
@@ -204,6 +214,10 @@ class Machine:
         raise RemoteStreamError(
             "connection-timeout", f"no progress within {self.state_timeout} s in {self.state}"
         )
+
+    def _ignore(self, event: Any) -> list[Action]:
+        """For table entries whose event needs no answer in that state."""
+        return []
 
     def _finish(self, reason: str) -> list[Action]:
         """A clean close: ``</stream:stream>`` without an error."""

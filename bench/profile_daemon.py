@@ -158,7 +158,9 @@ async def _components(ports: dict[str, int]) -> tuple[RawComponent, RawComponent
     return a, b
 
 
-async def drive(ports: dict[str, int], count: int, pids: list[int], spy: Any) -> dict[str, Any]:
+async def drive(
+    ports: dict[str, int], count: int, pids: list[int], spy: Any, rate: float | None = None
+) -> dict[str, Any]:
     comp_a, comp_b = await _components(ports)
     counter = Counter(comp_b)
     # warm-up: the S2S stream (TLS, dialback) is set up by the first message
@@ -178,9 +180,10 @@ async def drive(ports: dict[str, int], count: int, pids: list[int], spy: Any) ->
     cpu1 = [cpu_seconds(p) for p in pids]
     for proc in spies:
         proc.send_signal(2)
+    pace = rate
     rate = count / elapsed
     # latency at half the peak rate, paced in 5 ms ticks, for ~3 s
-    half = rate / 2
+    half = rate / 2 if pace is None else pace
     n_lat = int(half * 3)
     counter.latencies.clear()
     base = counter.count
@@ -247,6 +250,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=30_000)
     parser.add_argument("--py-spy", action="store_true", help="profile both daemons")
+    parser.add_argument(
+        "--rate", type=float, help="msg/s of the latency run (default: half the measured peak)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "--no-sm", action="store_true", help="[s2s] stream_management.enabled = false (XEP-0198)"
@@ -293,7 +299,7 @@ def main() -> int:
     try:
         _wait_listening([ports["comp_a"], ports["comp_b"]], daemons)
         pids = [daemons[s].proc.pid for s in "ab"]
-        result = asyncio.run(drive(ports, args.count, pids, spy))
+        result = asyncio.run(drive(ports, args.count, pids, spy, args.rate))
         result["peak_rss_mib"] = {
             s: round(peak_rss_kib(d.proc.pid) / 1024, 1) for s, d in daemons.items()
         }

@@ -27,7 +27,7 @@ __all__ = [
     "COMPONENT_STALL_TIMEOUT",
     "PENDING_BUDGET",
     "PENDING_MIN_SHARE",
-    "PENDING_HOLD_FRACTION",
+    "PENDING_HOLD_BYTES",
     "SM_MAX_UNACKED",
     "SM_ACK_EVERY",
     "SM_ACK_AFTER",
@@ -143,10 +143,12 @@ PENDING_BUDGET = 64 * 1024 * 1024
 #: each domain gets max(budget / waiting domains, this), so one dead domain cannot starve the
 #: others and a domain alone may use the whole budget.
 PENDING_MIN_SHARE = 4 * 1024 * 1024
-#: fraction of its share above which a domain's pending queue stops reading its sources
-#: (backpressure before bounces): the senders wait while the budget still has room for what
-#: was already read.
-PENDING_HOLD_FRACTION = 0.5
+#: bytes a domain's pending queue takes before the senders feeding it are held (their sockets
+#: not read, Node.send waiting) until its stream is up: backpressure long before anything
+#: bounces. 1 MiB is ~5,000 typical stanzas, a few reads of a busy source; the budget above is
+#: what absorbs the reads already under way from every source and domain, so a peer restart
+#: costs the senders a pause, not bounces.
+PENDING_HOLD_BYTES = 1024 * 1024
 
 
 def pre_auth_limit(max_stanza_size: int | None) -> int:

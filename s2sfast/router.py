@@ -28,7 +28,7 @@ from typing import Any
 
 from s2sfast.config import Config, S2SOptions
 from s2sfast.framing import Stanza, StreamFramer
-from s2sfast.limits import MAX_PENDING_VERIFICATIONS, PENDING_HOLD_FRACTION
+from s2sfast.limits import MAX_PENDING_VERIFICATIONS, PENDING_HOLD_BYTES
 from s2sfast.net.backoff import (
     DEFAULT_INITIAL_DELAY,
     DEFAULT_PENDING_DEADLINE,
@@ -92,8 +92,9 @@ class OutboundLink:
     """One (local, remote) pair's outbound stream and what waits for it.
 
     While it has no stream its pending queue is the destination: past
-    :data:`~s2sfast.limits.PENDING_HOLD_FRACTION` of its budget share the sources feeding it
-    are held (not read) until the stream is up and the queue has gone out, or it bounced.
+    :data:`~s2sfast.limits.PENDING_HOLD_BYTES` (or its budget share, if smaller) the sources
+    feeding it are held (not read, Node.send waiting) until the stream is up and the queue has
+    gone out, or it bounced.
     """
 
     __slots__ = (
@@ -137,7 +138,7 @@ class OutboundLink:
         queue = self.queue
         budget = queue.budget
         limit = budget.share() if budget is not None else queue.max_bytes
-        return queue.nbytes > limit * PENDING_HOLD_FRACTION
+        return queue.nbytes > min(limit // 2, PENDING_HOLD_BYTES)
 
     def hold_source(self, source: Any) -> None:
         if source is not None and source not in self.holding:

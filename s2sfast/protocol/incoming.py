@@ -4,93 +4,68 @@ once when the peer's certificate already proves the domain: XEP-0344).
 
 Events in: the framer's StreamOpen / Stanza / StreamClose, plus TlsUp, TimerFired,
 VerifyResult and ConnectionLost. Actions out: see s2sfast.events. No sockets, no clock.
+
+This module keeps the machine's one transition table, the header, STARTTLS, the dialback roles
+and the data stanzas; each feature's steps are mixins beside it: SASL EXTERNAL in
+s2sfast.protocol.sasl_flow, XEP-0198 in sm_flow, XEP-0288 in bidi_flow, and the features
+element in s2sfast.protocol.features.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 from s2sfast.config import S2SOptions
-from s2sfast.framing import StreamFramer
 from s2sfast.limits import MAX_PENDING_RESULTS_PER_STREAM
-from s2sfast.protocol.bidi import BIDI_NS, BidiRoute, parse_request
-from s2sfast.protocol.bidi import FEATURE as BIDI_FEATURE
+from s2sfast.protocol.bidi import BIDI_NS
+from s2sfast.protocol.bidi_flow import IncomingBidi
 from s2sfast.protocol.dialback import (
-    DIALBACK_FEATURE_NS,
     DIALBACK_NS,
     key_matches,
-    parse_dialback,
+    read_dialback,
     result_bytes,
     verify_bytes,
 )
 from s2sfast.protocol.errors import STREAM_NS, RemoteStreamError
 from s2sfast.protocol.events import (
-    Acked,
     Action,
     Authenticated,
     Close,
     Deliver,
     Drop,
-    Handled,
-    RestartStream,
     SendBytes,
     SetTimer,
     StartTls,
-    Unacked,
     VerifyKey,
     VerifyResult,
 )
+from s2sfast.protocol.features import TLS_REQUIRED_MODES, features_bytes
 from s2sfast.protocol.jid import valid_domain
 from s2sfast.protocol.negotiation import (
+    DATA_STANZAS,
     SERVER_NS,
     TLS_NS,
     CertChecker,
     Machine,
     check_header_namespaces,
     check_version,
+    new_stream_id,
     stream_header,
 )
-from s2sfast.protocol.sasl import (
-    EXTERNAL,
-    MAX_ATTEMPTS,
-    SASL_NS,
-    challenge_bytes,
-    failure_bytes,
-    mechanisms_feature,
-    parse_sasl,
-    success_bytes,
-)
-from s2sfast.protocol.sm import (
-    ENABLED,
-    FEATURE,
-    REQUEST,
-    SM_NS,
-    HandledCountTooHigh,
-    SmInbound,
-    SmOutbound,
-    failed_bytes,
-    handled_count_too_high_bytes,
-    parse_ack,
-)
-from s2sfast.protocol.stream_limits import StreamLimits, limits_bytes
+from s2sfast.protocol.sasl import SASL_NS
+from s2sfast.protocol.sasl_flow import IncomingSasl
+from s2sfast.protocol.sm import REQUEST, SM_NS, SmInbound, SmOutbound
+from s2sfast.protocol.sm_flow import IncomingSm
+from s2sfast.protocol.stream_limits import StreamLimits
 
 __all__ = ["IncomingMachine", "new_stream_id"]
 
 log = logging.getLogger("s2sfast.incoming")
 
-_DATA_STANZAS = frozenset({"message", "presence", "iq"})
-_TLS_MODES_REQUIRED = frozenset({"required", "required_trusted"})
 
-
-def new_stream_id() -> str:
-    """A fresh, unguessable stream id (128 random bits)."""
-    return secrets.token_hex(16)
-
-
-class IncomingMachine(Machine):
+class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
     """One accepted TCP connection, from the peer's header to its close.
 
     Args:
@@ -213,7 +188,7 @@ class IncomingMachine(Machine):
         return SetTimer(seconds=None) if self.authorised else self._arm()
 
     def _tls_missing(self) -> bool:
-        return self.mode in _TLS_MODES_REQUIRED and not self.tls_active
+        return self.mode in TLS_REQUIRED_MODES and not self.tls_active
 
     def _require_tls(self, what: str) -> None:
         if self._tls_missing():
@@ -285,33 +260,26 @@ class IncomingMachine(Machine):
         return actions
 
     def _features(self) -> bytes:
-        parts = ["<stream:features>"]
+        """Our ``<stream:features/>`` for this stream; records what it offers."""
         mode = self.mode
-        self._starttls_offered = False
-        if not self.tls_active and mode != "false" and self.tls_available:
-            self._starttls_offered = True
-            if mode in _TLS_MODES_REQUIRED:
-                parts.append(f"<starttls xmlns='{TLS_NS}'><required/></starttls>")
-            else:
-                parts.append(f"<starttls xmlns='{TLS_NS}'/>")
+        self._starttls_offered = not self.tls_active and mode != "false" and self.tls_available
         self._external_offered = self._external_allowed()
         self._sasl_challenged = False
-        if self._external_offered:
-            parts.append(mechanisms_feature())
         self._bidi_offered = self._bidi_allowed()
-        if self._bidi_offered:
-            parts.append(BIDI_FEATURE.decode())
-        if self.limits is not None:
-            parts.append(limits_bytes(self.limits).decode())
-        if not self._tls_missing():
-            parts.append(f"<dialback xmlns='{DIALBACK_FEATURE_NS}'><errors/></dialback>")
+        dialback = not self._tls_missing()
+        if dialback:
+            # XEP-0198: offered now (dialback never restarts the stream to offer it after
+            # authentication); <enable/> is refused until a pair is authenticated
             self._sm_offered = self._sm_allowed()
-            if self._sm_offered:
-                # XEP-0198: offered now (dialback never restarts the stream to offer it after
-                # authentication); <enable/> is refused until a pair is authenticated
-                parts.append(FEATURE.decode())
-        parts.append("</stream:features>")
-        return "".join(parts).encode()
+        return features_bytes(
+            starttls=self._starttls_offered,
+            starttls_required=mode in TLS_REQUIRED_MODES,
+            external=self._external_offered,
+            bidi=self._bidi_offered,
+            limits=self.limits,
+            dialback=dialback,
+            sm=dialback and self._sm_offered,
+        )
 
     def _on_stanza(self, st: Any) -> list[Action]:
         ns = st.ns
@@ -325,7 +293,7 @@ class IncomingMachine(Machine):
         elif ns == STREAM_NS and st.name == "error":
             self.state = "CLOSING"
             return [SetTimer(seconds=None), Close(condition=None, text="peer sent a stream error")]
-        elif ns == SERVER_NS and st.name in _DATA_STANZAS:
+        elif ns == SERVER_NS and st.name in DATA_STANZAS:
             return self._on_data(st)
         elif ns == SM_NS:
             return self._on_sm(st)
@@ -360,14 +328,8 @@ class IncomingMachine(Machine):
         self.state = "WAIT_HEADER"
         return [self._arm()]
 
-    def _parse_db(self, st: Any):
-        try:
-            return parse_dialback(st.raw)
-        except ValueError as exc:
-            raise RemoteStreamError("bad-format", str(exc)) from exc
-
     def _on_db_result(self, st: Any) -> list[Action]:
-        db = self._parse_db(st)
+        db = read_dialback(st.raw)
         if db.type is not None:
             return [
                 Drop(reason=f"db:result answer type={db.type} on an incoming stream", stanza=st)
@@ -430,7 +392,7 @@ class IncomingMachine(Machine):
 
     def _on_db_verify(self, st: Any) -> list[Action]:
         """Authoritative role: recompute the key we would have generated and answer."""
-        db = self._parse_db(st)
+        db = read_dialback(st.raw)
         if db.type is not None:
             return [
                 Drop(reason=f"db:verify answer type={db.type} on an incoming stream", stanza=st)
@@ -531,142 +493,7 @@ class IncomingMachine(Machine):
         status = self._cert_verdicts.get(domain)
         return bool(status is not None and status.trusted and status.name_matches)
 
-    def _external_allowed(self) -> bool:
-        """Offer EXTERNAL: no pair authenticated on this stream yet, and the certificate the
-        peer presented proves the domain its header claims."""
-        frm = self.peer_from
-        if not frm or self.authorised or self._sasl_attempts >= MAX_ATTEMPTS:
-            return False
-        return self._cert_proves(frm, "sasl_external")
-
-    def _on_sasl(self, st: Any) -> list[Action]:
-        name = st.name
-        if name == "abort" and self._sasl_challenged:
-            self._sasl_challenged = False
-            return [SendBytes(data=failure_bytes("aborted"))]
-        if name == "auth" and not self._sasl_challenged:
-            return self._on_sasl_auth(st)
-        if name == "response" and self._sasl_challenged:
-            self._sasl_challenged = False
-            return self._sasl_authorize(parse_sasl(st.raw).authzid)
-        raise RemoteStreamError(
-            "unsupported-stanza-type", f"<{name} xmlns='{SASL_NS}'> is not expected here"
-        )
-
-    def _on_sasl_auth(self, st: Any) -> list[Action]:
-        if not self._external_offered:
-            return self._sasl_failure("invalid-mechanism", "SASL EXTERNAL was not offered")
-        auth = parse_sasl(st.raw)
-        if (auth.mechanism or "").upper() != EXTERNAL:
-            return self._sasl_failure("invalid-mechanism", f"mechanism {auth.mechanism!r}")
-        if not auth.initial:
-            # RFC 6120 6.4.2: no initial response: an empty challenge asks for it
-            self._sasl_challenged = True
-            return [SendBytes(data=challenge_bytes())]
-        return self._sasl_authorize(auth.authzid)
-
-    def _sasl_failure(self, condition: str, why: str) -> list[Action]:
-        """``<failure/>``: the stream stays as it was (the peer may try dialback); a peer
-        that keeps failing is closed with policy-violation (RFC 6120 6.4.5)."""
-        self._sasl_attempts += 1
-        log.info(
-            "SASL EXTERNAL refused for %s -> %s (%s: %s) id=%s",
-            self.peer_from,
-            self.local,
-            condition,
-            why,
-            self.stream_id,
-        )
-        if self._sasl_attempts > MAX_ATTEMPTS:
-            raise RemoteStreamError("policy-violation", f"{MAX_ATTEMPTS} SASL attempts failed")
-        return [SendBytes(data=failure_bytes(condition))]
-
-    def _sasl_authorize(self, authzid: str | None) -> list[Action]:
-        local, remote = self.local or "", self.peer_from or ""
-        if authzid is None:
-            return self._sasl_failure("incorrect-encoding", "the authzid is not base64 UTF-8")
-        if authzid and authzid.lower() != remote:
-            # XEP-0178 section 2 step 7: the authzid must be the domain the certificate proves
-            return self._sasl_failure("invalid-authzid", f"authzid {authzid!r} is not {remote}")
-        if not self.policy_allows(local, remote):
-            return self._deny(
-                failure_bytes("not-authorized"),
-                f"{remote} is not allowed to federate with {local} (policy)",
-            )
-        self._external_offered = False
-        self.authorised.add((local, remote))
-        # RFC 6120 6.4.6: <success/>, then the stream restarts over the same TLS session (a new
-        # id; the peer sends the new header first)
-        old_id = self.stream_id
-        self.stream_id = new_stream_id()
-        self.header_sent = False
-        self.state = "WAIT_HEADER"
-        log.info("SASL EXTERNAL: %s -> %s authenticated id=%s", remote, local, old_id)
-        return [
-            SendBytes(data=success_bytes()),
-            Authenticated(local=local, remote=remote, direction="in", method="sasl-external"),
-            RestartStream(),
-            self._arm(),
-        ]
-
-    # --- XEP-0198 -------------------------------------------------------------------------------
-
-    def _sm_allowed(self) -> bool:
-        host = self.local or next(iter(sorted(self.hosts)), "")
-        return bool(host) and self.options_for(host).stream_management.enabled
-
-    def _on_sm(self, st: Any) -> list[Action]:
-        name = st.name
-        if name == "enable":
-            if not self._sm_offered:
-                return [SendBytes(data=failed_bytes("feature-not-implemented"))]
-            if not self.authorised or self.sm_in is not None:
-                # XEP-0198 section 3: only after authentication, and only once
-                why = "already enabled" if self.sm_in is not None else "not authenticated yet"
-                return [
-                    SendBytes(data=failed_bytes("unexpected-request")),
-                    Drop(reason=f"<enable/> refused on {self.stream_id}: {why}", stanza=st),
-                ]
-            opts = self.options_for(self.local or next(iter(self.authorised))[0])
-            self.sm_in = SmInbound()
-            self.sm_out = SmOutbound(
-                max_unacked=opts.stream_management.buffer_max,
-                request_every=opts.stream_management.ack_freq,
-            )
-            log.info("stream management enabled on incoming stream %s", self.stream_id)
-            return [SendBytes(data=ENABLED)]
-        if self.sm_in is None or self.sm_out is None:
-            return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> before <enable/>", stanza=st)]
-        if name == "r":
-            ack = self.sm_in.request()
-            return [SendBytes(data=ack)] if ack is not None else []
-        if name == "a":
-            try:
-                count = self.sm_out.ack(parse_ack(st.raw))
-            except HandledCountTooHigh as exc:
-                return self._sm_fail(exc)
-            return [Acked(count=count)] if count else []  # our bidi stanzas (XEP-0288)
-        return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> is not used on S2S", stanza=st)]
-
-    def _sm_fail(self, exc: HandledCountTooHigh) -> list[Action]:
-        """XEP-0198 section 4: undefined-condition with <handled-count-too-high/>, then close."""
-        self.error = exc
-        self.state = "ERROR"
-        return [
-            SendBytes(data=handled_count_too_high_bytes(exc)),
-            SetTimer(seconds=None),
-            Close(condition=None, text=f"stream error undefined-condition: {exc.text}"),
-        ]
-
-    def _on_handled(self, ev: Handled) -> list[Action]:
-        ack = self.sm_in.handled(ev.seq) if self.sm_in is not None else None
-        return [SendBytes(data=ack)] if ack is not None else []
-
-    def _final_ack(self) -> list[Action]:
-        """XEP-0198: our last <a/> goes out before our </stream:stream>."""
-        if self.sm_in is None:
-            return []
-        return [SendBytes(data=self.sm_in.final_ack())]
+    # --- closing -------------------------------------------------------------------------------
 
     def _on_peer_close(self, ev: Any) -> list[Action]:
         return [*self._final_ack(), *self._finish("peer closed the stream")]
@@ -679,9 +506,6 @@ class IncomingMachine(Machine):
         self.state = "CLOSED"
         return [SetTimer(seconds=None)]
 
-    def _ignore(self, ev: Any) -> list[Action]:
-        return []
-
     def close(self, reason: str = "closing") -> list[Action]:
         """We close the stream (shutdown): ``</stream:stream>``, then wait for the peer's."""
         if self.closed:
@@ -692,126 +516,6 @@ class IncomingMachine(Machine):
             actions.append(SendBytes(data=REQUEST))  # bidi: the peer's last <a/> settles the rest
         return [*actions, Close(condition=None, text=reason)]
 
-    # --- XEP-0288: the reverse direction on this stream ------------------------------------
-
-    def _receive_bidi(self, event: Any) -> list[Action]:
-        """:meth:`receive` once the peer asked for bidi (installed on the instance then, so
-        other streams keep the plain dispatch): also tell the router when a pair's reverse
-        direction becomes usable, and hand back what the peer never acknowledged when the
-        stream ends."""
-        actions = Machine.receive(self, event)
-        extra = self._bidi_release("the stream ended") if self.state in self.FINAL else None
-        extra = extra or self._bidi_routes()
-        if extra:
-            return [*actions, *extra]
-        return actions
-
-    def _bidi_allowed(self) -> bool:
-        """Offer bidi: ``[s2s] bidi`` is on, TLS is not still owed, nothing authenticated yet
-        (XEP-0288 section 2.1: offered before and after TLS; requested before authentication)."""
-        if self.bidi or self.authorised or self._tls_missing():
-            return False
-        host = self.local or next(iter(sorted(self.hosts)), "")
-        return bool(host) and self.options_for(host).bidi
-
-    def _on_bidi(self, st: Any) -> list[Action]:
-        if not self._bidi_offered or self.authorised:
-            why = "after authentication" if self.authorised else "without our offer"
-            return [Drop(reason=f"<bidi/> request {why} ignored on {self.stream_id}", stanza=st)]
-        self.bidi = True
-        self.receive = self._receive_bidi  # type: ignore[method-assign]
-        self.peer_limits = parse_request(st.raw)
-        limits = self.peer_limits
-        self.peer_max_bytes = limits.max_bytes if limits is not None else None
-        log.info(
-            "bidirectional stream requested by %s -> %s (XEP-0288) id=%s",
-            self.peer_from,
-            self.local,
-            self.stream_id,
-        )
-        return []
-
-    def _bidi_routes(self) -> list[Action]:
-        """BidiRoute for each pair authenticated since the last call, once our (restarted)
-        stream is open: never before the peer authenticated (XEP-0288 section 2.2)."""
-        if len(self._routed) == len(self.authorised):
-            return []
-        if self.state != "OPEN" or not self.header_sent:
-            return []
-        actions: list[Action] = []
-        for local, remote in sorted(self.authorised - self._routed):
-            self._routed.add((local, remote))
-            log.info(
-                "bidi: %s -> %s now goes over incoming stream %s", local, remote, self.stream_id
-            )
-            actions.append(BidiRoute(local=local, remote=remote))
-        return actions
-
-    def sent(self, raw: bytes) -> list[Action]:
-        """A stanza was just written to this (bidi) stream: with XEP-0198 on it is counted and
-        kept until acknowledged, as on an outgoing stream."""
-        sm = self.sm_out
-        if sm is None:
-            return []
-        actions: list[Action] = []
-        if not sm.unacked:
-            actions.append(SetTimer(seconds=sm.request_after))
-        if sm.record(raw):
-            sm.requested()
-            actions.append(SendBytes(data=REQUEST))
-        return actions
-
-    @property
-    def window_full(self) -> bool:
-        """Whether our unacked window is full (bidi with XEP-0198): the router holds stanzas."""
-        return self.sm_out is not None and self.sm_out.window_full
-
-    def _on_open_timer(self, ev: Any) -> list[Action]:
-        """Negotiating: the step timed out. Authenticated (no step timer any more): our bidi
-        stanzas wait for an ack, so ask (again)."""
-        sm = self.sm_out
-        if not self.authorised:
-            return self._timeout(ev)
-        if sm is None or not sm.unacked:
-            return []
-        sm.requested()
-        return [SendBytes(data=REQUEST), SetTimer(seconds=sm.request_after)]
-
-    def _on_closing_stanza(self, st: Any) -> list[Action]:
-        """While we close: the peer's last <a/> still counts for our bidi stanzas."""
-        if st.ns == SM_NS and st.name == "a" and self.sm_out is not None:
-            return self._on_sm(st)
-        return []
-
     def _on_failure(self, exc: Any) -> list[Action]:
+        """A failing bidi stream hands back what the peer never acknowledged."""
         return self._bidi_release(exc.text or exc.condition)
-
-    def _bidi_release(self, reason: str) -> list[Action]:
-        """The stream is over: what we sent on it and the peer never acknowledged, per pair
-        (once), for the router to resend or bounce."""
-        sm = self.sm_out
-        if sm is None or not sm.unacked or not self._routed:
-            return []
-        raws = sm.take_unacked()
-        by_pair: dict[tuple[str, str], list[bytes]] = {}
-        if len(self._routed) == 1:
-            by_pair[next(iter(self._routed))] = raws
-        else:
-            framer = StreamFramer()
-            framer.feed(
-                b"<stream:stream xmlns='jabber:server' "
-                b"xmlns:stream='http://etherx.jabber.org/streams'>"
-            )
-            for raw in raws:
-                (st,) = framer.feed(raw)
-                by_pair.setdefault((st.from_domain, st.to_domain), []).append(raw)
-        log.warning(
-            "bidi stream %s ended with %d unacknowledged stanza(s): %s",
-            self.stream_id,
-            len(raws),
-            reason,
-        )
-        return [
-            Unacked(local=local, remote=remote, raws=tuple(out), reason=reason)
-            for (local, remote), out in by_pair.items()
-        ]

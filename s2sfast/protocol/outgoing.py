@@ -4,54 +4,49 @@ SASL EXTERNAL when offered (XEP-0178, dialback when it is not or fails), our db:
 
 One machine per outbound stream for one (local, remote) domain pair. Events in: the framer's
 StreamOpen / Stanza / StreamClose, plus TlsUp, TimerFired, VerifyRequest, ConnectionLost.
+
+This module keeps the machine's one transition table, the header, STARTTLS, dialback and the
+failure reporting; each feature's steps are mixins beside it: SASL EXTERNAL in
+s2sfast.protocol.sasl_flow, XEP-0198 in sm_flow, XEP-0288 / XEP-0478 in bidi_flow.
+``Features`` and ``parse_features`` live in s2sfast.protocol.features (re-exported here).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
-from lxml import etree
-
-from s2sfast.limits import MAX_PENDING_RESULTS_PER_STREAM, SM_ACK_TIMEOUT
-from s2sfast.protocol.bidi import offered, request_bytes
+from s2sfast.protocol.bidi import request_bytes
+from s2sfast.protocol.bidi_flow import OutgoingBidi
 from s2sfast.protocol.dialback import (
     DIALBACK_NS,
     PendingVerifications,
     make_key,
-    parse_dialback,
+    read_dialback,
     result_bytes,
     verify_bytes,
 )
 from s2sfast.protocol.errors import (
     STREAM_NS,
-    LocalStreamError,
     RemoteStreamError,
     StreamError,
     parse_stream_error,
 )
 from s2sfast.protocol.events import (
-    Acked,
     Action,
     Authenticated,
     AuthFailed,
     Close,
     Deliver,
     Drop,
-    Handled,
-    RestartStream,
     SendBytes,
     SetTimer,
     StartTls,
-    Unacked,
     VerifyAnswered,
-    VerifyKey,
     VerifyRequest,
-    VerifyResult,
 )
-from s2sfast.protocol.jid import valid_domain
+from s2sfast.protocol.features import TLS_REQUIRED_MODES, Features, parse_features
 from s2sfast.protocol.negotiation import (
-    SERVER_NS,
+    DATA_STANZAS,
     TLS_NS,
     CertChecker,
     Machine,
@@ -59,33 +54,13 @@ from s2sfast.protocol.negotiation import (
     check_version,
     stream_header,
 )
-from s2sfast.protocol.sasl import (
-    EXTERNAL,
-    SASL_NS,
-    auth_bytes,
-    parse_mechanisms,
-    parse_sasl,
-    response_bytes,
-)
-from s2sfast.protocol.sm import (
-    ENABLE,
-    REQUEST,
-    SM_NS,
-    HandledCountTooHigh,
-    SmInbound,
-    SmOutbound,
-    ack_bytes,
-    handled_count_too_high_bytes,
-    parse_ack,
-)
-from s2sfast.protocol.stream_limits import StreamLimits, find_limits
+from s2sfast.protocol.sasl_flow import OutgoingSasl
+from s2sfast.protocol.sm import REQUEST, SM_NS, SmInbound, SmOutbound
+from s2sfast.protocol.sm_flow import OutgoingSm
+from s2sfast.protocol.stream_limits import StreamLimits
 
 __all__ = ["OutgoingMachine", "parse_features", "Features"]
 
-log = logging.getLogger("s2sfast.outgoing")
-
-_REQUIRED = frozenset({"required", "required_trusted"})
-_DATA_STANZAS = frozenset({"message", "presence", "iq"})
 #: a peer closing with one of these may well accept us on a later attempt
 _TRANSIENT_STREAM_ERRORS = frozenset(
     {
@@ -99,62 +74,14 @@ _TRANSIENT_STREAM_ERRORS = frozenset(
 )
 
 
-class Features:
-    """What a ``<stream:features/>`` offered (only the parts S2S cares about)."""
-
-    __slots__ = ("starttls", "starttls_required", "dialback", "sm", "external", "bidi", "limits")
-
-    def __init__(
-        self,
-        *,
-        starttls: bool,
-        starttls_required: bool,
-        dialback: bool,
-        sm: bool = False,
-        external: bool = False,
-        bidi: bool = False,
-        limits: StreamLimits | None = None,
-    ) -> None:
-        self.starttls = starttls
-        self.starttls_required = starttls_required
-        self.dialback = dialback
-        #: SASL EXTERNAL among the ``<mechanisms/>`` (XEP-0178)
-        self.external = external
-        #: XEP-0198 ``<sm xmlns='urn:xmpp:sm:3'/>``
-        self.sm = sm
-        #: XEP-0288 ``<bidi xmlns='urn:xmpp:features:bidi'/>``
-        self.bidi = bidi
-        #: XEP-0478: what the peer accepts on this stream (None: not announced)
-        self.limits = limits
-
-
-def parse_features(raw: bytes) -> Features:
-    """Parse ``<stream:features>`` (control plane, lxml). Children may come in any order.
-
-    Raises:
-        RemoteStreamError: ``bad-format`` when it is not well-formed.
-    """
-    wrapped = b"<w xmlns:stream='" + STREAM_NS.encode() + b"'>" + raw + b"</w>"
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    try:
-        root = etree.fromstring(wrapped, parser)
-    except etree.XMLSyntaxError as exc:
-        raise RemoteStreamError("bad-format", f"malformed stream features: {exc}") from exc
-    features = root[0] if len(root) else root
-    starttls = features.find(f"{{{TLS_NS}}}starttls")
-    return Features(
-        starttls=starttls is not None,
-        starttls_required=starttls is not None
-        and starttls.find(f"{{{TLS_NS}}}required") is not None,
-        dialback=features.find("{urn:xmpp:features:dialback}dialback") is not None,
-        sm=features.find(f"{{{SM_NS}}}sm") is not None,
-        external=EXTERNAL in parse_mechanisms(features),
-        bidi=offered(features),
-        limits=find_limits(features),
+def _verify_error(receiving: str, originating: str, stream_id: str, text: str) -> VerifyAnswered:
+    """The owner's error answer for a verification this stream cannot carry (any longer)."""
+    return VerifyAnswered(
+        receiving=receiving, originating=originating, stream_id=stream_id, type="error", text=text
     )
 
 
-class OutgoingMachine(Machine):
+class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
     """One outbound stream from *local* to *remote*.
 
     Args:
@@ -284,119 +211,6 @@ class OutgoingMachine(Machine):
     def established(self) -> bool:
         return self.state == "ESTABLISHED"
 
-    # --- XEP-0198 ------------------------------------------------------------------------------
-
-    @property
-    def window_full(self) -> bool:
-        """Whether the unacked window is full: hold further stanzas until an ack (Acked)."""
-        return self.sm_out is not None and self.sm_out.window_full
-
-    def sent(self, raw: bytes) -> list[Action]:
-        """A stanza was just written to this stream (the data path calls this directly: no
-        event dispatch per stanza). With XEP-0198 on, it is counted and kept until acked.
-
-        Returns:
-            An ``<r/>`` when the request policy asks for one, and the ack timer when the
-            unacked queue was empty.
-        """
-        sm = self.sm_out
-        if sm is None:
-            return []
-        actions: list[Action] = []
-        if not sm.unacked:
-            actions.append(SetTimer(seconds=sm.request_after))
-        if sm.record(raw):
-            sm.requested()
-            actions.append(SendBytes(data=REQUEST))
-        return actions
-
-    def _on_ack_timer(self, ev: Any) -> list[Action]:
-        """Unacked output for request_after seconds: ask (again) and keep the timer going."""
-        sm = self.sm_out
-        if sm is None or not sm.unacked:
-            return []
-        self._sm_silent = self._sm_silent + 1 if sm.awaiting else 0
-        if self._sm_silent * sm.request_after >= SM_ACK_TIMEOUT:
-            raise LocalStreamError(
-                "connection-timeout", f"no XEP-0198 ack from {self.remote} for {SM_ACK_TIMEOUT:g} s"
-            )
-        sm.requested()
-        return [SendBytes(data=REQUEST), SetTimer(seconds=sm.request_after)]
-
-    def _enable_sm(self) -> list[Action]:
-        """After dialback succeeded (XEP-0198 section 3): <enable/> when the peer offered it.
-
-        Stanzas written from now on are counted: the peer starts its count on reading
-        <enable/>, so they need not wait for <enabled/>.
-        """
-        opts = self.sm_options
-        if opts is None or not self.sm_offered:
-            return []
-        self.sm_out = SmOutbound(max_unacked=opts.buffer_max, request_every=opts.ack_freq)
-        return [SendBytes(data=ENABLE)]
-
-    def _on_sm(self, st: Any) -> list[Action]:
-        name = st.name
-        sm = self.sm_out
-        if sm is None:
-            return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> without <enable/>", stanza=st)]
-        if name == "a":
-            try:
-                count = sm.ack(parse_ack(st.raw))
-            except HandledCountTooHigh as exc:
-                return self._sm_fail(exc)
-            self._sm_silent = 0
-            actions: list[Action] = [Acked(count=count)] if count else []
-            if self.state == "ESTABLISHED":
-                actions.append(SetTimer(seconds=sm.request_after if sm.unacked else None))
-            return actions
-        if name == "enabled":
-            self.sm_in = SmInbound()
-            log.info("stream management enabled on %s -> %s", self.local, self.remote)
-            return []
-        if name == "failed":
-            # the peer counts nothing: what we wrote is as good as on any plain stream
-            count = len(sm.take_unacked())
-            self.sm_out = None
-            log.info("%s refused stream management", self.remote)
-            return [Acked(count=count), SetTimer(seconds=None)]
-        if name == "r":
-            sm_in = self.sm_in
-            return [SendBytes(data=ack_bytes(sm_in.h if sm_in is not None else 0))]
-        return [Drop(reason=f"<{name} xmlns='{SM_NS}'/> is not used on S2S", stanza=st)]
-
-    def _sm_release(self, reason: str) -> list[Action]:
-        """The stream is over: hand back what the peer never acknowledged (once)."""
-        sm, self.sm_out = self.sm_out, None
-        if sm is None or not sm.unacked:
-            return []
-        raws = tuple(sm.take_unacked())
-        log.warning(
-            "%s -> %s: stream ended with %d unacknowledged stanza(s): %s",
-            self.local,
-            self.remote,
-            len(raws),
-            reason,
-        )
-        return [Unacked(local=self.local, remote=self.remote, raws=raws, reason=reason)]
-
-    def _sm_fail(self, exc: HandledCountTooHigh) -> list[Action]:
-        """XEP-0198 section 4: undefined-condition with <handled-count-too-high/>, then close."""
-        self.error = exc
-        self.state = "ERROR"
-        return [
-            SendBytes(data=handled_count_too_high_bytes(exc)),
-            *self._sm_release(exc.text or "handled-count-too-high"),
-            SetTimer(seconds=None),
-            Close(condition=None, text=f"stream error undefined-condition: {exc.text}"),
-        ]
-
-    def _on_closing_stanza(self, st: Any) -> list[Action]:
-        """While we close: the peer's last <a/> still counts (XEP-0198 section 4)."""
-        if st.ns == SM_NS and st.name == "a" and self.sm_out is not None:
-            return self._on_sm(st)
-        return []
-
     def start(self, *, direct_tls: bool = False) -> list[Action]:
         """The connection is up: send our stream header.
 
@@ -446,25 +260,9 @@ class OutgoingMachine(Machine):
                 )
             )
         for originating, receiving, stream_id in self.pending.drain():
-            actions.append(
-                VerifyAnswered(
-                    receiving=receiving,
-                    originating=originating,
-                    stream_id=stream_id,
-                    type="error",
-                    text=text,
-                )
-            )
+            actions.append(_verify_error(receiving, originating, stream_id, text))
         for req in self._verify_queue:
-            actions.append(
-                VerifyAnswered(
-                    receiving=req.receiving,
-                    originating=req.originating,
-                    stream_id=req.stream_id,
-                    type="error",
-                    text=text,
-                )
-            )
+            actions.append(_verify_error(req.receiving, req.originating, req.stream_id, text))
         self._verify_queue.clear()
         return actions
 
@@ -495,7 +293,7 @@ class OutgoingMachine(Machine):
             if offered and want:
                 self.state = "WAIT_PROCEED"
                 return [SendBytes(data=f"<starttls xmlns='{TLS_NS}'/>".encode()), self._arm()]
-            if self.mode in _REQUIRED:
+            if self.mode in TLS_REQUIRED_MODES:
                 raise RemoteStreamError(
                     "policy-violation",
                     f"{self.remote} does not offer STARTTLS but use_starttls={self.mode}",
@@ -511,18 +309,8 @@ class OutgoingMachine(Machine):
         self.sm_offered = features is not None and features.sm
         if self._sasl == "done":  # the features of the stream restarted after SASL success
             return self._established("sasl-external")
-        if (
-            self.sasl_external
-            and self.tls_active
-            and self._sasl is None
-            and features is not None
-            and features.external
-        ):
-            # XEP-0178 section 2 step 6: our domain as the authorization identity
-            self._sasl = "pending"
-            self._features = features
-            self.state = "WAIT_SASL"
-            return [SendBytes(data=auth_bytes(self.local)), self._arm()]
+        if self._sasl_due(features):
+            return self._start_sasl(features)
         return self._dialback()
 
     def _dialback(self) -> list[Action]:
@@ -554,42 +342,6 @@ class OutgoingMachine(Machine):
             actions.extend(self._send_verify(req))
         return actions
 
-    def _on_sasl(self, st: Any) -> list[Action]:
-        """SASL EXTERNAL's outcome: success restarts the stream (RFC 6120 6.4.6), failure falls
-        back to dialback when the peer offered it."""
-        if st.ns == STREAM_NS and st.name == "error":
-            return self._peer_error(st)
-        name = st.name if st.ns == SASL_NS else None
-        if name == "challenge":  # we sent an initial response; a server may still ask again
-            return [SendBytes(data=response_bytes(self.local)), self._arm()]
-        if name == "success":
-            self._sasl = "done"
-            self.header_sent = True
-            self.state = "WAIT_HEADER"
-            log.info(
-                "SASL EXTERNAL %s -> %s succeeded id=%s", self.local, self.remote, self.stream_id
-            )
-            return [RestartStream(), SendBytes(data=self._header()), self._arm()]
-        if name != "failure":
-            raise RemoteStreamError(
-                "unsupported-stanza-type", f"expected a SASL outcome, got <{st.name}>"
-            )
-        self._sasl = "failed"
-        self.sasl_failure = parse_sasl(st.raw).condition or "failure"
-        if self._features is None or not self._features.dialback:
-            raise RemoteStreamError(
-                "not-authorized",
-                f"{self.remote} refused SASL EXTERNAL ({self.sasl_failure}) and offers no dialback",
-            )
-        log.info(
-            "SASL EXTERNAL %s -> %s failed (%s): falling back to dialback id=%s",
-            self.local,
-            self.remote,
-            self.sasl_failure,
-            self.stream_id,
-        )
-        return self._dialback()
-
     def _on_proceed(self, st: Any) -> list[Action]:
         if st.ns == TLS_NS and st.name == "proceed":
             self.state = "TLS_PENDING"
@@ -618,10 +370,7 @@ class OutgoingMachine(Machine):
 
     def _on_stanza(self, st: Any) -> list[Action]:
         if st.ns == DIALBACK_NS:
-            try:
-                db = parse_dialback(st.raw)
-            except ValueError as exc:
-                raise RemoteStreamError("bad-format", str(exc)) from exc
+            db = read_dialback(st.raw)
             if db.kind == "result":
                 return self._on_result(db, st)
             return self._on_verify_answer(db, st)
@@ -636,121 +385,11 @@ class OutgoingMachine(Machine):
             Drop(reason=f"<{st.name}> on an outbound stream is not expected", stanza=st)
         ]
         sm_in = self.sm_in
-        if sm_in is not None and st.name in ("message", "presence", "iq"):
+        if sm_in is not None and st.name in DATA_STANZAS:
             ack = sm_in.handled(sm_in.receive())  # dropped is handled
             if ack is not None:
                 actions.append(SendBytes(data=ack))
         return actions
-
-    # --- XEP-0288 and XEP-0478 ------------------------------------------------------------------
-
-    def _note_limits(self, features: Features | None) -> None:
-        """The peer's limits hold until its next features (XEP-0478 section 4)."""
-        if features is None:
-            return
-        self.peer_limits = features.limits
-        self.peer_max_bytes = features.limits.max_bytes if features.limits is not None else None
-
-    def _bidi_due(self, features: Features | None) -> bool:
-        """Ask for bidi once: offered, wanted, and no authentication started yet."""
-        if self.bidi or not self.bidi_wanted or features is None or not features.bidi:
-            return False
-        if self._sasl is not None:
-            return False
-        self.bidi = True
-        log.info("requesting a bidirectional stream %s -> %s (XEP-0288)", self.local, self.remote)
-        return True
-
-    def _reverse_allowed(self, st: Any) -> bool:
-        """A stanza from the peer on our bidi stream: only for the inverse of our pair (what we
-        authenticated: the peer sends from *remote* to *local*, XEP-0288 section 2.2)."""
-        if st.name not in _DATA_STANZAS or st.ns != SERVER_NS or st.to_domain != self.local:
-            return False
-        frm = st.from_domain
-        return frm == self.remote or (self.local, frm) in self.reverse_pairs
-
-    def _on_reverse_request(self, db: Any, st: Any) -> list[Action]:
-        """XEP-0288 section 2.2: on a bidi stream the peer may authenticate another of its
-        domains towards ours by dialback; we are the receiving server and ask that domain's
-        authoritative server (never on this stream), answering with XEP-0220 errors."""
-        if not self.bidi or self.state != "ESTABLISHED":
-            return [Drop(reason="db:result request on an outbound stream", stanza=st)]
-        local, originating = db.to.lower(), db.from_.lower()
-
-        def error(condition: str) -> list[Action]:
-            log.info(
-                "dialback request %s -> %s on bidi stream %s refused: %s",
-                originating,
-                local,
-                self.stream_id,
-                condition,
-            )
-            answer = result_bytes(
-                from_=local or self.local, to=originating, type="error", error_condition=condition
-            )
-            return [SendBytes(data=answer)]
-
-        if local != self.local:
-            return error("item-not-found")  # XEP-0220 section 2.4: not a domain of ours here
-        if not valid_domain(originating) or not db.key:
-            return error("bad-request")
-        if self.policy_allows is not None and not self.policy_allows(local, originating):
-            return error("policy-violation")
-        if originating in self._reverse_pending:
-            return [Drop(reason=f"dialback request for {originating} already pending", stanza=st)]
-        if len(self._reverse_pending) >= MAX_PENDING_RESULTS_PER_STREAM:
-            return error("resource-constraint")
-        self._reverse_pending.add(originating)
-        self.reverse_requests += 1
-        return [
-            VerifyKey(
-                receiving=local,
-                originating=originating,
-                stream_id=self.stream_id or "",
-                key=db.key,
-            )
-        ]
-
-    def _on_reverse_verified(self, ev: VerifyResult) -> list[Action]:
-        originating = ev.originating
-        if (
-            ev.stream_id != self.stream_id
-            or ev.receiving != self.local
-            or originating not in self._reverse_pending
-        ):
-            return [Drop(reason=f"unexpected verify result for {originating} on {ev.stream_id}")]
-        self._reverse_pending.discard(originating)
-        if ev.type == "valid":
-            self.reverse_pairs.add((self.local, originating))
-            log.info(
-                "bidi: %s -> %s authenticated by dialback on our stream %s",
-                originating,
-                self.local,
-                self.stream_id,
-            )
-            answer = result_bytes(from_=self.local, to=originating, type="valid")
-        elif ev.type == "invalid":
-            answer = result_bytes(from_=self.local, to=originating, type="invalid")
-        else:
-            answer = result_bytes(
-                from_=self.local,
-                to=originating,
-                type="error",
-                error_condition="remote-server-not-found",
-            )
-        return [SendBytes(data=answer)]
-
-    def _bidi_final_ack(self) -> list[Action]:
-        """XEP-0198 on a bidi stream: our last <a/> for the peer's stanzas before we close."""
-        if not self.bidi or self.sm_in is None or self.state != "ESTABLISHED":
-            return []
-        return [SendBytes(data=self.sm_in.final_ack())]
-
-    def _on_handled(self, ev: Handled) -> list[Action]:
-        """XEP-0198 on a bidi stream: an inbound stanza we delivered has been handled."""
-        sm_in = self.sm_in
-        ack = sm_in.handled(ev.seq) if sm_in is not None else None
-        return [SendBytes(data=ack)] if ack is not None else []
 
     def _on_result(self, db: Any, st: Any) -> list[Action]:
         if db.type is None:
@@ -797,12 +436,11 @@ class OutgoingMachine(Machine):
     def _on_verify_request(self, req: VerifyRequest) -> list[Action]:
         if self.state == "CLOSING" or self._failed_reported:
             return [
-                VerifyAnswered(
-                    receiving=req.receiving,
-                    originating=req.originating,
-                    stream_id=req.stream_id,
-                    type="error",
-                    text="the stream to the authoritative server is closing",
+                _verify_error(
+                    req.receiving,
+                    req.originating,
+                    req.stream_id,
+                    "the stream to the authoritative server is closing",
                 )
             ]
         if self.state in ("AUTHENTICATING", "ESTABLISHED"):
@@ -816,15 +454,7 @@ class OutgoingMachine(Machine):
                 originating=req.originating, receiving=req.receiving, stream_id=req.stream_id
             )
         except OverflowError as exc:
-            return [
-                VerifyAnswered(
-                    receiving=req.receiving,
-                    originating=req.originating,
-                    stream_id=req.stream_id,
-                    type="error",
-                    text=str(exc),
-                )
-            ]
+            return [_verify_error(req.receiving, req.originating, req.stream_id, str(exc))]
         return [
             SendBytes(
                 data=verify_bytes(
@@ -872,9 +502,6 @@ class OutgoingMachine(Machine):
         actions += self._sm_release(ev.reason)
         self.state = "CLOSED"
         return [*actions, SetTimer(seconds=None)]
-
-    def _ignore(self, ev: Any) -> list[Action]:
-        return []
 
     def close(self, reason: str = "closing") -> list[Action]:
         """We close the stream (shutdown or idle): ``</stream:stream>``, wait for the peer's."""

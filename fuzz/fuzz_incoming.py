@@ -42,6 +42,10 @@ with atheris.instrument_imports(
         "s2sfast.protocol.outgoing",
         "s2sfast.protocol.negotiation",
         "s2sfast.protocol.dialback",
+        "s2sfast.protocol.features",
+        "s2sfast.protocol.sasl_flow",
+        "s2sfast.protocol.sm_flow",
+        "s2sfast.protocol.bidi_flow",
     ]
 ):
     from s2sfast.protocol import dialback, events, incoming, negotiation, outgoing  # noqa: E402

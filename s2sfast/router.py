@@ -137,7 +137,7 @@ class OutboundLink:
         """The pending queue is past its hold mark: sources should wait."""
         queue = self.queue
         budget = queue.budget
-        limit = budget.share() if budget is not None else queue.max_bytes
+        limit = budget.current_share if budget is not None else queue.max_bytes
         return queue.nbytes > min(limit // 2, PENDING_HOLD_BYTES)
 
     def hold_source(self, source: Any) -> None:

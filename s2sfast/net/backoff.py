@@ -137,10 +137,16 @@ class PendingBudget:
         self.used = 0
         #: queues holding at least one item
         self.waiting = 0
+        #: what one domain's queue may hold now (kept current: read for every stanza queued)
+        self.current_share = total
 
     def share(self) -> int:
         """What one domain's queue may hold now."""
-        return max(self.total // max(1, self.waiting), self.min_share)
+        return self.current_share
+
+    def _waiting(self, delta: int) -> None:
+        self.waiting += delta
+        self.current_share = max(self.total // max(1, self.waiting), self.min_share)
 
 
 def _default_size(item: object) -> int:
@@ -209,11 +215,11 @@ class PendingQueue(Generic[T]):
         if budget is not None:
             if budget.used + size > budget.total:
                 raise QueueFull(f"the node's pending budget is full ({budget.total} bytes)")
-            share = budget.share()
+            share = budget.current_share
             if self._bytes + size > share:
                 raise QueueFull(f"this domain's share of the pending budget is full ({share} B)")
             if not self._items:
-                budget.waiting += 1
+                budget._waiting(1)
             budget.used += size
         self._items.append((now, size, item))
         self._bytes += size
@@ -226,7 +232,7 @@ class PendingQueue(Generic[T]):
         if self._items:
             now = min(now, self._items[0][0])
         elif self.budget is not None:
-            self.budget.waiting += 1
+            self.budget._waiting(1)
         for item in reversed(items):
             size = self._size(item)
             self._items.appendleft((now, size, item))
@@ -240,7 +246,7 @@ class PendingQueue(Generic[T]):
         if budget is not None:
             budget.used -= size
             if not self._items:
-                budget.waiting -= 1
+                budget._waiting(-1)
 
     def expired(self, now: float, deadline: float | None = None) -> list[T]:
         """Remove and return (oldest first) the items that have waited *deadline* seconds or more.

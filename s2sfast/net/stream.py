@@ -121,6 +121,8 @@ class BufferedWriter(asyncio.Protocol):
         #: stanzas never left the process); bounded to about two high-water marks
         self._recent: deque[bytes] = deque()
         self._recent_size = 0
+        #: whether _recent is kept (not needed once XEP-0198 keeps every stanza until acked)
+        self._track_recent = True
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -161,7 +163,8 @@ class BufferedWriter(asyncio.Protocol):
             return
         if self._wpaused and not force:
             return  # resume_writing flushes
-        self._remember(self._wbuf)
+        if self._track_recent:
+            self._remember(self._wbuf, self._wbuf_size)
         data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
         self._wbuf.clear()
         self._wbuf_size = 0
@@ -170,10 +173,10 @@ class BufferedWriter(asyncio.Protocol):
     def _emit(self, data: bytes) -> None:  # pragma: no cover - subclasses
         raise NotImplementedError
 
-    def _remember(self, chunks: list[bytes]) -> None:
+    def _remember(self, chunks: list[bytes], nbytes: int) -> None:
         recent = self._recent
         recent.extend(chunks)
-        size = self._recent_size + sum(map(len, chunks))
+        size = self._recent_size + nbytes
         while size > 2 * _HIGH_WATER and len(recent) > 1:
             size -= len(recent.popleft())
         self._recent_size = size
@@ -695,8 +698,9 @@ class XmlStream(BufferedWriter):
         self._queue(raw)
         sent = self._sent
         if sent is not None:
-            if self.machine.sm_out is not None:
+            if self.machine.sm_out is not None and not self._counted:
                 self._counted = True
+                self._track_recent = False
             actions = sent(raw)
             if actions:
                 self._perform(actions)
@@ -715,8 +719,9 @@ class XmlStream(BufferedWriter):
         sent = self._sent
         if sent is None:
             return
-        if self.machine.sm_out is not None:
+        if self.machine.sm_out is not None and not self._counted:
             self._counted = True
+            self._track_recent = False
         for raw in raws:
             actions = sent(raw)
             if actions:

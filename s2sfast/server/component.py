@@ -131,8 +131,7 @@ class ComponentConnection(BufferedWriter):
             return
         router = self._server.router
         for event in events:
-            if machine.closed:
-                break
+            # OPEN is not closed: the common case skips the machine's closed property
             if router is not None and type(event) is Stanza and machine.state == "OPEN":
                 # the data path: checked from the framer's fields, routed as the framed bytes
                 try:
@@ -141,6 +140,8 @@ class ComponentConnection(BufferedWriter):
                     self._perform(machine.fail(exc))
                     break
                 self._route(router, event)
+            elif machine.closed:
+                break
             else:
                 self._perform(machine.receive(event))
 

@@ -211,3 +211,31 @@ async def test_peer_back_up_mid_backoff_connects_and_resets_the_delay():
         assert server is not None
         server.close()
         await server.wait_closed()
+
+
+def test_pending_budget_is_node_wide_with_a_fair_share_per_domain() -> None:
+    from s2sfast.net.backoff import PendingBudget
+
+    budget = PendingBudget(total=1000, min_share=300)
+    a: PendingQueue[bytes] = PendingQueue(budget=budget)
+    b: PendingQueue[bytes] = PendingQueue(budget=budget)
+    a.push(b"x" * 600, 0.0)  # alone, a domain may take more than its later share
+    assert (budget.used, budget.waiting, budget.share()) == (600, 1, 1000)
+    b.push(b"y" * 300, 0.0)  # two waiting: each may hold max(1000 / 2, 300) = 500
+    assert budget.share() == 500
+    with pytest.raises(QueueFull):
+        b.push(b"y" * 201, 0.0)  # past b's share
+    with pytest.raises(QueueFull):
+        a.push(b"x", 0.0)  # a is over the new share: it waits for its stream, queues no more
+    assert [len(i) for i in a.drain()] == [600]
+    assert (budget.used, budget.waiting, budget.share()) == (300, 1, 1000)
+    b.push(b"z" * 700, 1.0)  # the whole budget is b's again
+    with pytest.raises(QueueFull, match="node's pending budget"):
+        a.push(b"x", 1.0)
+    assert [len(i) for i in b.expired(62.0)] == [300, 700]
+    assert (budget.used, budget.waiting) == (0, 0)
+    # a dead stream's unsent stanzas go back first, even past the bounds (they were accepted)
+    a.push(b"n" * 10, 2.0)
+    a.push_front([b"o" * 990, b"p" * 5], 3.0)
+    assert [i[:1] for i in a.take(3)] == [b"o", b"p", b"n"]
+    assert (budget.used, budget.waiting) == (0, 0)

@@ -28,6 +28,7 @@ __all__ = [
     "PENDING_BUDGET",
     "PENDING_MIN_SHARE",
     "PENDING_HOLD_BYTES",
+    "MAX_SERVED_PAIRS",
     "SM_MAX_UNACKED",
     "SM_ACK_EVERY",
     "SM_ACK_AFTER",
@@ -149,6 +150,13 @@ PENDING_MIN_SHARE = 4 * 1024 * 1024
 #: what absorbs the reads already under way from every source and domain, so a peer restart
 #: costs the senders a pause, not bounces.
 PENDING_HOLD_BYTES = 1024 * 1024
+
+#: (local, remote) pairs the router remembers as once authenticated, so that a refusal of one of
+#: them (a restarting peer answering host-unknown until its components are back) is retried
+#: within the pending deadline instead of bouncing the queue. ~100 bytes each: 100,000 pairs
+#: cost ~10 MiB, beyond the pair count of any federation this node serves; past it, new pairs
+#: are simply not remembered (their refusals bounce at once, as before).
+MAX_SERVED_PAIRS = 100_000
 
 
 def pre_auth_limit(max_stanza_size: int | None) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 from s2sfast.config import Config, S2SOptions
 from s2sfast.framing import Stanza, StreamFramer
-from s2sfast.limits import MAX_PENDING_VERIFICATIONS, PENDING_HOLD_BYTES
+from s2sfast.limits import MAX_PENDING_VERIFICATIONS, MAX_SERVED_PAIRS, PENDING_HOLD_BYTES
 from s2sfast.net.backoff import (
     DEFAULT_INITIAL_DELAY,
     DEFAULT_PENDING_DEADLINE,
@@ -245,6 +245,9 @@ class Router:
         self.metrics: Any = None
         self.closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: (local, remote) pairs an outbound stream of ours has authenticated since start: a
+        #: refusal of one of them is taken as the peer restarting, retried within the deadline
+        self._served: set[tuple[str, str]] = set()
         #: XEP-0198: senders waiting for an ack to open a stream's unacked window
         self._sm_waiters: dict[XmlStream, asyncio.Future[None]] = {}
 
@@ -836,6 +839,8 @@ class Router:
             if stream.direction == "out" and link is not None:
                 self._keep_peer_awake(stream)
                 link.established = True
+                if len(self._served) < MAX_SERVED_PAIRS:
+                    self._served.add((link.local, link.remote))
                 if link.expiry_timer is not None:
                     link.expiry_timer.cancel()
                     link.expiry_timer = None
@@ -860,7 +865,12 @@ class Router:
             )
             link = stream.link
             if link is not None and link.stream is stream:
-                if action.retry:
+                # a peer that accepted this very pair before and refuses it now is most likely
+                # restarting (its components reconnect after it, so for a while it answers
+                # host-unknown for their domains): queue, don't bounce, and try again after the
+                # back-off; the pending deadline still bounds the wait
+                known = (link.local, link.remote) in self._served
+                if action.retry or known:
                     self._link_retry(link, action.condition, action.text)
                 else:
                     self._link_failed(link, action.condition, action.text)

@@ -91,13 +91,6 @@ async def test_sigkill_peer_mid_burst_then_restart(tmp_path: Path, sm: str) -> N
 COMPONENT_LATE = 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: a restarted peer refuses A's stream for the component's domain with "
-    "host-unknown until the component reconnects, and A takes that as final: its whole queue "
-    "bounces with remote-server-not-found (thousands), though resend is on and the component "
-    "is back seconds later",
-)
 async def test_sigkill_peer_whose_component_reconnects_late(tmp_path: Path) -> None:
     """As above with resend on, but B's component connects COMPONENT_LATE seconds after B is
     back: A must keep what waits for the component's domain (queue, don't bounce) and deliver

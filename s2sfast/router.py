@@ -1067,9 +1067,13 @@ class Router:
         pending = [s.closed for s in streams if not s.closed.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
-        for stream in streams:
-            if not stream.closed.done():
-                _abort_quietly(stream)
+        aborted = [s for s in streams if not s.closed.done()]
+        for stream in aborted:
+            _abort_quietly(stream)
+        if aborted:
+            # connection_lost comes a loop turn later: wait for it, so that what those streams
+            # still held is requeued or bounced while the local routes (components) are open
+            await asyncio.wait([s.closed for s in aborted], timeout=1.0)
 
 
 def _abort_quietly(stream: XmlStream) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -74,17 +75,31 @@ MAX_QUEUE = DEFAULT_PENDING_MAX_STANZAS
 _HEADER = stream_header(from_=None, to=None)
 
 
+#: one framer per thread, already past a stream header, for stanza_from_bytes: a fresh framer
+#: and header per call cost 1.9 us of Node.send's time, a reused one 0.26 us (timeit, 200 B)
+_reusable = threading.local()
+
+
 def stanza_from_bytes(raw: bytes) -> Stanza:
     """Frame one stanza's bytes (to read its to/from/type without building a tree).
 
     Raises:
-        ValueError: *raw* is not exactly one well-formed stanza.
+        ValueError: *raw* is not exactly one complete stanza.
+        FramingError: the framer refuses the bytes (not well-formed, restricted XML, ...).
     """
-    framer = StreamFramer()
-    framer.feed(_HEADER)
+    framer = getattr(_reusable, "framer", None)
+    if framer is None:
+        framer = StreamFramer()
+        framer.feed(_HEADER)
+    _reusable.framer = None  # taken: a failure below leaves it out (its state is unknown)
     events = framer.feed(raw)
-    if len(events) != 1 or not isinstance(events[0], Stanza):
+    if (
+        len(events) != 1
+        or not isinstance(events[0], Stanza)
+        or (len(events[0].raw) != len(raw) and events[0].raw != raw.strip())
+    ):
         raise ValueError("expected exactly one complete stanza")
+    _reusable.framer = framer  # exactly one whole stanza: the framer is between stanzas again
     return events[0]
 
 

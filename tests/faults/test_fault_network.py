@@ -158,11 +158,10 @@ async def test_peer_that_stops_reading(tmp_path: Path, sm: str) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 15: stanzas lost on SIGTERM with a stalled peer, two ways by timing: "
-    "Router.close_all aborts the stalled stream without waiting for its connection_lost and "
-    "Daemon.stop closes the component streams first, so the bounces of its unacknowledged and "
-    "queued stanzas find no component; or A closes the component stream with the component's "
-    "last stanzas unread (RST), neither handled nor bounced (4,500-9,300 lost a run)",
+    reason="issue 15: A closes its component stream on SIGTERM with the component's last "
+    "stanzas unread in the socket (the component sees an RST after </stream:stream>): they "
+    "are neither handled nor bounced (4,000-9,300 lost a run; the other loss, bounces made "
+    "after the component streams closed, is fixed by 2fafdb2)",
 )
 async def test_sigterm_while_the_peer_stops_reading(tmp_path: Path) -> None:
     """A gets SIGTERM while its stream to B is stalled with a backlog: A exits 0 without a

@@ -186,16 +186,17 @@ class BufferedWriter(asyncio.Protocol):
         return self.transport.get_write_buffer_size()
 
     def _never_sent(self) -> list[bytes]:
-        """The stanzas whose bytes are all still in the transport's buffer (never reached the
-        kernel, so never the peer), oldest first; a stanza only partly there is not claimed."""
+        """The stanzas with bytes still in the transport's buffer, oldest first, for a caller
+        about to abort the connection: what is wholly there never reached the peer, and the one
+        only partly there reached it without its tail, so the peer never gets it whole either."""
         if self.transport is None:
             return []
         left = self._unsent_bytes()
         out: list[bytes] = []
         for chunk in reversed(self._recent):
-            left -= len(chunk)
-            if left < 0:
+            if left <= 0:
                 break
+            left -= len(chunk)
             if is_stanza(chunk):
                 out.append(chunk)
         out.reverse()

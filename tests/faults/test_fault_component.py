@@ -33,13 +33,6 @@ FLOOD = float(os.environ.get("S2SFAST_FAULT_FLOOD", "20"))
 FLOOD_BYTES = 600 * 1024 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: B disconnects the stuck component by aborting its connection with a "
-    "stanza half written into the socket: that stanza is neither delivered nor bounced (1 lost "
-    "a run; until 00:05 UTC also every service-unavailable reply for the gone component's "
-    "domain was dropped as 'not routable')",
-)
 async def test_component_that_stops_reading(tmp_path: Path) -> None:
     async with running_pair(tmp_path, "stuck") as (pair, a, b, ledger):
         b.pause()  # B's component reads nothing from here on
@@ -106,11 +99,6 @@ async def test_component_that_stops_reading(tmp_path: Path) -> None:
         assert clean_exit(pair.a) + clean_exit(pair.b) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: on SIGTERM B aborts the stuck component's connection with a stanza half "
-    "written into the socket; that stanza is neither delivered nor bounced (1 lost a run)",
-)
 async def test_sigterm_while_the_component_is_stuck(tmp_path: Path) -> None:
     """B gets SIGTERM while its component has read nothing for a few seconds of flood: B exits
     0 without a traceback; the component reads what reached its socket, B starts again, and

@@ -241,6 +241,17 @@ SM_SETTINGS: dict[str, dict[str, bool]] = {
 }
 #: and without XEP-0198 (what a peer that does not offer it leaves us with)
 SM_OFF: dict[str, bool] = {"enabled": False}
+#: every setting a crash or reset scenario runs with: XEP-0198 both ways, and without it
+SM_AND_OFF: dict[str, dict[str, bool]] = {**SM_SETTINGS, "sm-off": SM_OFF}
+
+#: stanzas per burst and their rate (the issue's run: 20,000 at 8,000/s; smaller by default so
+#: the suite stays short on a small machine - raise them with the environment)
+N = int(os.environ.get("S2SFAST_FAULT_N", "6000"))
+RATE = float(os.environ.get("S2SFAST_FAULT_RATE", "4000"))
+#: without XEP-0198, stanzas the sender wrote up to this many seconds after the fault may have
+#: gone into the dead stream before the daemon saw it die (what cannot be known); anything later
+#: must be delivered or bounced
+IN_FLIGHT = 0.2
 
 
 def sm_configurable() -> bool:

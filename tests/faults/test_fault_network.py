@@ -14,9 +14,12 @@ import pytest
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
 
 from fault_harness import (  # noqa: E402
+    IN_FLIGHT,
+    RATE,
     RSS_LIMIT,
-    SM_OFF,
+    SM_AND_OFF,
     SM_SETTINGS,
+    N,
     SendStats,
     clean_exit,
     exit_codes,
@@ -29,19 +32,11 @@ from fault_harness import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-N = int(os.environ.get("S2SFAST_FAULT_N", "6000"))
-RATE = float(os.environ.get("S2SFAST_FAULT_RATE", "4000"))
-SETTINGS = {**SM_SETTINGS, "sm-off": SM_OFF}
-#: without XEP-0198, stanzas the sender wrote up to this many seconds after the fault may have
-#: gone into the dead stream before the daemon saw it die (what cannot be known); anything later
-#: must be delivered or bounced
-IN_FLIGHT = 0.2
 
-
-@pytest.mark.parametrize("sm", list(SETTINGS))
+@pytest.mark.parametrize("sm", list(SM_AND_OFF))
 async def test_tcp_reset_in_the_middle_of_a_tls_record(tmp_path: Path, sm: str) -> None:
     prefix = f"rst{sm[3]}"
-    async with running_pair(tmp_path, prefix, sm=SETTINGS[sm], via_proxy=True) as (
+    async with running_pair(tmp_path, prefix, sm=SM_AND_OFF[sm], via_proxy=True) as (
         pair,
         a,
         b,
@@ -81,7 +76,7 @@ async def test_tcp_reset_in_the_middle_of_a_tls_record(tmp_path: Path, sm: str) 
             assert late == [], f"{len(late)} lost after the reset: {late[:20]}; {result.line()}"
         else:
             assert result.missing == 0, result.line()
-        if SETTINGS[sm].get("resend"):
+        if SM_AND_OFF[sm].get("resend"):
             assert result.bounced == 0, result.line()
             assert result.delivered == N, result.line()
         assert (code_a, code_b) == (0, 0)

@@ -5,7 +5,6 @@ bounced back to A - none vanishes - and with XEP-0198 resend on, every one is de
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,11 @@ import pytest
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
 
 from fault_harness import (  # noqa: E402
-    SM_OFF,
+    IN_FLIGHT,
+    RATE,
+    SM_AND_OFF,
     SM_SETTINGS,
+    N,
     SendStats,
     clean_exit,
     exit_codes,
@@ -28,23 +30,11 @@ from fault_harness import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-#: stanzas per burst and their rate (the issue's run: 20,000 at 8,000/s; smaller by default so
-#: the suite stays short on a small machine - raise them with the environment)
-N = int(os.environ.get("S2SFAST_FAULT_N", "6000"))
-RATE = float(os.environ.get("S2SFAST_FAULT_RATE", "4000"))
 
-
-SETTINGS = {**SM_SETTINGS, "sm-off": SM_OFF}
-#: without XEP-0198, stanzas the sender wrote up to this many seconds after the crash may have
-#: gone into the dead stream before the daemon saw it die (what cannot be known); anything later
-#: must be delivered or bounced
-IN_FLIGHT = 0.2
-
-
-@pytest.mark.parametrize("sm", list(SETTINGS))
+@pytest.mark.parametrize("sm", list(SM_AND_OFF))
 async def test_sigkill_peer_mid_burst_then_restart(tmp_path: Path, sm: str) -> None:
     prefix = f"kill{sm[3]}"
-    async with running_pair(tmp_path, prefix, sm=SETTINGS[sm]) as (pair, a, b, ledger):
+    async with running_pair(tmp_path, prefix, sm=SM_AND_OFF[sm]) as (pair, a, b, ledger):
         stats = SendStats()
         sender = asyncio.create_task(send_burst(a, n=N, rate=RATE, stats=stats))
         # part way: a quarter of the burst has reached B's component
@@ -78,7 +68,7 @@ async def test_sigkill_peer_mid_burst_then_restart(tmp_path: Path, sm: str) -> N
             assert late == [], f"{len(late)} lost after the crash: {late[:20]}; {result.line()}"
         else:
             assert result.missing == 0, result.line()
-        if SETTINGS[sm].get("resend"):
+        if SM_AND_OFF[sm].get("resend"):
             # queue and resend across the restart: nothing bounces, everything arrives
             assert result.bounced == 0, result.line()
             assert result.delivered == N, result.line()

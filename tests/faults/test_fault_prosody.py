@@ -24,6 +24,7 @@ pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built"
 import servers  # noqa: E402  (tests/interop/servers: Prosody as a throw-away peer)
 from daemon_helpers import free_port  # noqa: E402
 from fault_harness import (  # noqa: E402
+    IN_FLIGHT,
     CountingComponent,
     FaultDaemon,
     Ledger,
@@ -44,7 +45,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.interop]
 
 N = int(os.environ.get("S2SFAST_FAULT_PROSODY_N", "3000"))
 RATE = float(os.environ.get("S2SFAST_FAULT_PROSODY_RATE", "2000"))
-IN_FLIGHT = 0.2
 
 #: mod_smacks on b.test with S2S stream management (Prosody refuses a second global
 #: modules_enabled, so the host gets the template's list plus "smacks")

@@ -19,7 +19,9 @@ pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built"
 
 from daemon_helpers import ROOT, free_port  # noqa: E402
 from fault_harness import (  # noqa: E402
+    RATE,
     SM_SETTINGS,
+    N,
     SendStats,
     clean_exit,
     exit_codes,
@@ -33,9 +35,6 @@ from fault_harness import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
-
-N = int(os.environ.get("S2SFAST_FAULT_N", "6000"))
-RATE = float(os.environ.get("S2SFAST_FAULT_RATE", "4000"))
 
 
 @pytest.mark.parametrize("sm", list(SM_SETTINGS))

@@ -23,7 +23,7 @@ from typing import Any
 from s2sfast.config.service import ListenService
 from s2sfast.framing import Stanza
 from s2sfast.limits import COMPONENT_STALL_TIMEOUT, HIGH_WATER, LOW_WATER, MAX_QUEUE_BYTES
-from s2sfast.net.stream import BufferedWriter
+from s2sfast.net.writer import BufferedWriter
 from s2sfast.protocol.component import (
     _CONTENT_NS,
     COMPONENT_NS,

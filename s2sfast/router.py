@@ -15,6 +15,11 @@ except the bounces it makes. Every hop is bounded: a destination that is congest
 or component whose peer reads slower than we write, or a pending queue past its mark) stops
 its sources being read (``hold_source``) until it drains, and refuses past its bound, which
 bounces the stanza with resource-constraint.
+
+The Router keeps the routing table and the forwarding path; its collaborators in
+:mod:`s2sfast.routing` each do one job: ``links`` (outbound link lifecycle), ``bidi``
+(XEP-0288 links, XEP-0478 limits), ``verifier`` (dialback verify brokering) and ``sm``
+(XEP-0198 glue).
 """
 
 from __future__ import annotations
@@ -29,22 +34,16 @@ from typing import Any
 
 from s2sfast.config import Config, S2SOptions
 from s2sfast.framing import Stanza, StreamFramer
-from s2sfast.limits import MAX_PENDING_VERIFICATIONS, MAX_SERVED_PAIRS, PENDING_HOLD_BYTES
 from s2sfast.net.backoff import (
     DEFAULT_INITIAL_DELAY,
     DEFAULT_PENDING_DEADLINE,
     DEFAULT_PENDING_MAX_STANZAS,
-    Backoff,
     PendingBudget,
-    PendingQueue,
     QueueFull,
 )
-from s2sfast.net.connect import ConnectError, connect_first
-from s2sfast.net.dns import Candidate, ResolutionError, Resolver
-from s2sfast.net.peercert import own_certificate_problem
+from s2sfast.net.dns import Resolver
 from s2sfast.net.stream import WRITE_STALL_TIMEOUT, XmlStream
 from s2sfast.protocol.bidi import BidiRoute
-from s2sfast.protocol.dialback import key_matches
 from s2sfast.protocol.errors import LocalStreamError, make_bounce
 from s2sfast.protocol.events import (
     Acked,
@@ -56,13 +55,13 @@ from s2sfast.protocol.events import (
     Unacked,
     VerifyAnswered,
     VerifyKey,
-    VerifyRequest,
-    VerifyResult,
 )
 from s2sfast.protocol.negotiation import stream_header
-from s2sfast.protocol.outgoing import OutgoingMachine
 from s2sfast.protocol.policy import Policy
-from s2sfast.protocol.stream_limits import StreamLimits, over_limit_text
+from s2sfast.routing.bidi import BidiLinks
+from s2sfast.routing.links import Links, OutboundLink
+from s2sfast.routing.sm import SmGlue
+from s2sfast.routing.verify import VerifyBroker
 
 __all__ = ["Router", "OutboundLink", "stanza_from_bytes", "MAX_QUEUE"]
 
@@ -101,87 +100,6 @@ def stanza_from_bytes(raw: bytes) -> Stanza:
         raise ValueError("expected exactly one complete stanza")
     _reusable.framer = framer  # exactly one whole stanza: the framer is between stanzas again
     return events[0]
-
-
-class OutboundLink:
-    """One (local, remote) pair's outbound stream and what waits for it.
-
-    While it has no stream its pending queue is the destination: past
-    :data:`~s2sfast.limits.PENDING_HOLD_BYTES` (or its budget share, if smaller) the sources
-    feeding it are held (not read, Node.send waiting) until the stream is up and the queue has
-    gone out, or it bounced.
-    """
-
-    __slots__ = (
-        "holding",
-        "_drained",
-        "local",
-        "remote",
-        "stream",
-        "queue",
-        "verify_queue",
-        "established",
-        "done",
-        "task",
-        "retry_timer",
-        "expiry_timer",
-        "last_condition",
-        "last_text",
-    )
-
-    def __init__(self, local: str, remote: str, queue: PendingQueue[bytes]) -> None:
-        self.local = local
-        self.remote = remote
-        self.stream: XmlStream | None = None
-        self.queue = queue
-        self.verify_queue: list[VerifyRequest] = []
-        self.established = False
-        #: resolved when the link is established or has failed (stop() waits on it)
-        self.done: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
-        self.task: asyncio.Task[None] | None = None
-        self.retry_timer: asyncio.TimerHandle | None = None
-        self.expiry_timer: asyncio.TimerHandle | None = None
-        #: why the last attempt failed: what expired stanzas bounce with
-        self.last_condition = "remote-server-timeout"
-        self.last_text: str | None = None
-        self.holding: set[Any] = set()
-        self._drained: asyncio.Event | None = None
-
-    @property
-    def congested(self) -> bool:
-        """The pending queue is past its hold mark: sources should wait."""
-        queue = self.queue
-        budget = queue.budget
-        limit = budget.current_share if budget is not None else queue.max_bytes
-        return queue.nbytes > min(limit // 2, PENDING_HOLD_BYTES)
-
-    def hold_source(self, source: Any) -> None:
-        if source is not None and source not in self.holding:
-            self.holding.add(source)
-            source.held_by(self)
-
-    def release_sources(self) -> None:
-        if self._drained is not None:
-            self._drained.set()
-        if self.holding:
-            holding = list(self.holding)
-            self.holding.clear()
-            for source in holding:
-                source.released_by(self)
-
-    async def drained(self) -> None:
-        """Wait until the queue has gone out (or bounced)."""
-        if not self.congested:
-            return
-        if self._drained is None or self._drained.is_set():
-            self._drained = asyncio.Event()
-        await self._drained.wait()
-
-    def cancel_timers(self) -> None:
-        for handle in (self.retry_timer, self.expiry_timer):
-            if handle is not None:
-                handle.cancel()
-        self.retry_timer = self.expiry_timer = None
 
 
 class Router:
@@ -234,10 +152,6 @@ class Router:
         self.idle_timeout = idle_timeout
         self.write_stall = write_stall
         self.pending_deadline = pending_deadline
-        #: remote domain -> reconnect back-off (outlives links)
-        self._backoff: dict[str, Backoff] = {}
-        #: (stream id, receiving, originating) of VerifyKeys not answered yet, node-wide
-        self._verifying: set[tuple[str, str, str]] = set()
         #: observers of (kind, fields) outcome events (metrics); see Node.on_event
         self.observers: list[Callable[[str, dict[str, Any]], None]] = []
         #: local domain -> the host whose [s2s] options it uses
@@ -259,12 +173,23 @@ class Router:
         #: counters for routed stanzas (s2sfast.server.metrics.Metrics) or None
         self.metrics: Any = None
         self.closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        #: (local, remote) pairs an outbound stream of ours has authenticated since start: a
-        #: refusal of one of them is taken as the peer restarting, retried within the deadline
-        self._served: set[tuple[str, str]] = set()
-        #: XEP-0198: senders waiting for an ack to open a stream's unacked window
-        self._sm_waiters: dict[XmlStream, asyncio.Future[None]] = {}
+        #: the collaborators, one job each (s2sfast.routing)
+        self.links = Links(self)
+        self.bidi = BidiLinks(self)
+        self.verifier = VerifyBroker(self)
+        self.sm = SmGlue(self)
+        # bound once: the queueing path calls these per stanza with no extra attribute hop
+        self._open = self.links.open
+        self._now = self.links.now
+        self._arm_expiry = self.links.arm_expiry
+        #: XEP-0198: whether a sender should wait before writing to a stream (Node.send, per
+        #: stanza), and the wait (see s2sfast.routing.sm)
+        self.sm_blocked = self.sm.blocked
+        self.sm_room = self.sm.room
+        #: write what waits in a link's queue within its stream's unacked window
+        self.sm_flush = self.sm.flush
+        #: a dead stream's unacknowledged stanzas: resent on the pair's next stream, or bounced
+        self.requeue = self.sm.requeue
 
     # --- configuration views -------------------------------------------------------------------
 
@@ -408,7 +333,7 @@ class Router:
             if stream.writable:
                 limit = stream.machine.peer_max_bytes
                 if limit is not None and len(raw) > limit:
-                    self._over_peer_limit(raw, local, remote, limit)
+                    self.bidi.over_peer_limit(raw, local, remote, limit)
                     return None
                 # XEP-0198 window full, or stanzas already wait for it: queue behind them
                 if not link.queue and not stream.machine.window_full:
@@ -473,339 +398,6 @@ class Router:
             except Exception:
                 log.exception("event observer failed on %s", kind)
 
-    # --- outbound links ------------------------------------------------------------------------
-
-    def _now(self) -> float:
-        # the loop is looked up once: asyncio.get_event_loop() per stanza cost a quarter of
-        # the routing time while stanzas queued behind a full XEP-0198 window
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_event_loop()
-        return loop.time()
-
-    def _open(self, local: str, remote: str) -> OutboundLink:
-        queue: PendingQueue[bytes] = PendingQueue(
-            max_stanzas=self.max_queue, deadline=self.pending_deadline, budget=self.pending_budget
-        )
-        link = OutboundLink(local, remote, queue)
-        self.outbound[(local, remote)] = link
-        self._start_attempt(link)
-        return link
-
-    def _start_attempt(self, link: OutboundLink) -> None:
-        link.retry_timer = None
-        link.task = asyncio.get_event_loop().create_task(self._connect(link))
-
-    async def _resolve(self, local: str, remote: str) -> list[Candidate]:
-        """Where *remote*'s S2S service is: ``[s2s] address`` overrides, else DNS (SRV, A/AAAA).
-
-        Raises:
-            ResolutionError: the domain cannot be resolved (``condition`` says how to bounce).
-        """
-        return await self.resolver.resolve(remote, self.options_for(local))
-
-    async def _connect(self, link: OutboundLink) -> None:
-        """Resolve and open the TCP connection; the XmlStream takes over from there."""
-        opts = self.options_for(link.local)
-        try:
-            candidates = await self._resolve(link.local, link.remote)
-            await connect_first(
-                candidates,
-                lambda: self._outgoing_stream(link),
-                timeout_ms=opts.outgoing.connection_timeout,
-                domain=link.remote,
-            )
-        except ResolutionError as exc:
-            if exc.temporary:
-                self._link_retry(link, exc.condition, str(exc))
-            else:
-                self._link_failed(link, exc.condition, str(exc))
-        except ConnectError as exc:
-            self._link_retry(link, exc.condition, str(exc))
-
-    def _outgoing_stream(self, link: OutboundLink) -> XmlStream:
-        opts = self.options_for(link.local)
-        ctx = self.client_context(link.local)
-        machine = OutgoingMachine(
-            local=link.local,
-            remote=link.remote,
-            use_starttls=opts.use_starttls,
-            secret=opts.shared,
-            tls_available=ctx is not None,
-            check_cert=self.cert_checker,
-            state_timeout=self.state_timeout,
-            sm=opts.stream_management,
-            # XEP-0178: use EXTERNAL only when our certificate can prove link.local
-            sasl_external=opts.sasl_external
-            and own_certificate_problem(opts.certfile, link.local) is None,
-            bidi=opts.bidi,
-            limits=self.own_limits,
-            policy_allows=self.policy_allows,
-        )
-
-        def attach(stream: XmlStream) -> None:
-            stream.link = link
-            if not self._bidi_serves(link):  # else an incoming bidi stream took the pair over
-                link.stream = stream
-            self.streams.add(stream)
-            for req in link.verify_queue:
-                stream.feed_event(req)
-            link.verify_queue.clear()
-
-        return XmlStream(
-            machine,
-            self,
-            direction="out",
-            ssl_context=ctx,
-            max_stanza_size=self.max_stanza_size,
-            keepalive=self.keepalive,
-            on_connected=attach,
-            idle_timeout=self.idle_timeout,
-            write_stall_timeout=self.write_stall,
-            max_queue=self.max_fsm_queue,
-        )
-
-    def _link_failed(self, link: OutboundLink, condition: str, text: str | None) -> None:
-        """A failure retrying cannot mend: bounce everything queued, forget the link."""
-        log.warning("stream %s -> %s failed: %s", link.local, link.remote, text)
-        link.cancel_timers()
-        link.stream = None
-        if self.outbound.get((link.local, link.remote)) is link:
-            del self.outbound[(link.local, link.remote)]
-        for raw in link.queue.drain():
-            self.bounce(raw, link.local, condition, text)
-        link.release_sources()
-        self._fail_verifies(link, text)
-        if not link.done.done():
-            link.done.set_result(False)
-
-    def _link_retry(self, link: OutboundLink, condition: str, text: str | None) -> None:
-        """A transient failure: keep the queue, try again after the domain's back-off."""
-        link.stream = None
-        link.last_condition, link.last_text = condition, text
-        # a peer waiting for a dialback verdict cannot wait for our back-off
-        self._fail_verifies(link, text)
-        if (
-            self.closing
-            or not link.queue
-            or self.outbound.get((link.local, link.remote)) is not link
-        ):
-            self._link_failed(link, condition, text)
-            return
-        backoff = self._backoff.get(link.remote)
-        if backoff is None:
-            max_delay = max(self.options_for(link.local).max_retry_delay, self.retry_initial)
-            backoff = self._backoff[link.remote] = Backoff(max_delay, initial=self.retry_initial)
-        delay = backoff.next_delay()
-        log.warning(
-            "stream %s -> %s failed (%s); retrying in %.1f s with %d stanza(s) queued",
-            link.local,
-            link.remote,
-            text,
-            delay,
-            len(link.queue),
-        )
-        link.retry_timer = asyncio.get_event_loop().call_later(delay, self._retry, link)
-
-    def _retry(self, link: OutboundLink) -> None:
-        link.retry_timer = None
-        if self.outbound.get((link.local, link.remote)) is not link:
-            return
-        if not link.queue:
-            del self.outbound[(link.local, link.remote)]
-            link.cancel_timers()
-            if not link.done.done():
-                link.done.set_result(False)
-            return
-        self._start_attempt(link)
-
-    def _arm_expiry(self, link: OutboundLink) -> None:
-        if link.expiry_timer is not None:
-            return
-        when = link.queue.next_expiry()
-        if when is not None:
-            link.expiry_timer = asyncio.get_event_loop().call_at(when, self._expire, link)
-
-    def _expire(self, link: OutboundLink) -> None:
-        """Bounce the stanzas that waited longer than the pending deadline."""
-        link.expiry_timer = None
-        text = link.last_text or f"no stream to {link.remote} within {self.pending_deadline:g} s"
-        for raw in link.queue.expired(self._now()):
-            self.bounce(raw, link.local, link.last_condition, text)
-        if not link.congested:
-            link.release_sources()
-        self._arm_expiry(link)
-
-    def _fail_verifies(self, link: OutboundLink, text: str | None) -> None:
-        for req in link.verify_queue:
-            self._answer_verify(req.receiving, req.originating, req.stream_id, "error", text)
-        link.verify_queue.clear()
-
-    # --- XEP-0288 / XEP-0478 --------------------------------------------------------------------
-
-    @property
-    def own_limits(self) -> StreamLimits:
-        """What we accept (XEP-0478), announced in our ``<bidi/>`` requests."""
-        idle = self.idle_timeout
-        return StreamLimits(
-            max_bytes=self.max_stanza_size, idle_seconds=int(idle) if idle else None
-        )
-
-    def _bidi_serves(self, link: OutboundLink) -> bool:
-        """Whether an incoming bidi stream (XEP-0288) is *link*'s established stream."""
-        stream = link.stream
-        return (
-            link.established and stream is not None and stream.direction == "in" and stream.writable
-        )
-
-    def _bidi_route(self, stream: XmlStream, action: BidiRoute) -> None:
-        """XEP-0288: incoming *stream* may now carry stanzas from action.local to
-        action.remote. It becomes the pair's outbound stream unless an outbound stream of
-        ours is established already; stanzas waiting for a connection go out on it now."""
-        key = (action.local, action.remote)
-        if self.closing or not self.policy_allows(*key):
-            return
-        link = self.outbound.get(key)
-        if link is not None and link.stream is not None and link.stream.writable:
-            # our own stream serves the pair, or will once it authenticates (it may be the one
-            # verifying this very stream's dialback key; both sides retiring theirs would
-            # leave none): the bidi stream is not needed for this pair
-            return
-        if link is None:
-            queue: PendingQueue[bytes] = PendingQueue(
-                max_stanzas=self.max_queue,
-                deadline=self.pending_deadline,
-                budget=self.pending_budget,
-            )
-            link = self.outbound[key] = OutboundLink(action.local, action.remote, queue)
-        else:
-            if link.retry_timer is not None:
-                link.retry_timer.cancel()
-                link.retry_timer = None
-            if link.stream is None and link.task is not None and not link.task.done():
-                link.task.cancel()  # still resolving or connecting: no second connection
-        stream.link = link
-        link.stream = stream
-        link.established = True
-        self._keep_peer_awake(stream)
-        self.emit(
-            "bidi-route", local=action.local, remote=action.remote, stream_id=stream.stream_id
-        )
-        self.sm_flush(link)
-        if not link.done.done():
-            link.done.set_result(True)
-
-    @staticmethod
-    def _keep_peer_awake(stream: XmlStream) -> None:
-        """XEP-0478: the peer may call a stream idle after its announced idle-seconds without
-        traffic from us; keep our whitespace keepalives (when we send any) within half of it."""
-        limits = stream.machine.peer_limits
-        idle = limits.idle_seconds if limits is not None else None
-        if idle and stream.keepalive and stream.keepalive > idle / 2:
-            stream.keepalive = idle / 2
-
-    def _bidi_closed(self, stream: XmlStream, link: OutboundLink) -> None:
-        """An incoming bidi stream that carried *link*'s stanzas is gone: what never left
-        goes first on the pair's next stream, which we open only if something waits for it."""
-        unsent = stream.take_unsent()
-        if unsent and stream.deaf:
-            for raw in unsent:
-                self.bounce(raw, link.local, "remote-server-timeout", "the peer stopped reading")
-            unsent = []
-        if link.stream is not stream:
-            if unsent:
-                self._requeue_unsent(link.local, link.remote, unsent)
-            return
-        link.stream = None
-        link.established = False  # the next stream must authenticate before it writes
-        if unsent:
-            link.queue.push_front(unsent, self._now())
-        if link.queue:
-            self._link_retry(link, "remote-server-not-found", "the bidirectional stream closed")
-            return
-        if self.outbound.get((link.local, link.remote)) is link:
-            del self.outbound[(link.local, link.remote)]
-        link.cancel_timers()
-        link.release_sources()
-
-    def _over_peer_limit(self, raw: bytes, local: str, remote: str, limit: int) -> None:
-        """XEP-0478 section 4: a stanza above the peer's announced max-bytes is not sent (the
-        peer would kill the stream); its sender gets policy-violation without ``by``."""
-        log.info(
-            "stanza of %d bytes to %s exceeds its limit of %d: bouncing", len(raw), remote, limit
-        )
-        self.bounce(
-            raw, local, "policy-violation", over_limit_text(len(raw), limit, remote), by_us=False
-        )
-
-    def _within_peer_limit(self, raws: list[bytes], link: OutboundLink, limit: int) -> list[bytes]:
-        if all(len(raw) <= limit for raw in raws):
-            return raws
-        out = []
-        for raw in raws:
-            if len(raw) > limit:
-                self._over_peer_limit(raw, link.local, link.remote, limit)
-            else:
-                out.append(raw)
-        return out
-
-    # --- dialback brokering --------------------------------------------------------------------
-
-    def _verify(self, action: VerifyKey) -> None:
-        """Receiving role: ask the authoritative server over our stream to it."""
-        if action.originating in self.local_domains:
-            # we are the authoritative server ourselves: no connection to make
-            secret = self.options_for(action.originating).shared
-            valid = key_matches(
-                secret, action.receiving, action.originating, action.stream_id, action.key
-            )
-            self._answer_verify(
-                action.receiving,
-                action.originating,
-                action.stream_id,
-                "valid" if valid else "invalid",
-                None,
-            )
-            return
-        if self.closing or len(self._verifying) >= MAX_PENDING_VERIFICATIONS:
-            why = "shutting down" if self.closing else "too many pending verifications"
-            self._answer_verify(
-                action.receiving, action.originating, action.stream_id, "error", why
-            )
-            return
-        self._verifying.add((action.stream_id, action.receiving, action.originating))
-        req = VerifyRequest(
-            receiving=action.receiving,
-            originating=action.originating,
-            stream_id=action.stream_id,
-            key=action.key,
-        )
-        link = self.outbound.get((action.receiving, action.originating))
-        if link is None:
-            link = self._open(action.receiving, action.originating)
-        if link.stream is not None:
-            link.stream.feed_event(req)
-        else:
-            link.verify_queue.append(req)
-
-    def _answer_verify(
-        self, receiving: str, originating: str, stream_id: str, type_: str, text: str | None
-    ) -> None:
-        self._verifying.discard((stream_id, receiving, originating))
-        inbound = self.inbound.get(stream_id)
-        if inbound is None:
-            log.info("verify answer for a stream that is gone (%s)", stream_id)
-            return
-        inbound.feed_event(
-            VerifyResult(
-                receiving=receiving,
-                originating=originating,
-                stream_id=stream_id,
-                type=type_,
-                text=text,
-            )
-        )
-
     # --- StreamOwner ---------------------------------------------------------------------------
 
     def incoming_connected(self, stream: XmlStream) -> None:
@@ -826,18 +418,15 @@ class Router:
         if kind is Deliver:
             self.deliver_inbound(stream, action)
         elif kind is Acked:
-            if stream.link is not None and stream.link.stream is stream:
-                self.sm_flush(stream.link)
-            if not self.sm_blocked(stream):
-                self._sm_wake(stream)
+            self.sm.acked(stream)
         elif kind is Unacked:
             self.requeue(action.local, action.remote, action.raws, action.reason)
         elif kind is VerifyKey:
             # index under the id the key names (the id changes when TLS restarts the stream)
             self.inbound[action.stream_id] = stream
-            self._verify(action)
+            self.verifier.verify(action)
         elif kind is VerifyAnswered:
-            self._answer_verify(
+            self.verifier.answer(
                 action.receiving, action.originating, action.stream_id, action.type, action.text
             )
         elif kind is Authenticated:
@@ -852,19 +441,7 @@ class Router:
             )
             link = stream.link
             if stream.direction == "out" and link is not None:
-                self._keep_peer_awake(stream)
-                link.established = True
-                if len(self._served) < MAX_SERVED_PAIRS:
-                    self._served.add((link.local, link.remote))
-                if link.expiry_timer is not None:
-                    link.expiry_timer.cancel()
-                    link.expiry_timer = None
-                backoff = self._backoff.get(link.remote)
-                if backoff is not None:
-                    backoff.reset()
-                self.sm_flush(link)
-                if not link.done.done():
-                    link.done.set_result(True)
+                self.links.authenticated(stream, link)
             elif stream.direction == "in":
                 self.inbound[stream.stream_id] = stream
                 if stream.admitted and len(stream.authenticated) == 1:
@@ -880,23 +457,13 @@ class Router:
             )
             link = stream.link
             if link is not None and link.stream is stream:
-                # a peer that accepted this very pair before and refuses it now is most likely
-                # restarting (its components reconnect after it, so for a while it answers
-                # host-unknown for their domains): queue, don't bounce, and try again after the
-                # back-off; the pending deadline still bounds the wait
-                known = (link.local, link.remote) in self._served
-                if action.retry or known:
-                    self._link_retry(link, action.condition, action.text)
-                else:
-                    self._link_failed(link, action.condition, action.text)
+                self.links.auth_failed(link, action)
         elif kind is BidiRoute:
-            self._bidi_route(stream, action)
+            self.bidi.route(stream, action)
         elif kind is Drop:
             log.info("dropped on %s: %s", stream.describe(), action.reason)
         else:  # pragma: no cover - a new action kind without routing is a bug
             raise TypeError(f"router cannot perform {kind.__name__}")
-
-    # --- XEP-0198 (s2sfast.protocol.sm does the counting; these only move stanzas) ----------
 
     def deliver_inbound(self, stream: XmlStream, action: Deliver) -> None:
         """An authorised inbound stanza: to its local route (reading *stream* is held while
@@ -927,81 +494,6 @@ class Router:
             return
         done.add_done_callback(lambda _f: stream.feed_event(handled))
 
-    def sm_blocked(self, stream: XmlStream) -> bool:
-        """Whether a sender should wait for acks before writing more to *stream*: half its
-        unacked window is in flight (the other half absorbs senders already on their way)."""
-        sm = getattr(stream.machine, "sm_out", None)
-        return sm is not None and 2 * len(sm.unacked) >= sm.max_unacked and stream.writable
-
-    async def sm_room(self, stream: XmlStream) -> None:
-        """Wait until an ack opens *stream*'s window or the stream ends (XEP-0198 backpressure;
-        a peer that stops acking is failed by its machine after SM_ACK_TIMEOUT)."""
-        waiter = self._sm_waiters.get(stream)
-        if waiter is None:
-            waiter = self._sm_waiters[stream] = asyncio.get_event_loop().create_future()
-        await asyncio.shield(waiter)
-
-    def _sm_wake(self, stream: XmlStream) -> None:
-        waiter = self._sm_waiters.pop(stream, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def sm_flush(self, link: OutboundLink) -> None:
-        """Write what waits in *link*'s queue while its stream's unacked window has room."""
-        stream = link.stream
-        if stream is None or not link.queue or not stream.writable:
-            return
-        machine = stream.machine
-        if machine.sm_out is None:
-            batch = link.queue.drain()
-        else:
-            room = machine.sm_out.max_unacked - len(machine.sm_out.unacked)
-            batch = link.queue.take(room) if room > 0 else []
-        if machine.peer_max_bytes is not None:
-            batch = self._within_peer_limit(batch, link, machine.peer_max_bytes)
-        stream.write_stanzas(batch)
-        if not link.queue:
-            if link.expiry_timer is not None:
-                link.expiry_timer.cancel()
-                link.expiry_timer = None
-            if stream.congested:
-                # the sources go on waiting, now for the stream to drain
-                for source in link.holding:
-                    stream.hold_source(source)
-            link.release_sources()
-
-    def requeue(self, local: str, remote: str, raws: tuple[bytes, ...], reason: str) -> None:
-        """A dead stream's unacknowledged stanzas: ahead of the pair's queue for its next
-        stream (``[s2s] stream_management.resend = true``), else bounced to their senders."""
-        opts = self.options_for(local).stream_management
-        if not opts.resend or self.closing:
-            why = "the node is shutting down" if self.closing else reason
-            for raw in raws:
-                self.bounce(
-                    raw,
-                    local,
-                    "recipient-unavailable",
-                    f"the stream to {remote} ended before {remote} acknowledged this stanza "
-                    f"({why}); it may or may not have been delivered",
-                )
-            return
-        link = self.outbound.get((local, remote))
-        if link is None:
-            link = self._open(local, remote)
-        elif link.stream is None or not link.stream.writable:
-            link.established = False  # the next stream must authenticate before it writes
-        waiting = link.queue.drain()
-        now = self._now()
-        for raw in (*raws, *waiting):
-            try:
-                link.queue.push(raw, now)
-            except QueueFull as exc:
-                self.bounce(raw, local, exc.condition, f"stanzas to {remote} wait: {exc}")
-        self.emit("sm-requeue", local=local, remote=remote, count=len(raws), reason=reason)
-        if link.established and link.stream is not None and link.stream.writable:
-            self.sm_flush(link)  # another stream to the domain is up: resend there now
-        self._arm_expiry(link)
-
     @staticmethod
     def _address(stream: XmlStream) -> str:
         return str(stream.peername[0]) if stream.peername else "?"
@@ -1011,7 +503,7 @@ class Router:
 
     def stream_closed(self, stream: XmlStream) -> None:
         self.streams.discard(stream)
-        self._sm_wake(stream)
+        self.sm.wake(stream)
         if stream.direction == "out" and getattr(stream.machine, "reverse_requests", 0):
             # XEP-0288: the peer's dialback requests on our stream indexed it for verify answers
             for key in [k for k, v in self.inbound.items() if v is stream]:
@@ -1025,35 +517,9 @@ class Router:
                     self._address(stream), was_authenticated=bool(stream.authenticated)
                 )
             if stream.link is not None:
-                self._bidi_closed(stream, stream.link)
+                self.bidi.closed(stream, stream.link)
             return
-        link = stream.link
-        unsent = stream.take_unsent()
-        if unsent and stream.deaf and link is not None:
-            # the peer stopped reading: resending to it would only wait again
-            for raw in unsent:
-                self.bounce(raw, link.local, "remote-server-timeout", "the peer stopped reading")
-            unsent = []
-        if link is None or link.stream is not stream:
-            if link is not None and unsent:
-                self._requeue_unsent(link.local, link.remote, unsent)
-            return
-        if unsent:
-            link.queue.push_front(unsent, self._now())
-        if link.established and not link.queue:
-            if self.outbound.get((link.local, link.remote)) is link:
-                del self.outbound[(link.local, link.remote)]
-            return
-        self._link_retry(link, "remote-server-not-found", "the stream closed")
-
-    def _requeue_unsent(self, local: str, remote: str, raws: list[bytes]) -> None:
-        """Stanzas a dead stream never handed to its transport (nothing of them reached the
-        peer): first in line for the pair's next stream."""
-        link = self.outbound.get((local, remote))
-        if link is None:
-            link = self._open(local, remote)
-        link.queue.push_front(raws, self._now())
-        self._arm_expiry(link)
+        self.links.closed(stream)
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -1066,12 +532,7 @@ class Router:
     async def close_all(self, timeout: float) -> None:
         """Close every stream cleanly, then abort whatever has not closed within *timeout*."""
         self.closing = True
-        for link in list(self.outbound.values()):
-            link.cancel_timers()
-            if link.stream is None:
-                if link.task is not None:
-                    link.task.cancel()
-                self._link_failed(link, "service-unavailable", "the node is shutting down")
+        self.links.close_all()
         streams = list(self.streams)
         for stream in streams:
             try:  # each stream on its own: a peer that vanished must not stop the others

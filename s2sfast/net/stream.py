@@ -39,6 +39,7 @@ from s2sfast.protocol.events import (
     Authenticated,
     Close,
     ConnectionLost,
+    Deliver,
     RestartStream,
     SendBytes,
     SetTimer,
@@ -97,7 +98,55 @@ class XmlStream(BufferedWriter):
         direct_tls: Direct TLS (XEP-0368): the MemoryBIO TLS handshake starts at
             connection_made (the machine asks for it) and the stream opens inside TLS. An
             outgoing stream learns it from :func:`s2sfast.net.connect.connect_first`.
+
+    Memory (10,000 idle TLS streams per node): the fields are slots, and what only a busy or
+    closing stream needs (the ``closed`` future, the writer's queue structures) is made on
+    first use; the TLS handshake's objects are not kept past it.
     """
+
+    __slots__ = (
+        "machine",
+        "owner",
+        "direction",
+        "ssl_context",
+        "direct_tls",
+        "alpn",
+        "max_stanza_size",
+        "keepalive",
+        "idle_timeout",
+        "max_write_buffer",
+        "on_connected",
+        "transport",
+        "link",
+        "limiter",
+        "admitted",
+        "peername",
+        "framer",
+        "authenticated",
+        "auth_method",
+        "_loop",
+        "_bucket",
+        "_resume",
+        "_last_read",
+        "_last_activity",
+        "_ssl",
+        "_in_bio",
+        "_out_bio",
+        "_handshaking",
+        "_sent",
+        "_counted",
+        "_batching",
+        "deaf",
+        "_stranded",
+        "_timer",
+        "_ka_timer",
+        "_close_timer",
+        "_last_write",
+        "_close_sent",
+        "_peer_closed",
+        "_lost",
+        "_closed",
+    )
 
     def __init__(
         self,
@@ -150,12 +199,14 @@ class XmlStream(BufferedWriter):
         self._in_bio: ssl.MemoryBIO | None = None
         self._out_bio: ssl.MemoryBIO | None = None
         self._handshaking = False
-        #: the machine's per-stanza hook (XEP-0198 counting), looked up once
+        #: the machine speaks XEP-0198 (its data-path hooks: sm_out.keep, sent_batch, handled)
         self._sent = getattr(machine, "sent", None)
         self._counted = False
+        #: a _batch_end is scheduled (XEP-0198: stanzas were kept since the last one)
+        self._batching = False
         #: we failed the stream because the peer stopped reading (what waits for it bounces)
         self.deaf = False
-        self._stranded: list[bytes] = []
+        self._stranded: list[bytes] | tuple[()] = ()
         self._timer: asyncio.TimerHandle | None = None
         self._ka_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -163,7 +214,17 @@ class XmlStream(BufferedWriter):
         self._close_sent = False
         self._peer_closed = False
         self._lost = False
-        self.closed = asyncio.get_event_loop().create_future()
+        self._closed: asyncio.Future[None] | None = None
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done once the connection is lost (made when first asked for)."""
+        fut = self._closed
+        if fut is None:
+            fut = self._closed = self._loop.create_future()
+            if self._lost:
+                fut.set_result(None)
+        return fut
 
     # --- identity for logs and connections() ---------------------------------------------------
 
@@ -254,7 +315,7 @@ class XmlStream(BufferedWriter):
             )
         )
         self.abort()  # the error cannot get through a full pipe either
-        self._drained.set()
+        self._wake_drained()
 
     def _resume_reading(self) -> None:
         self._resume = None
@@ -278,8 +339,8 @@ class XmlStream(BufferedWriter):
             except StreamError:
                 pass
         log.info("stream closed: %s", self.describe())
-        if not self.closed.done():
-            self.closed.set_result(None)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         self.owner.stream_closed(self)
 
     # --- input path ----------------------------------------------------------------------------
@@ -296,17 +357,19 @@ class XmlStream(BufferedWriter):
             self._fail(exc)
             return
         framer = self.framer
+        machine = self.machine
+        final = machine.FINAL
         for event in events:
             if self._lost:
                 return
-            if isinstance(event, StreamClose):
+            if type(event) is StreamClose:
                 self._peer_closed = True
                 if self._close_sent:
                     self._shutdown()
                     return
-            if self.machine.state in self.machine.FINAL:
+            if machine.state in final:
                 return
-            self._perform(self.machine.receive(event))
+            self._perform(machine.receive(event))
             if self.framer is not framer:
                 return  # STARTTLS: what follows is TLS, never XML
 
@@ -331,7 +394,9 @@ class XmlStream(BufferedWriter):
     def _perform(self, actions: list[Any]) -> None:
         for action in actions:
             kind = type(action)
-            if kind is SendBytes:
+            if kind is Deliver:  # the data path first: one per inbound stanza
+                self.owner.stream_action(self, action)
+            elif kind is SendBytes:
                 self.write(action.data)
             elif kind is SetTimer:
                 self._set_timer(action.seconds)
@@ -459,15 +524,9 @@ class XmlStream(BufferedWriter):
             len(self._wbuf) >= self.max_queue or self._wbuf_size >= self.max_queue_bytes
         ):
             return False
+        if self._sent is not None and self.machine.sm_out is not None:
+            self._keep_batch().keep(raw)
         self._queue(raw)
-        sent = self._sent
-        if sent is not None:
-            if self.machine.sm_out is not None and not self._counted:
-                self._counted = True
-                self._track_recent = False
-            actions = sent(raw)
-            if actions:
-                self._perform(actions)
         if self.on_stanza_sent is not None:
             self.on_stanza_sent(raw)
         return True
@@ -478,18 +537,40 @@ class XmlStream(BufferedWriter):
         ``<r/>`` and ack timer are performed here)."""
         if not raws or self._lost or self._close_sent:
             return
+        if self._sent is not None and self.machine.sm_out is not None:
+            self._keep_batch().keep_all(raws)
         for raw in raws:
             self._queue(raw)
-        sent = self._sent
-        if sent is None:
-            return
-        if self.machine.sm_out is not None and not self._counted:
+
+    def _keep_batch(self) -> Any:
+        """XEP-0198 counts what is written now: the machine's SmOutbound, with the end of this
+        write batch scheduled (before the flush, so its ``<r/>`` leaves with the stanzas)."""
+        if not self._counted:
             self._counted = True
-            self._track_recent = False
-        for raw in raws:
-            actions = sent(raw)
-            if actions:
-                self._perform(actions)
+            self._track_recent = False  # the machine keeps every stanza until acknowledged
+        if not self._batching:
+            self._batching = True
+            self._loop.call_soon(self._batch_end)
+        return self.machine.sm_out
+
+    def _batch_end(self) -> None:
+        """The stanzas written since the last batch leave now: the machine's ack timer and one
+        ``<r/>`` for all of them (not one per ack_freq stanzas within a burst)."""
+        self._batching = False
+        if self._lost or self._close_sent:
+            return
+        actions = self.machine.sent_batch()
+        if actions:
+            self._perform(actions)
+
+    def handled(self, seq: int) -> None:
+        """XEP-0198: inbound stanza *seq* has left this process (or was answered with an
+        error); the router calls this directly, no Handled event per stanza."""
+        if self._lost or self.machine.state in self.machine.FINAL:
+            return
+        actions = self.machine.handled(seq)
+        if actions:
+            self._perform(actions)
 
     def take_unsent(self) -> list[bytes]:
         """The stanzas that never left this process, removed: those in our own queue, and
@@ -499,8 +580,8 @@ class XmlStream(BufferedWriter):
             self._wbuf.clear()
             self._wbuf_size = 0
             return []
-        stranded, self._stranded = self._stranded, []
-        return stranded + super().take_unsent()
+        stranded, self._stranded = self._stranded, ()
+        return [*stranded, *super().take_unsent()]
 
     def write(self, data: bytes) -> None:
         """Queue *data* (control bytes) for the peer; writes coalesce until the loop's next turn.

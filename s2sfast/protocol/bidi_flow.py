@@ -44,6 +44,8 @@ _log = logging.getLogger("s2sfast.outgoing")
 class IncomingBidi:
     """The receiving server's side of XEP-0288: the reverse direction on the accepted stream."""
 
+    __slots__ = ()  # a mixin of IncomingMachine: its fields are the machine's slots
+
     def _receive_bidi(self, event: Any) -> list[Action]:
         """:meth:`receive` once the peer asked for bidi (installed on the instance then, so
         other streams keep the plain dispatch): also tell the router when a pair's reverse
@@ -130,6 +132,8 @@ class IncomingBidi:
 
 class OutgoingBidi:
     """The initiating server's side of XEP-0288 and XEP-0478."""
+
+    __slots__ = ()  # a mixin of OutgoingMachine: its fields are the machine's slots
 
     def _note_limits(self, features: Features | None) -> None:
         """The peer's limits hold until its next features (XEP-0478 section 4)."""

@@ -105,6 +105,39 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         ("CLOSING", "Handled"): "_ignore",
     }
 
+    __slots__ = (
+        "limits",
+        "peer_limits",
+        "peer_max_bytes",
+        "bidi",
+        "_bidi_offered",
+        "_routed",
+        "hosts",
+        "options_for",
+        "policy_allows",
+        "tls_available",
+        "check_cert",
+        "stream_id",
+        "tls_active",
+        "direct_tls",
+        "tls_chain",
+        "peer_cert",
+        "local",
+        "peer_from",
+        "version",
+        "authorised",
+        "pending_results",
+        "_starttls_offered",
+        "_cert_verdicts",
+        "sm_in",
+        "sm_out",
+        "_sm_offered",
+        "_external_offered",
+        "_sasl_challenged",
+        "_sasl_attempts",
+        "__dict__",  # the rare dynamic field: ``receive`` on a bidi stream (bidi_flow)
+    )
+
     def __init__(
         self,
         *,

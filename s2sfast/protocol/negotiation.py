@@ -132,6 +132,10 @@ class Machine:
     #: states where the machine accepts nothing more
     FINAL: ClassVar[frozenset[str]] = frozenset({"CLOSED", "ERROR"})
 
+    # one machine per stream, 10,000 streams per node: the machines and their mixins are
+    # slotted (a subclass lists its own fields, and "__dict__" for the rare dynamic one)
+    __slots__ = ("state", "state_timeout", "error", "header_sent")
+
     def __init__(self, *, state_timeout: float | None) -> None:
         self.state = "WAIT_HEADER"
         self.state_timeout = state_timeout

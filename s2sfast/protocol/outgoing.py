@@ -144,6 +144,42 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
     TABLE[("CLOSING", "Handled")] = "_ignore"
     del _state
 
+    __slots__ = (
+        "policy_allows",
+        "reverse_pairs",
+        "_reverse_pending",
+        "reverse_requests",
+        "bidi_wanted",
+        "bidi",
+        "limits",
+        "peer_limits",
+        "peer_max_bytes",
+        "sasl_external",
+        "_sasl",
+        "_features",
+        "sasl_failure",
+        "sm_options",
+        "local",
+        "remote",
+        "mode",
+        "secret",
+        "tls_available",
+        "check_cert",
+        "tls_active",
+        "direct_tls",
+        "peer_cert",
+        "stream_id",
+        "version",
+        "pending",
+        "_verify_queue",
+        "_failed_reported",
+        "sm_offered",
+        "sm_out",
+        "sm_in",
+        "_sm_silent",
+        "__dict__",
+    )
+
     def __init__(
         self,
         *,

@@ -42,6 +42,8 @@ _log = logging.getLogger("s2sfast.outgoing")
 class IncomingSasl:
     """The receiving server's SASL EXTERNAL."""
 
+    __slots__ = ()  # a mixin of IncomingMachine: its fields are the machine's slots
+
     def _external_allowed(self) -> bool:
         """Offer EXTERNAL: no pair authenticated on this stream yet, and the certificate the
         peer presented proves the domain its header claims."""
@@ -123,6 +125,8 @@ class IncomingSasl:
 
 class OutgoingSasl:
     """The initiating server's SASL EXTERNAL."""
+
+    __slots__ = ()  # a mixin of OutgoingMachine: its fields are the machine's slots
 
     def _sasl_due(self, features: Any) -> bool:
         """Try EXTERNAL: wanted, TLS up, not tried yet on this connection, and offered."""

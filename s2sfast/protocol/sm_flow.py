@@ -54,6 +54,8 @@ _log = logging.getLogger("s2sfast.outgoing")
 class SmStream:
     """The XEP-0198 steps both machines share."""
 
+    __slots__ = ()  # a mixin of both machines: its fields are the machine's slots
+
     sm_in: SmInbound | None
     sm_out: SmOutbound | None
 
@@ -116,6 +118,8 @@ class IncomingSm(SmStream):
     """The receiving server's part: offer ``<sm/>``, answer ``<enable/>``, ``<r/>`` and
     ``<a/>`` (the latter for our stanzas on a bidi stream, XEP-0288)."""
 
+    __slots__ = ()
+
     def _sm_allowed(self) -> bool:
         host = self.local or next(iter(sorted(self.hosts)), "")
         return bool(host) and self.options_for(host).stream_management.enabled
@@ -174,6 +178,8 @@ class IncomingSm(SmStream):
 class OutgoingSm(SmStream):
     """The initiating server's part: ``<enable/>`` once authenticated, ``<r/>`` on a timer,
     the peer's acks, and what the peer never acknowledged handed back when the stream ends."""
+
+    __slots__ = ()
 
     def _on_ack_timer(self, ev: Any) -> list[Action]:
         """Unacked output for request_after seconds: ask (again) and keep the timer going."""

@@ -52,6 +52,10 @@ cdef enum:
     C_MAX_NS_BINDINGS = 512
     # A buffer grown past this for one big stanza is freed afterwards (memory per idle stream).
     C_KEEP_BUFFER = 65536
+    # Between feeds, a partial-stanza buffer that is empty and larger than this is freed: a
+    # stream that once carried a big stanza split over reads must not keep it (10,000 streams
+    # per node); under load the buffer is rarely empty at the end of a feed, so rarely regrown.
+    C_IDLE_BUFFER = 1024
 
 DEFAULT_HEADER_LIMIT = C_DEFAULT_HEADER_LIMIT
 MAX_NS_BINDINGS = C_MAX_NS_BINDINGS
@@ -586,6 +590,12 @@ cdef class StreamFramer:
         return self.pos
 
     @property
+    def buffer_capacity(self):
+        """Bytes allocated for a top-level element split over feeds (memory diagnostics):
+        between feeds, 0 or at most 1 KiB unless such an element is still incomplete."""
+        return self.buf_cap
+
+    @property
     def closed(self):
         """True once ``</stream:stream>`` (or an empty stream root) has been seen."""
         return self.st == S_CLOSED
@@ -652,6 +662,10 @@ cdef class StreamFramer:
             self.events = None
             if have_view:
                 PyBuffer_Release(&view)
+        if self.buf_len == 0 and self.buf_cap > C_IDLE_BUFFER:
+            free(self.buf)
+            self.buf = NULL
+            self.buf_cap = 0
         if r:
             raise FramingError(self.err_cond, self.err_text, self.err_off)
         return events

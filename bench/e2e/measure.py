@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -136,11 +137,37 @@ async def _paced_servers(
     m = max(200, int(rate * seconds))
     counter = receiver.start_counting(m)
     progress = Progress(f"{contender.name}: {label}", m)
+    pids = contender.pids()
+    before = _busy(pids)
     task = asyncio.ensure_future(sender.paced(tmpl, m, rate))
     await _wait(counter, progress, sizes.stall)
     await task
     progress.finish()
-    return _half_result(rate, m, counter.count, counter.missing(), counter.latencies)
+    result = _half_result(rate, m, counter.count, counter.missing(), counter.latencies)
+    result.update(_busy_since(before, pids))
+    result["client_send_lag_ms"] = traffic.percentiles(sender.send_lag, (50, 99, 100))
+    return result
+
+
+def _busy(pids: list[int]) -> tuple[float, list[float], list[float]]:
+    me = [*pids, os.getpid()]
+    return (
+        time.monotonic(),
+        [procstat.cpu_seconds(p) for p in pids],
+        [procstat.run_delay_seconds(p) for p in me],
+    )
+
+
+def _busy_since(before: tuple[float, list[float], list[float]], pids: list[int]) -> dict[str, Any]:
+    """The servers' CPU share and, for them and this client, the share of the time they were
+    runnable but waited for a CPU (a busy machine: latency that is not theirs)."""
+    t0, cpu0, wait0 = before
+    secs = max(1e-9, time.monotonic() - t0)
+    now = _busy(pids)
+    return {
+        "server_cpu_share": [round((b - a) / secs, 3) for a, b in zip(cpu0, now[1], strict=True)],
+        "cpu_wait_share": [round((b - a) / secs, 3) for a, b in zip(wait0, now[2], strict=True)],
+    }
 
 
 def _half_result(rate: float, m: int, received: int, missing: int, lat: Any) -> dict[str, Any]:

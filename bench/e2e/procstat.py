@@ -41,6 +41,23 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def run_delay_seconds(pid: int) -> float:
+    """Seconds *pid* and its descendants (every thread) spent runnable but waiting for a CPU
+    (/proc/PID/task/TID/schedstat, second field): how much a busy machine held them back."""
+    total = 0
+    for p in children(pid):
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
 def _status_kib(pid: int, key: str) -> int:
     total = 0
     for p in children(pid):

@@ -155,6 +155,16 @@ def table(results: list[dict[str, Any]], auth: str = "dialback") -> str:
             "load client (c2s / component, this process) busy during the flood: "
             + ", ".join(f"{r['name']} {r['client_cpu_share']:.0%}" for r in clients)
         )
+    waits = [r for r in results if "cpu_wait_share" in r.get("half_peak", {})]
+    if waits:
+        # a shared machine: time runnable but without a CPU is latency the servers did not cause
+        lines.append(
+            "waiting for a CPU at half peak (server A/B/load client, share of the time): "
+            + ", ".join(
+                f"{r['name']} " + "/".join(f"{w:.0%}" for w in r["half_peak"]["cpu_wait_share"])
+                for r in waits
+            )
+        )
     return "\n".join(lines)
 
 

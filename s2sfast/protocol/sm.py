@@ -24,6 +24,7 @@ resumption is not used on S2S (neither Prosody nor ejabberd offers it there).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 from lxml import etree
@@ -70,6 +71,11 @@ def failed_bytes(condition: str = "unexpected-request") -> bytes:
     return f"<failed xmlns='{SM_NS}'><{condition} xmlns='{STANZAS_NS}'/></failed>".encode()
 
 
+#: the ``<a/>`` every implementation we know writes (s2sfast, Prosody, ejabberd): read without
+#: a parser; any other form (more attributes, a prefix, spaces) goes through lxml
+_PLAIN_ACK = re.compile(rb"<a xmlns=(['\"])urn:xmpp:sm:3\1 h=(['\"])([0-9]{1,10})\2 ?/>")
+
+
 def parse_ack(raw: bytes) -> int:
     """The ``h`` of a framed ``<a/>`` element.
 
@@ -77,6 +83,9 @@ def parse_ack(raw: bytes) -> int:
         RemoteStreamError: ``bad-format`` when it is malformed or ``h`` is not a 32-bit
             unsigned integer.
     """
+    plain = _PLAIN_ACK.fullmatch(raw)
+    if plain is not None and int(plain[3]) < MODULUS:
+        return int(plain[3])
     try:
         el = etree.fromstring(raw, _PARSER)
     except etree.XMLSyntaxError as exc:
@@ -116,6 +125,10 @@ def handled_count_too_high_bytes(exc: HandledCountTooHigh) -> bytes:
 class SmOutbound:
     """Stanzas we sent after ``<enable/>``: counted, kept until acknowledged.
 
+    The count is the queue itself (:attr:`sent` is ``acked + len(unacked)``), so keeping a
+    stanza is one deque append; the request policy is asked once per write batch
+    (:attr:`request_due`), not per stanza.
+
     Args:
         max_unacked: how many unacknowledged stanzas the stream may have; :attr:`window_full`
             tells the router to hold further stanzas in its own (bounded) queue meanwhile.
@@ -130,10 +143,10 @@ class SmOutbound:
         "request_every",
         "request_after",
         "unacked",
-        "sent",
         "acked",
-        "_since_request",
+        "_requested_at",
         "awaiting",
+        "idle",
     )
 
     def __init__(
@@ -151,18 +164,41 @@ class SmOutbound:
         self.request_after = request_after
         #: raw stanzas sent and not yet acknowledged, oldest first
         self.unacked: deque[bytes] = deque()
-        #: stanzas sent since <enable/> (unbounded; the wire value is this modulo 2**32)
-        self.sent = initial
         #: stanzas the peer has acknowledged (unbounded)
         self.acked = initial
-        self._since_request = 0
+        #: :attr:`sent` when the last ``<r/>`` went out
+        self._requested_at = initial
         #: an <r/> is out and its <a/> has not come back
         self.awaiting = False
+        #: the unacked queue was empty when the ack timer was last decided: the owner arms the
+        #: timer when stanzas are kept again (and sets this False)
+        self.idle = True
+
+    @property
+    def sent(self) -> int:
+        """Stanzas sent since ``<enable/>`` (unbounded; the wire value is this modulo 2**32)."""
+        return self.acked + len(self.unacked)
 
     @property
     def window_full(self) -> bool:
         """Whether :attr:`max_unacked` stanzas await their ack (hold new ones back)."""
         return len(self.unacked) >= self.max_unacked
+
+    @property
+    def request_due(self) -> bool:
+        """Whether an ack should be requested now: *request_every* stanzas since the last
+        ``<r/>``, or the window is full."""
+        n = len(self.unacked)
+        return self.acked + n - self._requested_at >= self.request_every or n >= self.max_unacked
+
+    def keep(self, raw: bytes) -> None:
+        """Count and keep one stanza just written to the stream (the request policy is asked
+        separately, once per batch: :attr:`request_due`)."""
+        self.unacked.append(raw)
+
+    def keep_all(self, raws: list[bytes]) -> None:
+        """:meth:`keep` for each of *raws*, in order."""
+        self.unacked.extend(raws)
 
     def record(self, raw: bytes) -> bool:
         """Count and keep one stanza just written to the stream.
@@ -172,14 +208,12 @@ class SmOutbound:
             :meth:`requested`).
         """
         self.unacked.append(raw)
-        self.sent += 1
-        self._since_request += 1
-        return self._since_request >= self.request_every or self.window_full
+        return self.request_due
 
     def requested(self) -> None:
         """An ``<r/>`` went out."""
         self.awaiting = True
-        self._since_request = 0
+        self._requested_at = self.acked + len(self.unacked)
 
     def ack(self, h: int) -> int:
         """Apply the peer's ``<a h=''/>`` (*h* as on the wire, modulo 2**32).
@@ -192,10 +226,16 @@ class SmOutbound:
                 modulo 2**32 is the same thing).
         """
         newly = (h - self.acked) % MODULUS
-        if newly > len(self.unacked):
+        unacked = self.unacked
+        if newly > len(unacked):
             raise HandledCountTooHigh(h, self.sent)
-        for _ in range(newly):
-            self.unacked.popleft()
+        if newly == len(unacked):
+            unacked.clear()
+            self.idle = True
+        else:
+            popleft = unacked.popleft
+            for _ in range(newly):
+                popleft()
         self.acked += newly
         self.awaiting = False
         return newly
@@ -204,6 +244,7 @@ class SmOutbound:
         """Remove and return every unacknowledged stanza, oldest first (the stream is dead)."""
         out = list(self.unacked)
         self.unacked.clear()
+        self.idle = True
         return out
 
 
@@ -211,35 +252,35 @@ class SmInbound:
     """Stanzas we received after ``<enable/>`` (or ``<enabled/>``) and whether each is handled.
 
     Each received stanza gets a sequence number (1, 2, ...); :meth:`handled` marks one done, in
-    any order. :attr:`h` is the number of the last stanza of the longest handled prefix.
+    any order. :attr:`h` is the number of the last stanza of the longest handled prefix. The
+    stanzas in flight are ``h + 1 .. received``: two counters, plus a set only while some
+    finish ahead of an earlier one.
 
     Args:
         initial: the counter's starting value (0 on a new stream; tests use it to cross 2**32).
     """
 
-    __slots__ = ("received", "h", "_pending", "_done", "_owed")
+    __slots__ = ("received", "h", "_done", "_owed")
 
     def __init__(self, *, initial: int = 0) -> None:
         #: stanzas received (unbounded)
         self.received = initial
         #: handled prefix (unbounded; the wire value is this modulo 2**32)
         self.h = initial
-        #: sequence numbers received and not yet counted into h, ascending
-        self._pending: deque[int] = deque()
-        #: handled sequence numbers waiting for an earlier one to finish
-        self._done: set[int] = set()
+        #: handled sequence numbers above h + 1, waiting for an earlier one to finish (None:
+        #: none, the common case of stanzas handled in order)
+        self._done: set[int] | None = None
         #: an ack is owed once h reaches this (an <r/> arrived while stanzas were in flight)
         self._owed: int | None = None
 
     @property
     def in_flight(self) -> int:
         """Stanzas received but not yet handled."""
-        return len(self._pending) - len(self._done)
+        return self.received - self.h - (len(self._done) if self._done else 0)
 
     def receive(self) -> int:
         """Count one inbound stanza; returns its sequence number for :meth:`handled`."""
         self.received += 1
-        self._pending.append(self.received)
         return self.received
 
     def handled(self, seq: int) -> bytes | None:
@@ -249,21 +290,27 @@ class SmInbound:
             The ``<a/>`` owed to an earlier ``<r/>`` once everything before that request is
             handled, else None.
         """
-        pending = self._pending
-        if not pending or seq < pending[0] or seq > self.received or seq in self._done:
-            return None  # unknown or already counted: acks never move backwards or twice
-        if seq != pending[0]:
-            self._done.add(seq)
+        h = self.h
+        if seq != h + 1 or seq > self.received:
+            # ahead of an earlier one: kept aside; unknown or already counted: ignored (acks
+            # never move backwards or twice)
+            if h < seq <= self.received:
+                if self._done is None:
+                    self._done = set()
+                self._done.add(seq)
             return None
-        pending.popleft()
-        self.h = seq
         done = self._done
-        while pending and pending[0] in done:
-            self.h = pending.popleft()
-            done.discard(self.h)
-        if self._owed is not None and self.h >= self._owed:
+        if done:
+            while seq + 1 in done:
+                seq += 1
+                done.discard(seq)
+            if not done:
+                self._done = None
+        self.h = seq
+        owed = self._owed
+        if owed is not None and seq >= owed:
             self._owed = None
-            return ack_bytes(self.h)
+            return ack_bytes(seq)
         return None
 
     def request(self) -> bytes | None:
@@ -272,7 +319,7 @@ class SmInbound:
         Answering at once when every stanza received so far is handled; otherwise when those
         are (see :meth:`handled`), so the ack covers everything the peer asked about.
         """
-        if not self._pending:
+        if self.h == self.received:
             self._owed = None
             return ack_bytes(self.h)
         self._owed = self.received

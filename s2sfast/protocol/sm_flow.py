@@ -58,6 +58,8 @@ class SmStream:
 
     sm_in: SmInbound | None
     sm_out: SmOutbound | None
+    TABLE: Any
+    state: str
 
     @property
     def window_full(self) -> bool:
@@ -76,12 +78,48 @@ class SmStream:
         if sm is None:
             return []
         actions: list[Action] = []
-        if not sm.unacked:
+        if sm.idle:
+            sm.idle = False
             actions.append(SetTimer(seconds=sm.request_after))
         if sm.record(raw):
             sm.requested()
             actions.append(SendBytes(data=REQUEST))
         return actions
+
+    def sent_batch(self) -> list[Action]:
+        """The stanzas kept since the last call (``sm_out.keep(raw)`` for each one written:
+        the stream's data path) are about to leave in one write. Asked once per batch rather
+        than per stanza, so a burst carries one ``<r/>`` at its end.
+
+        Returns:
+            The ack timer when the unacked queue was empty before them, and an ``<r/>`` when
+            the request policy asks for one (SmOutbound.request_due).
+        """
+        sm = self.sm_out
+        if sm is None or not sm.unacked:
+            return []
+        actions: list[Action] = []
+        if sm.idle:
+            sm.idle = False
+            actions.append(SetTimer(seconds=sm.request_after))
+        if sm.request_due:
+            sm.requested()
+            actions.append(SendBytes(data=REQUEST))
+        return actions
+
+    def handled(self, seq: int) -> list[Action]:
+        """Inbound stanza *seq* has been handled (the data path calls this directly, as it
+        does :meth:`sent`: no Handled event dispatched per stanza); the same as
+        ``receive(Handled(seq=seq))``, whose table row it checks.
+
+        Returns:
+            The ``<a/>`` owed to an earlier ``<r/>`` once it is due.
+        """
+        sm_in = self.sm_in
+        if sm_in is not None and self.TABLE.get((self.state, "Handled")) == "_on_handled":
+            ack = sm_in.handled(seq)
+            return [SendBytes(data=ack)] if ack is not None else []
+        return self.receive(Handled(seq=seq))  # type: ignore[attr-defined]
 
     def _on_handled(self, ev: Handled) -> list[Action]:
         """A stanza we delivered from this stream has been handled: ack when due."""

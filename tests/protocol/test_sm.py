@@ -40,9 +40,23 @@ def test_parse_ack(h):
 
 
 @pytest.mark.parametrize(
+    "raw, h",
+    [
+        (b'<a xmlns="urn:xmpp:sm:3" h="12"/>', 12),  # double quotes: the plain form too
+        (b"<a h='3' xmlns='urn:xmpp:sm:3'/>", 3),  # other orders and forms: through lxml
+        (b"<sm:a xmlns:sm='urn:xmpp:sm:3' h='4'/>", 4),
+        (b"<a xmlns='urn:xmpp:sm:3' h='5'></a>", 5),
+    ],
+)
+def test_parse_ack_forms(raw, h):
+    assert parse_ack(raw) == h
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         b"<a xmlns='urn:xmpp:sm:3'/>",
+        b"<a xmlns='urn:xmpp:sm:3' h='99999999999'/>",
         b"<a xmlns='urn:xmpp:sm:3' h='-1'/>",
         b"<a xmlns='urn:xmpp:sm:3' h='4294967296'/>",
         b"<a xmlns='urn:xmpp:sm:3' h='1e3'/>",
@@ -140,6 +154,17 @@ def test_inbound_h_is_the_handled_prefix_even_out_of_order():
     assert sm.h == 3
     sm.handled(4)
     assert sm.h == 5 and sm.in_flight == 0
+
+
+def test_inbound_handled_in_order_and_never_beyond_what_was_received():
+    sm = SmInbound()
+    assert sm.handled(1) is None and sm.h == 0  # nothing received yet
+    for _ in range(3):
+        sm.receive()
+    for seq in (1, 2, 3):
+        sm.handled(seq)
+    assert sm.h == 3 and sm.in_flight == 0
+    assert sm.handled(4) is None and sm.h == 3  # the next number, but never received
 
 
 def test_inbound_request_answers_now_or_once_in_flight_stanzas_are_handled():

@@ -115,6 +115,27 @@ def test_incoming_acks_only_handled_stanzas():
     assert out(acts) == ack_bytes(3) and of(acts, Close)
 
 
+def test_incoming_handled_hook_is_the_handled_event_without_dispatch():
+    p = Peer()
+    p.open()
+    p.authenticate()
+    p.send(ENABLE)
+    p.send(msg(1) + msg(2) + msg(3))
+    assert out(p.send(b"<r xmlns='urn:xmpp:sm:3'/>")) == b""
+    assert p.machine.handled(2) == [] and p.machine.handled(3) == []  # 1 still in memory
+    assert out(p.machine.handled(1)) == ack_bytes(3)  # the ack owed to the <r/>
+    assert p.machine.handled(1) == [] and p.machine.handled(9) == []  # twice; never received
+    p.machine.close("bye")
+    assert p.machine.handled(4) == []  # closing: the table ignores Handled
+    assert p.machine.sm_in.h == 3
+
+
+def test_incoming_handled_hook_before_the_stream_is_open_is_an_error():
+    p = Peer()
+    acts = p.machine.handled(1)  # WAIT_HEADER has no Handled row: as receive(Handled(seq=1))
+    assert of(acts, Close) and p.machine.state == "ERROR"
+
+
 def test_incoming_ack_of_stanzas_we_never_sent_is_handled_count_too_high():
     p = Peer()
     p.open()
@@ -190,6 +211,26 @@ def test_outgoing_requests_acks_and_releases_acked_stanzas():
     acts = s.send(b"<a xmlns='urn:xmpp:sm:3' h='5'/>")
     assert of(acts, SetTimer)[0].seconds is None and not s.machine.sm_out.unacked
     assert out(s.event(TimerFired())) == b""
+
+
+def test_outgoing_asks_once_per_write_batch():
+    s = Server(StreamManagementOptions(ack_freq=3, buffer_max=10))
+    s.establish()
+    sm = s.machine.sm_out
+    assert s.machine.sent_batch() == []  # nothing kept
+    sm.keep(msg(1))
+    acts = s.machine.sent_batch()
+    assert of(acts, SetTimer)[0].seconds > 0 and out(acts) == b""  # the timer, no <r/> yet
+    for i in range(2, 9):  # a burst of 7: one <r/> at its end, not two
+        sm.keep(msg(i))
+    acts = s.machine.sent_batch()
+    assert out(acts) == REQUEST and not of(acts, SetTimer)  # the timer runs already
+    assert sm.sent == 8 and sm.awaiting
+    sm.keep_all([msg(9), msg(10)])
+    assert out(s.machine.sent_batch()) == REQUEST  # the window is full: ask at once
+    assert of(s.send(b"<a xmlns='urn:xmpp:sm:3' h='10'/>"), SetTimer)[0].seconds is None
+    sm.keep(msg(11))  # the queue was empty: the timer starts again
+    assert of(s.machine.sent_batch(), SetTimer)[0].seconds > 0
 
 
 def test_outgoing_answers_the_peers_request():

@@ -92,6 +92,8 @@ class IncomingBidi:
             return []
         actions: list[Action] = []
         for local, remote in sorted(self.authorised - self._routed):
+            if not self._routed:
+                self._routed = set()  # the machine starts with an empty frozenset
             self._routed.add((local, remote))
             log.info(
                 "bidi: %s -> %s now goes over incoming stream %s", local, remote, self.stream_id
@@ -191,6 +193,8 @@ class OutgoingBidi:
             return [Drop(reason=f"dialback request for {originating} already pending", stanza=st)]
         if len(self._reverse_pending) >= MAX_PENDING_RESULTS_PER_STREAM:
             return error("resource-constraint")
+        if not self._reverse_pending:
+            self._reverse_pending = set()  # the machine starts with an empty frozenset
         self._reverse_pending.add(originating)
         self.reverse_requests += 1
         return [
@@ -212,6 +216,8 @@ class OutgoingBidi:
             return [Drop(reason=f"unexpected verify result for {originating} on {ev.stream_id}")]
         self._reverse_pending.discard(originating)
         if ev.type == "valid":
+            if not self.reverse_pairs:
+                self.reverse_pairs = set()  # the machine starts with an empty frozenset
             self.reverse_pairs.add((self.local, originating))
             _log.info(
                 "bidi: %s -> %s authenticated by dialback on our stream %s",

@@ -200,8 +200,9 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
         self.policy_allows = policy_allows
         #: XEP-0288: (local, peer domain) pairs the peer authenticated by dialback on this
         #: stream besides (remote -> local), and the peer domains whose keys are being verified
-        self.reverse_pairs: set[tuple[str, str]] = set()
-        self._reverse_pending: set[str] = set()
+        # (empty frozensets until first added to: most streams never are, 216 bytes a set)
+        self.reverse_pairs: set[tuple[str, str]] = frozenset()  # type: ignore[assignment]
+        self._reverse_pending: set[str] = frozenset()  # type: ignore[assignment]
         #: dialback requests the peer made on this stream (the router's verify index)
         self.reverse_requests = 0
         #: XEP-0288: we want a bidirectional stream; ``bidi`` once we asked for one
@@ -231,7 +232,8 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
         self.peer_cert: Any = None
         self.stream_id: str | None = None
         self.version = True
-        self.pending = PendingVerifications()
+        #: db:verify requests we sent (made with the first one: most streams send none)
+        self.pending: PendingVerifications | None = None
         self._verify_queue: list[VerifyRequest] = []
         self._failed_reported = False
         #: XEP-0198: the peer's features offered <sm/>
@@ -295,7 +297,7 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
                     retry=retry,
                 )
             )
-        for originating, receiving, stream_id in self.pending.drain():
+        for originating, receiving, stream_id in self.pending.drain() if self.pending else ():
             actions.append(_verify_error(receiving, originating, stream_id, text))
         for req in self._verify_queue:
             actions.append(_verify_error(req.receiving, req.originating, req.stream_id, text))
@@ -455,7 +457,9 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
     def _on_verify_answer(self, db: Any, st: Any) -> list[Action]:
         if db.type is None:
             return [Drop(reason="db:verify request on an outbound stream", stanza=st)]
-        if not self.pending.take(from_=db.from_.lower(), to=db.to.lower(), stream_id=db.id):
+        if self.pending is None or not self.pending.take(
+            from_=db.from_.lower(), to=db.to.lower(), stream_id=db.id
+        ):
             return [
                 Drop(reason=f"db:verify answer matches no pending request ({db.id})", stanza=st)
             ]
@@ -485,6 +489,8 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
         return []
 
     def _send_verify(self, req: VerifyRequest) -> list[Action]:
+        if self.pending is None:
+            self.pending = PendingVerifications()
         try:
             self.pending.add(
                 originating=req.originating, receiving=req.receiving, stream_id=req.stream_id

@@ -25,6 +25,10 @@ __all__ = [
     "MAX_FSM_QUEUE",
     "MAX_QUEUE_BYTES",
     "COMPONENT_STALL_TIMEOUT",
+    "COMPONENT_DRAIN_QUIET",
+    "COMPONENT_DRAIN_TIMEOUT",
+    "COMPONENT_CLOSE_TIMEOUT",
+    "BOUNCE_LOG_INTERVAL",
     "PENDING_BUDGET",
     "PENDING_MIN_SHARE",
     "PENDING_HOLD_BYTES",
@@ -134,6 +138,31 @@ MAX_QUEUE_BYTES = 16 * 1024 * 1024
 #: streams we stop reading meanwhile) call our side deaf; a live component that is merely slow
 #: still drains its buffer within seconds.
 COMPONENT_STALL_TIMEOUT = 15.0
+
+#: shutdown (SIGTERM/SIGINT): seconds without a byte from a component after which what it sent
+#: before the shutdown counts as read. Its reading resumes at once (backpressure may have
+#: paused it, leaving megabytes in the kernel's socket buffers); a loop turn reads 256 KiB, so
+#: a backlog of a few MiB is read within tens of milliseconds even on a busy machine, and
+#: 0.25 s of silence means the kernel holds nothing more of it.
+COMPONENT_DRAIN_QUIET = 0.25
+#: shutdown: the longest each of the two component drains lasts: before the S2S streams close
+#: (reading a component that never falls silent, a live flood), and before the component
+#: streams close (silent again, and caught up with the bounces we owe them; one still behind
+#: is cut and what it never got bounced). Everything read meanwhile is routed or bounced on the
+#: still-open stream. 5 s reads ~1 GB of loopback backlog; the two, DRAIN_TIMEOUT's S2S drain
+#: (10 s + 3 s of closing) and COMPONENT_CLOSE_TIMEOUT + 1 keep SIGTERM-to-exit under 30 s,
+#: the unit file's TimeoutStopSec.
+COMPONENT_DRAIN_TIMEOUT = 5.0
+#: shutdown: seconds we wait, after our ``</stream:stream>``, for the component's (RFC 6120
+#: 4.4: the closing side keeps reading until the peer closes too) before we cut the TCP
+#: connection. By then the component has read what we owed it (the drain waited for that), so
+#: its answer is one round trip away; 2 s is the S2S streams' CLOSE_TIMEOUT too.
+COMPONENT_CLOSE_TIMEOUT = 2.0
+#: seconds between INFO lines about bounces of one kind to one destination: the first bounce
+#: is logged at once, the rest of a flood as one line with its count per interval (each stanza
+#: still at DEBUG). A flood bounces ~100,000 stanzas/s; a line each would cost more CPU than
+#: the bounces, and drown the log.
+BOUNCE_LOG_INTERVAL = 1.0
 
 #: bytes of stanzas the whole node queues for remote domains whose stream is not up (connecting,
 #: authenticating, backing off). Sized to ride out a peer restart at full rate: 30,000

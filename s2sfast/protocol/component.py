@@ -11,6 +11,13 @@ component for a served domain ``conflict`` (or, with ``conflict_behaviour = "kic
 one gets ``conflict``), a stanza whose ``from`` lies outside DOMAIN ``invalid-from`` (with
 ``check_from``).
 
+Closing (RFC 6120 4.4): when the node closes a served stream cleanly (:class:`Shutdown` without a
+condition) the machine sends ``</stream:stream>`` and moves to CLOSING, where it still takes the
+component's stanzas (it may have been sending while our close was on its way) until the
+component's own ``</stream:stream>``, or until ``close_timeout`` cuts the connection. Nothing
+more may be written to the component after our close: what it sends then can be routed on, but
+not answered.
+
 :class:`ComponentMachine` does no I/O (events in, actions out, one transition table, sticky
 errors); :mod:`s2sfast.server.component` performs its actions on asyncio.
 """
@@ -27,8 +34,9 @@ from typing import Any, ClassVar
 
 from lxml import etree
 
+from s2sfast.limits import COMPONENT_CLOSE_TIMEOUT
 from s2sfast.protocol.errors import STREAM_NS, LocalStreamError, RemoteStreamError
-from s2sfast.protocol.events import Action, ConnectionLost, SendBytes, SetTimer
+from s2sfast.protocol.events import Action, Close, ConnectionLost, SendBytes, SetTimer
 from s2sfast.protocol.jid import jid_domain, valid_domain
 from s2sfast.protocol.negotiation import Machine
 
@@ -172,6 +180,8 @@ class ComponentMachine(Machine):
         check_from: verify that each stanza's ``from`` is in the component's domain.
         stream_id: the id to put in our header (random when not given).
         state_timeout: seconds for the header and the handshake (None: no timer).
+        close_timeout: seconds, after our clean close, to wait for the component's
+            ``</stream:stream>`` before the connection is cut (None: no timer).
     """
 
     role: ClassVar[str] = "component"
@@ -190,6 +200,12 @@ class ComponentMachine(Machine):
         ("WAIT_HEADER", "ConnectionLost"): "_on_lost",
         ("WAIT_HANDSHAKE", "ConnectionLost"): "_on_lost",
         ("OPEN", "ConnectionLost"): "_on_lost",
+        # our </stream:stream> is out; the component may still send until its own
+        ("CLOSING", "Stanza"): "_on_stanza",
+        ("CLOSING", "StreamClose"): "_on_peer_closed",
+        ("CLOSING", "TimerFired"): "_on_close_timeout",
+        ("CLOSING", "Shutdown"): "_ignore",
+        ("CLOSING", "ConnectionLost"): "_on_lost",
     }
 
     def __init__(
@@ -201,8 +217,10 @@ class ComponentMachine(Machine):
         check_from: bool = True,
         stream_id: str | None = None,
         state_timeout: float | None = HANDSHAKE_TIMEOUT,
+        close_timeout: float | None = COMPONENT_CLOSE_TIMEOUT,
     ) -> None:
         super().__init__(state_timeout=state_timeout)
+        self.close_timeout = close_timeout
         self._password = password
         self._is_hosted = is_hosted
         self._is_taken = is_taken
@@ -333,8 +351,29 @@ class ComponentMachine(Machine):
 
     def _on_shutdown(self, event: Shutdown) -> list[Action]:
         if event.condition is None and self.state == "OPEN":
-            return self._finish(event.text or "closed by the node")
+            # RFC 6120 4.4: close our side, keep reading until the component closes its side
+            self.state = "CLOSING"
+            return [
+                SetTimer(seconds=self.close_timeout),
+                Close(condition=None, text=event.text or "closed by the node"),
+            ]
         return self.fail(LocalStreamError(event.condition or "system-shutdown", event.text))
+
+    def _on_peer_closed(self, event: Any) -> list[Action]:
+        """CLOSING: the component answered our ``</stream:stream>``; the connection can go."""
+        self.state = "CLOSED"
+        return [SetTimer(seconds=None), Close(condition=None, text="the component closed too")]
+
+    def _on_close_timeout(self, event: Any) -> list[Action]:
+        """CLOSING: no ``</stream:stream>`` from the component in time; cut the connection."""
+        self.state = "CLOSED"
+        return [
+            SetTimer(seconds=None),
+            Close(
+                condition=None,
+                text=f"no </stream:stream> from the component within {self.close_timeout:g} s",
+            ),
+        ]
 
     def _on_lost(self, event: ConnectionLost) -> list[Action]:
         self.state = "CLOSED"

@@ -11,6 +11,13 @@ any other: stanzas it sends are checked (addressing from the framer's fields) an
 (``max_fsm_queue``); while the component does not read, the streams feeding it are not read
 either, and a component stuck past ``stall_timeout`` is closed with resource-constraint and
 what waited for it bounced.
+
+Shutdown drains before it closes (:meth:`ComponentServer.begin_drain`, ``drain``, ``close``):
+reading resumes whatever backpressure paused, every stanza read
+is routed where its destination takes it at once and bounced to the component with
+``service-unavailable`` where it does not (the stream is still open, so the error can reach
+it), until the component falls silent; only then does ``</stream:stream>`` go out, and the
+component's last stanzas are still read until its own close (RFC 6120 4.4).
 """
 
 from __future__ import annotations
@@ -22,7 +29,15 @@ from typing import Any
 
 from s2sfast.config.service import ListenService
 from s2sfast.framing import Stanza
-from s2sfast.limits import COMPONENT_STALL_TIMEOUT, HIGH_WATER, LOW_WATER, MAX_QUEUE_BYTES
+from s2sfast.limits import (
+    COMPONENT_CLOSE_TIMEOUT,
+    COMPONENT_DRAIN_QUIET,
+    COMPONENT_DRAIN_TIMEOUT,
+    COMPONENT_STALL_TIMEOUT,
+    HIGH_WATER,
+    LOW_WATER,
+    MAX_QUEUE_BYTES,
+)
 from s2sfast.net.writer import BufferedWriter
 from s2sfast.protocol.component import (
     _CONTENT_NS,
@@ -40,6 +55,17 @@ from s2sfast.protocol.events import Action, Close, ConnectionLost, SendBytes, Se
 __all__ = ["ComponentRegistry", "ComponentConnection", "ComponentServer"]
 
 log = logging.getLogger("s2sfast.component")
+
+#: the bounce for a stanza a draining component sends that its destination cannot take at once.
+#: RFC 6120 8.3.3.19 service-unavailable ("the server ... does not currently provide the
+#: requested service") says what happened: this node stops routing. recipient-unavailable
+#: (8.3.3.13) would claim the recipient is unavailable, which nobody here knows (and 8.3.3.13
+#: forbids hinting at a recipient's availability); it stays reserved for XEP-0198 stanzas a
+#: dead stream may or may not have delivered. The node's other shutdown bounces (stanzas
+#: queued for S2S when it stops) already use service-unavailable, so a component sees one
+#: condition for "not sent because the node stopped".
+DRAIN_CONDITION = "service-unavailable"
+DRAIN_TEXT = "the node is shutting down"
 
 
 class ComponentRegistry:
@@ -87,6 +113,18 @@ class ComponentConnection(BufferedWriter):
         self._tokens = float(server.listen.max_rate or 0)
         self._last = 0.0
         self._paused = False
+        #: shutdown: reading no longer pauses; stanzas are routed or bounced (begin_drain)
+        self._draining = False
+        #: while draining: destination domain -> the congested destination that took its last
+        #: stanza (the next ones bounce until it drains)
+        self._drain_blocked: dict[str, Any] = {}
+        self._drain_routed = 0
+        self._drain_bounced = 0
+        #: stanzas that arrived after our </stream:stream> and that nothing could take
+        self._late_unanswered = 0
+        self._last_in = 0.0
+        #: our </stream:stream> (or stream error) has been written: nothing more may follow it
+        self._close_sent = False
         self.machine = server._new_machine()
         self._init_writer(
             max_queue=server.listen.max_fsm_queue or server.max_fsm_queue,
@@ -121,9 +159,12 @@ class ComponentConnection(BufferedWriter):
 
     def data_received(self, data: bytes) -> None:
         machine = self.machine
-        if machine.closed:
+        if machine.state in machine.FINAL:
             return
-        self._shape(len(data))
+        if self._draining:
+            self._last_in = self._loop.time()
+        else:
+            self._shape(len(data))
         try:
             events = self._framer.feed(data)
         except StreamError as exc:
@@ -140,7 +181,14 @@ class ComponentConnection(BufferedWriter):
                     self._perform(machine.fail(exc))
                     break
                 self._route(router, event)
-            elif machine.closed:
+            elif router is not None and type(event) is Stanza and machine.state == "CLOSING":
+                try:
+                    machine.check_stanza(event)
+                except StreamError as exc:
+                    self._perform(machine.fail(exc))
+                    break
+                self._route_late(router, event)
+            elif machine.state in machine.FINAL:
                 break
             else:
                 self._perform(machine.receive(event))
@@ -154,6 +202,9 @@ class ComponentConnection(BufferedWriter):
 
             raw = rebind_namespace(stanza.raw, _CONTENT_NS, "jabber:server", True)
             stanza = stanza_from_bytes(raw)
+        if self._draining:
+            self._route_draining(router, stanza)
+            return
         try:
             router.route(stanza, self)
         except ValueError as exc:  # not from a local domain (check_from = false lets it in)
@@ -164,8 +215,55 @@ class ComponentConnection(BufferedWriter):
             if reply is not None:
                 self.write_stanza(reply)
 
+    def _route_draining(self, router: Any, stanza: Stanza) -> None:
+        """Shutdown, stream still open: route *stanza* if its destination takes it without
+        holding us (reading must go on), else bounce it to the component, which can still read
+        the error."""
+        domain = stanza.to_domain
+        blocked = self._drain_blocked.get(domain) or router.routes.get(domain)
+        if blocked is not None and blocked.congested:
+            self._drain_bounced += 1
+            router.bounce(stanza.raw, self.machine.domain or "?", DRAIN_CONDITION, DRAIN_TEXT)
+            return
+        try:
+            dest = router.route(stanza, None)  # no source: nothing pauses our reading
+        except ValueError as exc:
+            from s2sfast.server.builtin import error_reply
+
+            log.warning("component %s: cannot route: %s", self.machine.domain, exc)
+            reply = error_reply(stanza.raw, "not-allowed", str(exc))
+            if reply is not None:
+                self.write_stanza(reply)
+            return
+        self._drain_routed += 1
+        if dest is not None:
+            if len(self._drain_blocked) >= 1024:  # a bound, like the machine's domain cache
+                self._drain_blocked.clear()
+            self._drain_blocked[domain] = dest
+
+    def _route_late(self, router: Any, stanza: Stanza) -> None:
+        """After our ``</stream:stream>``: hand *stanza* to a connected component that takes it
+        at once; anything else would need an answer to the component, which may no longer be
+        written (RFC 6120 4.4), so it is only counted (and logged when the stream ends)."""
+        dest = router.routes.get(stanza.to_domain)
+        if dest is not None and dest is not self:
+            if stanza.declares_ns:
+                from s2sfast.router import stanza_from_bytes
+
+                raw = rebind_namespace(stanza.raw, _CONTENT_NS, "jabber:server", True)
+                stanza = stanza_from_bytes(raw)
+            if dest.deliver(stanza):
+                self._drain_routed += 1
+                return
+        self._late_unanswered += 1
+        log.debug(
+            "component %s: stanza after our </stream:stream> not routable: %r",
+            self.machine.domain,
+            bytes(stanza.raw[:200]),
+        )
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.machine.closed:
+        if self.machine.state not in self.machine.FINAL:
             reason = str(exc) if exc else "connection closed by the component"
             self._perform(self.machine.receive(ConnectionLost(reason=reason)))
             log.info(
@@ -173,6 +271,14 @@ class ComponentConnection(BufferedWriter):
                 self.machine.stream_id,
                 self.machine.domain or self._peer,
                 reason,
+            )
+        if self._late_unanswered:
+            log.warning(
+                "component stream %s (%s): %d stanza(s) sent after our </stream:stream> "
+                "could be neither routed nor bounced",
+                self.machine.stream_id,
+                self.machine.domain,
+                self._late_unanswered,
             )
         self._cancel_timer()
         self._server._connections.discard(self)
@@ -224,9 +330,15 @@ class ComponentConnection(BufferedWriter):
 
     def _stalled(self) -> None:
         """The component has not read what we wrote for stall_timeout: close it, bounce."""
+        self._cut(
+            "resource-constraint", f"the component did not read for {self.write_stall_timeout:g} s"
+        )
+
+    def _cut(self, condition: str, text: str) -> None:
+        """Close a component that does not read what we owe it: bounce what it never got
+        (to senders still able to hear it), then the stream error, then abort."""
         if self.machine.closed or self.transport is None:
             return
-        text = f"the component did not read for {self.write_stall_timeout:g} s"
         stranded = self._never_sent()
         log.warning(
             "component stream %s (%s): stuck, %d stanzas queued: closing",
@@ -235,7 +347,7 @@ class ComponentConnection(BufferedWriter):
             len(stranded) + self.queued,
         )
         self._bounce_unsent(text, stranded)
-        self._perform(self.machine.fail(LocalStreamError("resource-constraint", text)))
+        self._perform(self.machine.fail(LocalStreamError(condition, text)))
         if self.transport is not None:
             self.transport.abort()  # the error cannot get through a full pipe either
 
@@ -252,12 +364,51 @@ class ComponentConnection(BufferedWriter):
             router.bounce(raw, domain, "service-unavailable", text)
 
     def shutdown(self, condition: str | None = None, text: str | None = None) -> None:
-        """Close the stream: cleanly when *condition* is None, else with that stream error."""
+        """Close the stream: cleanly when *condition* is None, else with that stream error.
+
+        A clean close sends ``</stream:stream>`` and keeps reading until the component's own
+        (bounded by the machine's close_timeout); see :meth:`_route_late`.
+        """
         if not self.machine.closed:
             self._perform(self.machine.receive(Shutdown(condition=condition, text=text)))
 
     async def wait_closed(self) -> None:
         await self._closed
+
+    # shutdown: drain
+
+    def begin_drain(self) -> None:
+        """The node is stopping: read the component whatever paused it (backpressure, the
+        shaper), route what it sends where that is taken at once, bounce the rest to it."""
+        if self.machine.state != "OPEN" or self.transport is None or self._draining:
+            return
+        self._draining = True
+        self._last_in = self._loop.time()
+        self._held_by.clear()
+        self._shaped = False
+        self._update_reading()
+
+    def held_by(self, destination: Any) -> None:
+        if self._draining:
+            return  # draining: never stop reading (a congested destination means a bounce)
+        super().held_by(destination)
+
+    async def quiet(self, quiet: float, deadline: float, caught_up: bool = False) -> bool:
+        """Wait until the component has sent nothing for *quiet* seconds (and, with
+        *caught_up*, has read what we wrote it down to the low-water mark), or its stream is no
+        longer open; at most until loop time *deadline*. False when it had not."""
+        loop = self._loop
+        while self.machine.state == "OPEN" and self.transport is not None:
+            now = loop.time()
+            silent = now - self._last_in
+            behind = caught_up and self.congested
+            if silent >= quiet and not behind:
+                return True
+            if now >= deadline:
+                return False
+            wait = quiet - silent if silent < quiet else 0.05
+            await asyncio.sleep(min(wait, deadline - now))
+        return True
 
     # internals
 
@@ -315,6 +466,15 @@ class ComponentConnection(BufferedWriter):
     def _close(self, action: Close) -> None:
         transport = self._transport
         domain = self.machine.domain or "?"
+        if self._draining and (self._drain_routed or self._drain_bounced):
+            log.info(
+                "component stream %s (%s): drained: %d stanza(s) routed, %d bounced",
+                self.machine.stream_id,
+                domain,
+                self._drain_routed,
+                self._drain_bounced,
+            )
+            self._drain_routed = self._drain_bounced = 0
         if action.condition:
             from s2sfast.protocol.errors import stream_error_bytes
 
@@ -337,9 +497,17 @@ class ComponentConnection(BufferedWriter):
             )
             payload = b"</stream:stream>"
         if transport is not None and not transport.is_closing():
-            self._queue(payload)
+            if not self._close_sent:
+                self._close_sent = True
+                self._queue(payload)
             self._flush(force=True)
-            transport.close()
+            if self.machine.state == "CLOSING":
+                # RFC 6120 4.4: keep reading until the component closes (or the timer fires)
+                self._held_by.clear()
+                self._shaped = False
+                self._update_reading()
+            else:
+                transport.close()
         if self.machine.domain and self.machine.state != "OPEN":
             self._server._down(self.machine.domain, self)
 
@@ -357,6 +525,8 @@ class ComponentServer:
         stall_timeout: seconds a component may leave its stream congested before it is closed.
         max_fsm_queue: stanzas queued per component when the listener does not say
             (``[general] max_fsm_queue``; None: s2sfast.limits.MAX_FSM_QUEUE).
+        close_timeout: seconds a component has, after our ``</stream:stream>``, to send its
+            own before the connection is cut.
     """
 
     def __init__(
@@ -370,8 +540,10 @@ class ComponentServer:
         state_timeout: float | None = HANDSHAKE_TIMEOUT,
         stall_timeout: float = COMPONENT_STALL_TIMEOUT,
         max_fsm_queue: int | None = None,
+        close_timeout: float | None = COMPONENT_CLOSE_TIMEOUT,
     ) -> None:
         self.listen = listen
+        self._close_timeout = close_timeout
         self.stall_timeout = stall_timeout
         self.max_fsm_queue = max_fsm_queue
         #: the node's router: stanzas go straight to it (None: through on_route, as Route)
@@ -409,13 +581,72 @@ class ComponentServer:
             self._server.close()
             await self._server.wait_closed()
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every component stream with ``</stream:stream>``, wait for them."""
+    def begin_drain(self) -> None:
+        """Shutdown, first step: stop accepting, and read every component whatever paused it,
+        routing or bouncing what it sends (:meth:`ComponentConnection.begin_drain`)."""
         if self._server is not None:
             self._server.close()
+        for conn in list(self._connections):
+            try:  # each connection on its own: one failure never stops the others
+                conn.begin_drain()
+            except Exception as exc:
+                log.warning("component stream %s: cannot drain: %s", conn.machine.stream_id, exc)
+
+    async def drain(
+        self,
+        quiet: float = COMPONENT_DRAIN_QUIET,
+        timeout: float = COMPONENT_DRAIN_TIMEOUT,
+        *,
+        caught_up: bool = False,
+    ) -> None:
+        """Wait until every draining component has sent nothing for *quiet* seconds (what it
+        sent is read, and routed or bounced), at most *timeout* seconds.
+
+        With *caught_up* (the last step before the streams close): also until each has read
+        what we owe it (bounces, stanzas for it) down to the low-water mark; one still behind
+        at *timeout* is cut (system-shutdown), what it never got bounced
+        while every other component can still hear the bounce.
+        """
+        connections = [c for c in self._connections if c._draining]
+        if not connections:
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        results = await asyncio.gather(
+            *(c.quiet(quiet, deadline, caught_up) for c in connections), return_exceptions=True
+        )
+        for conn, result in zip(connections, results, strict=True):
+            if result is not False or conn.machine.state != "OPEN":
+                continue
+            if caught_up and conn.congested:
+                try:
+                    conn._cut("system-shutdown", "the component read too slowly at shutdown")
+                except Exception as exc:
+                    log.warning(
+                        "component stream %s: cannot close: %s", conn.machine.stream_id, exc
+                    )
+            else:
+                log.info(
+                    "component stream %s (%s): still sending after %g s of draining: closing it",
+                    conn.machine.stream_id,
+                    conn.machine.domain,
+                    timeout,
+                )
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop accepting, drain (:meth:`begin_drain`, :meth:`drain` with *caught_up*), close
+        every component stream with ``</stream:stream>``, read each until the component
+        closes too (RFC 6120 4.4), and cut what is still open after *timeout* seconds
+        (default: the machines' close_timeout, plus one for the last writes)."""
+        self.begin_drain()
+        await self.drain(caught_up=True)
         connections = list(self._connections)
         for conn in connections:
-            conn.shutdown(None, "the node is shutting down")
+            try:  # each connection on its own: one failure never stops the others
+                conn.shutdown(None, "the node is shutting down")
+            except Exception as exc:
+                log.warning("component stream %s: cannot close: %s", conn.machine.stream_id, exc)
+        if timeout is None:
+            timeout = (self._close_timeout or 0.0) + 1.0
         if connections:
             await asyncio.wait(
                 [asyncio.ensure_future(c.wait_closed()) for c in connections], timeout=timeout
@@ -438,6 +669,7 @@ class ComponentServer:
             else (lambda domain: self.registry.get(domain) is not None),
             check_from=self.listen.check_from,
             state_timeout=self._state_timeout,
+            close_timeout=self._close_timeout,
         )
 
     def _up(self, domain: str, conn: ComponentConnection) -> None:

@@ -124,12 +124,39 @@ class Daemon:
             await metrics_server.start()
 
     async def stop(self) -> None:
-        """Stop accepting, let queued stanzas leave, close every stream, stop the node."""
-        for server in self.servers:
+        """Stop accepting, drain the components, let queued stanzas leave, close every stream.
+
+        1. Components: no new ones; each is read again whatever paused it (backpressure from
+           a stalled peer leaves its last stanzas unread in the kernel), and what it sends is
+           routed where the destination takes it at once, else bounced to it
+           (service-unavailable) while its stream is still open to carry the error; until
+           each has been silent for COMPONENT_DRAIN_QUIET (at most COMPONENT_DRAIN_TIMEOUT).
+        2. The node: S2S queues drain (up to DRAIN_TIMEOUT), its streams close; what they
+           still hold is resent-or-bounced (XEP-0198) or bounced, to components still open
+           and still read (what they send now bounces: the node no longer routes to S2S).
+        3. Components again, all of them before any closes: silent, and caught up with what
+           we owe them (up to COMPONENT_DRAIN_TIMEOUT); one still behind is cut, what it never
+           got bounced to the others.
+        4. Components: ``</stream:stream>``, read until theirs (COMPONENT_CLOSE_TIMEOUT).
+        """
+        servers = self.servers
+        for server in servers:
             await _independently("stop accepting components", server.stop_accepting())
+        for server in servers:
+            await _independently("drain the component streams", _call(server.begin_drain))
+        await asyncio.gather(
+            *(_independently("drain the component streams", s.drain()) for s in servers)
+        )
         await _independently("stop the node", self.node.stop(DRAIN_TIMEOUT))
-        for server in self.servers:
-            await _independently("close the component streams", server.close())
+        await asyncio.gather(
+            *(
+                _independently("drain the component streams", s.drain(caught_up=True))
+                for s in servers
+            )
+        )
+        await asyncio.gather(
+            *(_independently("close the component streams", s.close()) for s in servers)
+        )
         for metrics_server in self.metric_servers:
             await _independently("close the metrics endpoint", metrics_server.close())
         log.info("stopped")
@@ -208,6 +235,11 @@ def _freeze_startup_objects() -> None:
     would have waited through."""
     gc.collect()
     gc.freeze()
+
+
+async def _call(function: Callable[[], Any]) -> None:
+    """A synchronous shutdown step as an awaitable, for :func:`_independently`."""
+    function()
 
 
 async def _independently(what: str, step: Any) -> None:

@@ -151,13 +151,6 @@ async def test_peer_that_stops_reading(tmp_path: Path, sm: str) -> None:
         assert clean_exit(pair.a) + clean_exit(pair.b) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: A closes its component stream on SIGTERM with the component's last "
-    "stanzas unread in the socket (the component sees an RST after </stream:stream>): they "
-    "are neither handled nor bounced (4,000-9,300 lost a run; the other loss, bounces made "
-    "after the component streams closed, is fixed by 2fafdb2)",
-)
 async def test_sigterm_while_the_peer_stops_reading(tmp_path: Path) -> None:
     """A gets SIGTERM while its stream to B is stalled with a backlog: A exits 0 without a
     traceback within its drain bound, closes its component stream cleanly, and bounces what it

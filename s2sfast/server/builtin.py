@@ -11,12 +11,14 @@ is ``jabber:server`` (or ``jabber:component:accept``): the top-level element car
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from lxml import etree
 
 from s2sfast import __version__
+from s2sfast.lograte import Tally
 from s2sfast.protocol.errors import STANZA_CONDITIONS, STANZAS_NS
+from s2sfast.protocol.jid import jid_domain
 
 __all__ = [
     "PING_NS",
@@ -179,11 +181,36 @@ def answer(stanza: bytes | _HasRaw) -> bytes | None:
         return None
     if name == "iq":
         return _answer_iq(element)
-    log.info(
-        "builtin: dropped <%s type=%r> from %s to %s: no component serves that domain",
-        name,
-        element.get("type"),
-        element.get("from"),
-        element.get("to"),
-    )
+    if _dropped.add((name, element.get("type"), jid_domain(element.get("to") or ""))):
+        log.info(
+            "builtin: dropped <%s type=%r> from %s to %s: no component serves that domain",
+            name,
+            element.get("type"),
+            element.get("from"),
+            element.get("to"),
+        )
+    else:
+        log.debug(
+            "builtin: dropped <%s type=%r> from %s to %s: no component serves that domain",
+            name,
+            element.get("type"),
+            element.get("from"),
+            element.get("to"),
+        )
     return None
+
+
+def _dropped_line(key: Any, count: int, seconds: float) -> None:
+    name, type_, domain = key
+    log.info(
+        "builtin: dropped %d more <%s type=%r> to %s in %.1f s: no component serves that domain",
+        count,
+        name,
+        type_,
+        domain,
+        seconds,
+    )
+
+
+#: one INFO line per (stanza kind, recipient) and second in a flood (each stanza at DEBUG)
+_dropped = Tally(_dropped_line)

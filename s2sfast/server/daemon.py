@@ -31,6 +31,7 @@ from typing import Any
 from s2sfast.config import Config, ConfigError, load_config
 from s2sfast.config.loglevel import DEFAULT_LOGLEVEL, LOGLEVELS, logging_level
 from s2sfast.config.service import ListenService
+from s2sfast.lograte import Tally
 from s2sfast.protocol.component import Route
 from s2sfast.server import builtin
 from s2sfast.server.component import ComponentRegistry, ComponentServer
@@ -208,7 +209,10 @@ class Daemon:
         if domain in self.hosts:
             reply = builtin.answer(raw)
         else:
-            log.info("no component serves %s: service-unavailable", domain)
+            if _no_component.add(domain):
+                log.info("no component serves %s: service-unavailable", domain)
+            else:
+                log.debug("no component serves %s: service-unavailable for %s", domain, stanza.id)
             reply = builtin.error_reply(raw, "service-unavailable", f"no service at {domain}")
         if reply is None:
             return
@@ -235,6 +239,19 @@ def _freeze_startup_objects() -> None:
     would have waited through."""
     gc.collect()
     gc.freeze()
+
+
+def _no_component_line(domain: Any, count: int, seconds: float) -> None:
+    log.info(
+        "no component serves %s: service-unavailable for %d more stanza(s) in %.1f s",
+        domain,
+        count,
+        seconds,
+    )
+
+
+#: one INFO line per unserved domain and second in a flood (each stanza at DEBUG)
+_no_component = Tally(_no_component_line)
 
 
 async def _call(function: Callable[[], Any]) -> None:

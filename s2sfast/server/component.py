@@ -379,7 +379,13 @@ class ComponentConnection(BufferedWriter):
 
     def begin_drain(self) -> None:
         """The node is stopping: read the component whatever paused it (backpressure, the
-        shaper), route what it sends where that is taken at once, bounce the rest to it."""
+        shaper), route what it sends where that is taken at once, bounce the rest to it.
+
+        As a destination it stops holding its sources too (S2S streams, other components):
+        they are read again, so what their peers sent before the shutdown is handled before
+        their streams close; what this component cannot take past its queue bounces to them
+        (resource-constraint) instead of waiting unread in the kernel.
+        """
         if self.machine.state != "OPEN" or self.transport is None or self._draining:
             return
         self._draining = True
@@ -387,11 +393,17 @@ class ComponentConnection(BufferedWriter):
         self._held_by.clear()
         self._shaped = False
         self._update_reading()
+        self.release_sources()
 
     def held_by(self, destination: Any) -> None:
         if self._draining:
             return  # draining: never stop reading (a congested destination means a bounce)
         super().held_by(destination)
+
+    def hold_source(self, source: Any) -> None:
+        if self._draining:
+            return  # draining: our sources keep being read; past our queue they get bounces
+        super().hold_source(source)
 
     async def quiet(self, quiet: float, deadline: float, caught_up: bool = False) -> bool:
         """Wait until the component has sent nothing for *quiet* seconds (and, with

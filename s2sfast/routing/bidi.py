@@ -8,8 +8,9 @@ bound what we send it: a stanza above its max-bytes bounces instead of killing t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from s2sfast.lograte import Tally
 from s2sfast.net.stream import XmlStream
 from s2sfast.protocol.bidi import BidiRoute
 from s2sfast.protocol.stream_limits import StreamLimits, over_limit_text
@@ -21,6 +22,21 @@ if TYPE_CHECKING:
 __all__ = ["BidiLinks"]
 
 log = logging.getLogger("s2sfast.router")
+
+
+def _over_limit_line(key: Any, count: int, seconds: float) -> None:
+    remote, limit = key
+    log.info(
+        "%d more stanza(s) to %s exceeded its limit of %d in %.1f s: bounced",
+        count,
+        remote,
+        limit,
+        seconds,
+    )
+
+
+#: one INFO line per peer and second when a flood exceeds its max-bytes (each at DEBUG)
+_over_limit = Tally(_over_limit_line)
 
 
 class BidiLinks:
@@ -111,9 +127,20 @@ class BidiLinks:
     def over_peer_limit(self, raw: bytes, local: str, remote: str, limit: int) -> None:
         """XEP-0478 section 4: a stanza above the peer's announced max-bytes is not sent (the
         peer would kill the stream); its sender gets policy-violation without ``by``."""
-        log.info(
-            "stanza of %d bytes to %s exceeds its limit of %d: bouncing", len(raw), remote, limit
-        )
+        if _over_limit.add((remote, limit)):
+            log.info(
+                "stanza of %d bytes to %s exceeds its limit of %d: bouncing",
+                len(raw),
+                remote,
+                limit,
+            )
+        else:
+            log.debug(
+                "stanza of %d bytes to %s exceeds its limit of %d: bouncing",
+                len(raw),
+                remote,
+                limit,
+            )
         self.router.bounce(
             raw, local, "policy-violation", over_limit_text(len(raw), limit, remote), by_us=False
         )

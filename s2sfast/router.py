@@ -34,6 +34,7 @@ from typing import Any
 
 from s2sfast.config import Config, S2SOptions
 from s2sfast.framing import Stanza, StreamFramer
+from s2sfast.lograte import Tally
 from s2sfast.net.backoff import (
     DEFAULT_INITIAL_DELAY,
     DEFAULT_PENDING_DEADLINE,
@@ -66,6 +67,19 @@ from s2sfast.routing.verify import VerifyBroker
 __all__ = ["Router", "OutboundLink", "stanza_from_bytes", "MAX_QUEUE"]
 
 log = logging.getLogger("s2sfast.router")
+
+
+def _denied_line(pair: Any, count: int, seconds: float) -> None:
+    log.info("policy denies %s -> %s: bounced %d more in %.1f s", *pair, count, seconds)
+
+
+def _unroutable_line(domain: Any, count: int, seconds: float) -> None:
+    log.info("%d more bounce(s) to %s not routable in %.1f s", count, domain, seconds)
+
+
+#: floods of bounces: one INFO line per pair (domain) and second, each stanza at DEBUG
+_denied = Tally(_denied_line)
+_unroutable = Tally(_unroutable_line)
 
 #: stanzas held per (local, remote) pair while its stream connects, authenticates or backs off;
 #: beyond this the sender gets resource-constraint (rationale in s2sfast.net.backoff)
@@ -324,7 +338,10 @@ class Router:
             self.bounce(raw, local, "service-unavailable", "the node is shutting down")
             return None
         if not self.policy_allows(local, remote):
-            log.info("policy denies %s -> %s: bouncing", local, remote)
+            if _denied.add((local, remote)):
+                log.info("policy denies %s -> %s: bouncing", local, remote)
+            else:
+                log.debug("policy denies %s -> %s: bouncing", local, remote)
             self.bounce(raw, local, "service-unavailable", f"federation with {remote} is denied")
             return None
         link = self.outbound.get((local, remote))
@@ -388,7 +405,10 @@ class Router:
         try:
             self.route(stanza)
         except ValueError as exc:
-            log.info("bounce to %s not routable: %s", stanza.to, exc)
+            if _unroutable.add(stanza.to_domain):
+                log.info("bounce to %s not routable: %s", stanza.to, exc)
+            else:
+                log.debug("bounce to %s not routable: %s", stanza.to, exc)
 
     def emit(self, kind: str, **fields: Any) -> None:
         """Tell the observers about an outcome; an observer's failure is only logged."""

@@ -146,6 +146,9 @@ async def _paced_servers(
     result = _half_result(rate, m, counter.count, counter.missing(), counter.latencies)
     result.update(_busy_since(before, pids))
     result["client_send_lag_ms"] = traffic.percentiles(sender.send_lag, (50, 99, 100))
+    # latency_ms counts a message as arrived when the kernel had it on the receiver's socket;
+    # this, when the load client read it (its own wait for a CPU added)
+    result["client_read_latency_ms"] = traffic.percentiles(counter.read_latencies)
     return result
 
 

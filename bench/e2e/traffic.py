@@ -5,7 +5,10 @@ It is deliberately small and does no XML parsing on the hot path: a sender write
 bytes in batches (honouring the transport's flow control), a receiver finds ``<body>#SEQ NS``
 markers with one regular expression per chunk. The same code drives every contender, so the
 client costs the same everywhere. Send times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC is
-one clock for the whole machine, so a receiver in another process can subtract them).
+one clock for the whole machine, so a receiver in another process can subtract them), taken
+just before the write. A receiver counts a message as arrived when the kernel received it on
+the receiver's socket (SO_TIMESTAMPNS, Linux), not when this process got round to reading it:
+the latency is the servers' (and the loopback's), not the load client's wait for a CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import re
+import socket
+import struct
+import sys
 import time
 from array import array
 from typing import Any
@@ -29,6 +36,13 @@ BATCH = 64
 #: timer, so the sender spun (337,000 turns a second, a whole CPU taken from the servers under
 #: test on a 2-CPU machine, at 1,000 messages/s as at 70,000)
 TICK = 0.001
+#: bytes per read of a counting receiver (what asyncio's socket transport reads per call)
+READ_SIZE = 256 * 1024
+#: Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS; the socket module does not name it): every read
+#: comes with the time (CLOCK_REALTIME, struct timespec) the kernel received its last segment
+SO_TIMESTAMPNS = 35 if sys.platform == "linux" else None
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 def template(frm: str | None, to: str, size: int) -> bytes:
@@ -68,11 +82,16 @@ class Counter:
         self.duplicates = 0
         self.foreign = 0
         self.latencies = array("q")
+        #: arrival as this process read it (later than the kernel's when the client waited)
+        self.read_latencies = array("q")
         self.first_ns = 0
         self.last_ns = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def add(self, chunk: bytes | memoryview, now: int) -> None:
+    def add(self, chunk: bytes | memoryview, now: int, read_ns: int = 0) -> None:
+        """Count the messages in *chunk*, arrived at *now* (the kernel's time, monotonic ns)
+        and read by this process at *read_ns* (0: same as *now*)."""
+        read_ns = read_ns or now
         for m in MARK.finditer(chunk):
             seq = int(m[1])
             if seq >= self.expect:
@@ -83,7 +102,9 @@ class Counter:
                 continue
             self.seen[seq] = 1
             self.count += 1
-            self.latencies.append(now - int(m[2]))
+            sent = int(m[2])
+            self.latencies.append(now - sent)
+            self.read_latencies.append(read_ns - sent)
         if not self.first_ns:
             self.first_ns = now
         self.last_ns = now
@@ -130,6 +151,9 @@ class RawXmpp(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         #: the last paced run's lateness per write, nanoseconds (see :meth:`paced`)
         self.send_lag = array("q")
+        #: while counting (Linux): our own non-blocking reader of the connection (a duplicate
+        #: of its descriptor, the transport's reading paused), with kernel arrival times
+        self._sock: socket.socket | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -144,7 +168,9 @@ class RawXmpp(asyncio.Protocol):
             if self._waiter is not None:
                 self._check()
             return
-        now = time.monotonic_ns()
+        self._count(counter, data, time.monotonic_ns(), 0)
+
+    def _count(self, counter: Counter, data: bytes, now: int, read_ns: int) -> None:
         buf = self.buf + data if self.buf else data
         cut = buf.rfind(END)
         if cut < 0:
@@ -152,7 +178,51 @@ class RawXmpp(asyncio.Protocol):
             return
         cut += len(END)
         self.buf = buf[cut:]
-        counter.add(memoryview(buf)[:cut], now)
+        counter.add(memoryview(buf)[:cut], now, read_ns)
+
+    def _readable(self) -> None:
+        """Our own read while counting: the data and the kernel's arrival time."""
+        assert self._sock is not None and self.counter is not None
+        try:
+            data, ancillary, _, _ = self._sock.recvmsg(READ_SIZE, _ANCILLARY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._stop_reading()
+            self.connection_lost(exc)
+            return
+        read_ns = time.monotonic_ns()
+        if not data:
+            self._stop_reading()
+            self.connection_lost(None)
+            return
+        arrived = read_ns
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(raw)
+                # CLOCK_REALTIME -> CLOCK_MONOTONIC, the offset read now (no clock step between)
+                arrived = min(read_ns, sec * 1_000_000_000 + nsec - (time.time_ns() - read_ns))
+        self._count(self.counter, data, arrived, read_ns)
+
+    def _stamp_arrivals(self) -> None:
+        """From now on read the connection ourselves, with the kernel's arrival times."""
+        if self._sock is not None or SO_TIMESTAMPNS is None or self.transport is None:
+            return
+        raw = self.transport.get_extra_info("socket")
+        if raw is None:
+            return
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.transport.pause_reading()
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def _stop_reading(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -201,9 +271,11 @@ class RawXmpp(asyncio.Protocol):
     def start_counting(self, expect: int) -> Counter:
         self.buf = b""
         self.counter = Counter(expect)
+        self._stamp_arrivals()
         return self.counter
 
     def close(self) -> None:
+        self._stop_reading()
         if self.transport is not None:
             self.transport.close()
 

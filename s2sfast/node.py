@@ -193,23 +193,28 @@ class Node:
             ValueError: not one stanza, ``from`` not local, or no ``to``.
             RuntimeError: the node is not started.
         """
-        if self.router is None:
+        router = self.router
+        if router is None:
             raise RuntimeError("Node.start() has not been awaited")
-        if isinstance(stanza, Stanza):
+        if type(stanza) is bytes:  # the common case first
+            raw = stanza
+            framed = stanza_from_bytes(raw)
+        elif isinstance(stanza, Stanza):
             raw = stanza.raw
             framed = stanza
         else:
             raw = stanza if isinstance(stanza, bytes | bytearray) else _serialise(stanza)
             raw = bytes(raw)
             framed = stanza_from_bytes(raw)
-        dest = self.router.send(raw, framed)
+        dest = router.send(raw, framed)
         if dest is not None:
             # backpressure: the next hop takes stanzas slower than we are asked to send them
             await dest.drained()
-        link = self.router.outbound.get((framed.from_domain, framed.to_domain))
-        stream = link.stream if link is not None else None
-        if stream is not None and self.router.sm_blocked(stream):
-            await self.router.sm_room(stream)  # XEP-0198: half the unacked window is in flight
+        link = router.outbound.get((framed.from_domain, framed.to_domain))
+        if link is not None:
+            stream = link.stream
+            if stream is not None and router.sm_blocked(stream):
+                await router.sm_room(stream)  # XEP-0198: half the unacked window is in flight
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush queued stanzas (up to *timeout*), stop accepting, close every stream cleanly.

@@ -52,7 +52,6 @@ from s2sfast.protocol.events import (
     AuthFailed,
     Deliver,
     Drop,
-    Handled,
     Unacked,
     VerifyAnswered,
     VerifyKey,
@@ -319,9 +318,12 @@ class Router:
         """
         if stanza.from_domain not in self.local_domains:
             raise ValueError(f"'from' {stanza.from_!r} is not at a local domain")
-        if not stanza.to_domain:
+        remote = stanza.to_domain
+        if not remote:
             raise ValueError("the stanza has no 'to'")
-        return self.route(stanza)
+        if remote in self.routes or self._local_default(remote):
+            return self.route(stanza)
+        return self._send_remote(stanza, None)
 
     def _send_remote(self, stanza: Stanza, source: Any) -> Any:
         local = stanza.from_domain
@@ -337,23 +339,29 @@ class Router:
         if self.closing:
             self.bounce(raw, local, "service-unavailable", "the node is shutting down")
             return None
-        if not self.policy_allows(local, remote):
+        pair = (local, remote)
+        allowed = self._allowed.get(pair)
+        if allowed is None:
+            allowed = self.policy_allows(local, remote)
+        if not allowed:
             if _denied.add((local, remote)):
                 log.info("policy denies %s -> %s: bouncing", local, remote)
             else:
                 log.debug("policy denies %s -> %s: bouncing", local, remote)
             self.bounce(raw, local, "service-unavailable", f"federation with {remote} is denied")
             return None
-        link = self.outbound.get((local, remote))
+        link = self.outbound.get(pair)
         if link is not None and link.established and link.stream is not None:
             stream = link.stream
             if stream.writable:
-                limit = stream.machine.peer_max_bytes
+                machine = stream.machine
+                limit = machine.peer_max_bytes
                 if limit is not None and len(raw) > limit:
                     self.bidi.over_peer_limit(raw, local, remote, limit)
                     return None
                 # XEP-0198 window full, or stanzas already wait for it: queue behind them
-                if not link.queue and not stream.machine.window_full:
+                sm = machine.sm_out
+                if not link.queue and (sm is None or len(sm.unacked) < sm.max_unacked):
                     if not stream.write_stanza(raw):
                         self.bounce(
                             raw,
@@ -494,9 +502,11 @@ class Router:
         if self.metrics is not None:
             self.metrics.s2s_in(stanza)
         done = None
-        dest = self.routes.get(stanza.to_domain)
+        domain = stanza.to_domain
         try:
-            if dest is None and self._local_default(stanza.to_domain):
+            if domain not in self.routes and (
+                domain in self.local_domains or self._local_default(domain)
+            ):
                 done = self.deliver(stanza)
             else:
                 busy = self.route(stanza, stream)
@@ -506,13 +516,13 @@ class Router:
                     done = asyncio.ensure_future(busy.drained())
         except ValueError as exc:  # the incoming machine lets only local domains through
             log.info("dropped on %s: %s", stream.describe(), exc)
-        if action.seq is None:
+        seq = action.seq
+        if seq is None:
             return
-        handled = Handled(seq=action.seq)
         if done is None or not hasattr(done, "add_done_callback"):
-            stream.feed_event(handled)
+            stream.handled(seq)  # XEP-0198 (no Handled event per stanza: s2sfast.net.stream)
             return
-        done.add_done_callback(lambda _f: stream.feed_event(handled))
+        done.add_done_callback(lambda _f: stream.handled(seq))
 
     @staticmethod
     def _address(stream: XmlStream) -> str:

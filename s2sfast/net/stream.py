@@ -528,8 +528,12 @@ class XmlStream(BufferedWriter):
             len(self._wbuf) >= self.max_queue or self._wbuf_size >= self.max_queue_bytes
         ):
             return False
-        if self._sent is not None and self.machine.sm_out is not None:
-            self._keep_batch().keep(raw)
+        if self._sent is not None:
+            sm = self.machine.sm_out
+            if sm is not None:
+                if not self._batching:  # the first of a batch (the rest only append)
+                    self._keep_batch()
+                sm.keep(raw)
         self._queue(raw)
         if self.on_stanza_sent is not None:
             self.on_stanza_sent(raw)

@@ -32,6 +32,7 @@ paths.setup()
 
 from core_helpers import node_config  # noqa: E402
 
+from s2sfast.config import StreamManagementOptions  # noqa: E402
 from s2sfast.net.dns import Resolver  # noqa: E402
 from s2sfast.node import Node  # noqa: E402
 
@@ -75,6 +76,7 @@ async def main_async(args: argparse.Namespace) -> None:
         certfile=args.cert,
         cafile=args.ca or None,
         state_timeout_ms=30000,
+        stream_management=StreamManagementOptions(enabled=not args.no_sm),
     )
     # [s2s] address overrides bypass DNS; a nameserver where nothing listens makes sure the
     # machine's resolver is never asked (a loopback DNS server's threads would share the GIL)
@@ -134,6 +136,7 @@ def main() -> None:
     parser.add_argument("--ca", default="", help="trust this CA (default: none: dialback)")
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--stall", type=float, default=20.0)
+    parser.add_argument("--no-sm", action="store_true", help="XEP-0198 off on this node")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     if args.loop == "uvloop":

@@ -64,6 +64,15 @@ log = logging.getLogger("s2sfast.stream")
 CLOSE_TIMEOUT = 2.0
 #: plaintext read per SSLObject.read call: one TLS record's worth
 TLS_READ_SIZE = 16 * 1024
+#: An ``ssl.MemoryBIO`` keeps the largest buffer it ever held (OpenSSL's BUF_MEM never shrinks,
+#: and grows by 4/3): one 256 KiB read fed at once, or one 256 KiB batch encrypted at once,
+#: would stay allocated (~340 KiB) for the life of the stream, idle or not. Received bytes go
+#: into the in-BIO at most this many at a time (a few more SSLObject.read calls per read) ...
+TLS_IN_SLICE = 4 * 1024
+#: ... and plaintext is encrypted at most one TLS record (16 KiB) at a time, each record taken
+#: out of the out-BIO before the next: the same records as one big write, in one
+#: transport.write per batch, with an out-BIO of one record (~22 KiB once a batch exceeded it).
+TLS_OUT_SLICE = 16 * 1024
 
 
 class StreamOwner(Protocol):
@@ -136,6 +145,7 @@ class XmlStream(BufferedWriter):
         "_sent",
         "_counted",
         "_batching",
+        "_kept",
         "deaf",
         "_stranded",
         "_timer",
@@ -206,6 +216,8 @@ class XmlStream(BufferedWriter):
         self._counted = False
         #: a _batch_end is scheduled (XEP-0198: stanzas were kept since the last one)
         self._batching = False
+        #: XEP-0198: stanzas kept since the machine last decided on <r/> and its ack timer
+        self._kept = 0
         #: we failed the stream because the peer stopped reading (what waits for it bounces)
         self.deaf = False
         self._stranded: list[bytes] | tuple[()] = ()
@@ -291,12 +303,31 @@ class XmlStream(BufferedWriter):
             self._feed(data)
             return
         assert self._in_bio is not None
+        if len(data) > TLS_IN_SLICE:
+            self._tls_received_sliced(data)
+            return
         self._in_bio.write(data)
         if self._handshaking:
             self._handshake()
             if self._handshaking or self._ssl is None:
                 return
         self._read_tls()
+
+    def _tls_received_sliced(self, data: bytes) -> None:
+        """:meth:`data_received` under TLS for a big read: the in-BIO takes it a slice at a
+        time (TLS_IN_SLICE), so its never-shrinking buffer stays small."""
+        view = memoryview(data)
+        for i in range(0, len(data), TLS_IN_SLICE):
+            if self._lost or self._in_bio is None:
+                return
+            self._in_bio.write(view[i : i + TLS_IN_SLICE])
+            if self._handshaking:
+                self._handshake()
+                if self._handshaking:
+                    continue  # the handshake wants the next slice
+                if self._ssl is None:
+                    return
+            self._read_tls()
 
     # --- backpressure ---------------------------------------------------------------------------
 
@@ -528,13 +559,17 @@ class XmlStream(BufferedWriter):
             len(self._wbuf) >= self.max_queue or self._wbuf_size >= self.max_queue_bytes
         ):
             return False
-        if self._sent is not None:
-            sm = self.machine.sm_out
-            if sm is not None:
-                if not self._batching:  # the first of a batch (the rest only append)
-                    self._keep_batch()
-                sm.keep(raw)
-        self._queue(raw)
+        sm = self.machine.sm_out if self._sent is not None else None
+        if sm is None:
+            self._queue(raw)
+        else:
+            if not self._batching:  # the first of a batch (the rest only append)
+                self._keep_batch()
+            sm.keep(raw)
+            self._queue(raw)
+            self._kept += 1
+            if self._kept >= sm.request_every:
+                self._sm_sent()  # a long burst asks every ack_freq stanzas, as configured
         if self.on_stanza_sent is not None:
             self.on_stanza_sent(raw)
         return True
@@ -545,31 +580,46 @@ class XmlStream(BufferedWriter):
         ``<r/>`` and ack timer are performed here)."""
         if not raws or self._lost or self._close_sent:
             return
-        if self._sent is not None and self.machine.sm_out is not None:
-            self._keep_batch().keep_all(raws)
+        sm = self.machine.sm_out if self._sent is not None else None
+        if sm is not None:
+            self._keep_batch()
+            sm.keep_all(raws)
+            self._kept += len(raws)
         for raw in raws:
             self._queue(raw)
 
-    def _keep_batch(self) -> Any:
-        """XEP-0198 counts what is written now: the machine's SmOutbound, with the end of this
-        write batch scheduled (before the flush, so its ``<r/>`` leaves with the stanzas)."""
+    def _keep_batch(self) -> None:
+        """XEP-0198 counts what is written now (the machine's SmOutbound keeps each stanza);
+        the end of this write batch is scheduled before the flush, so that its ``<r/>``
+        leaves with the stanzas."""
         if not self._counted:
             self._counted = True
             self._track_recent = False  # the machine keeps every stanza until acknowledged
         if not self._batching:
             self._batching = True
             self._loop.call_soon(self._batch_end)
-        return self.machine.sm_out
 
     def _batch_end(self) -> None:
-        """The stanzas written since the last batch leave now: the machine's ack timer and one
-        ``<r/>`` for all of them (not one per ack_freq stanzas within a burst)."""
         self._batching = False
+        if self._kept:
+            self._sm_sent()
+
+    def _sm_sent(self) -> None:
+        """The stanzas kept since the last call leave now: the machine's ack timer, and an
+        ``<r/>`` when its request policy asks for one (once per write or per ack_freq
+        stanzas, not per stanza). Run by the flush that hands them to the transport, every
+        ack_freq stanzas of a long burst, or by the loop if neither came first."""
+        self._kept = 0
         if self._lost or self._close_sent:
             return
         actions = self.machine.sent_batch()
         if actions:
             self._perform(actions)
+
+    def _flush(self, force: bool = False) -> None:
+        if self._kept and (force or not self._wpaused):
+            self._sm_sent()  # XEP-0198: a write that carries kept stanzas carries their <r/>
+        super()._flush(force)
 
     def handled(self, seq: int) -> None:
         """XEP-0198: inbound stanza *seq* has left this process (or was answered with an
@@ -619,13 +669,28 @@ class XmlStream(BufferedWriter):
             log.error("dropping %d bytes written during the TLS handshake", len(data))
             return
         try:
-            self._ssl.write(data)
+            if len(data) <= TLS_OUT_SLICE:
+                self._ssl.write(data)
+                self._drain_bio()
+            else:
+                self._write_tls_sliced(data)
         except ssl.SSLError as exc:
             log.warning("TLS write failed on %s: %s", self.describe(), exc)
             self.abort()
             return
-        self._drain_bio()
         self._check_backlog()
+
+    def _write_tls_sliced(self, data: bytes) -> None:
+        """Encrypt a big batch one TLS record at a time (TLS_OUT_SLICE), taking each record out
+        of the out-BIO before the next, and hand the records to the transport in one write."""
+        assert self._ssl is not None and self._out_bio is not None and self.transport is not None
+        view = memoryview(data)
+        write, take = self._ssl.write, self._out_bio.read
+        records = []
+        for i in range(0, len(data), TLS_OUT_SLICE):
+            write(view[i : i + TLS_OUT_SLICE])
+            records.append(take())
+        self.transport.write(b"".join(records))
 
     def _check_backlog(self) -> None:
         """A peer that does not read must not make us buffer without bound."""

@@ -109,3 +109,58 @@ async def test_an_idle_tls_stream_keeps_a_bounded_python_heap(tmp_path: Any) -> 
         await a.stop(timeout=5)
         await b.stop(timeout=5)
         dns.close()
+
+
+class _BioSpy:
+    """Stands in for a stream's MemoryBIO (the SSLObject keeps the real one) and records the
+    largest slice the stream wrote into it or read out of it."""
+
+    def __init__(self, bio: Any) -> None:
+        self.bio = bio
+        self.biggest = 0
+
+    def write(self, data: Any) -> int:
+        self.biggest = max(self.biggest, len(data))
+        return self.bio.write(data)
+
+    def read(self, *n: int) -> bytes:
+        out = self.bio.read(*n)
+        self.biggest = max(self.biggest, len(out))
+        return out
+
+    @property
+    def pending(self) -> int:
+        return self.bio.pending
+
+
+async def test_a_big_burst_keeps_the_memory_bios_small(federation, tls_certfile, tls_ca_file):
+    """A MemoryBIO's buffer never shrinks, so the stream feeds it small slices: after a burst of
+    ~180 KB each way through the BIOs, neither end ever put more than one slice (in) or one
+    TLS record (out) into one of them, and every stanza arrived intact and in order."""
+    from s2sfast.net.stream import TLS_IN_SLICE, TLS_OUT_SLICE
+
+    def tls(host: str) -> dict[str, Any]:
+        return {
+            "hosts": [host],
+            "mode": "required",
+            "certfile": tls_certfile(host),
+            "cafile": tls_ca_file,
+        }
+
+    nodes = await federation({"A": tls("a.test"), "B": tls("b.test")})
+    a, b = nodes["A"], nodes["B"]
+    await a.send(b"<message from='u@a.test' to='v@b.test' id='warm'><body>w</body></message>")
+    assert (await b.inbox.get()).id == "warm"
+    out = a.router.outbound[("a.test", "b.test")].stream
+    (inbound,) = [s for s in b.router.streams if s.direction == "in" and s.authenticated]
+    assert out.tls and inbound.tls
+    out._out_bio = out_spy = _BioSpy(out._out_bio)
+    inbound._in_bio = in_spy = _BioSpy(inbound._in_bio)
+    n = 1200
+    for i in range(n):
+        raw = f"<message from='u@a.test' to='v@b.test' id='b{i}'><body>{'x' * 100}</body></message>"
+        await a.send(raw.encode())
+    assert [(await b.inbox.get()).id for _ in range(n)] == [f"b{i}" for i in range(n)]
+    assert 0 < in_spy.biggest <= TLS_IN_SLICE
+    # one record: 16 KiB of plaintext plus its header, nonce and tag
+    assert TLS_OUT_SLICE <= out_spy.biggest <= TLS_OUT_SLICE + 64

@@ -1,6 +1,7 @@
-"""Writes to one stream within one loop iteration leave together: under TLS one SSLObject.write
-and as few TLS records as the byte count allows; at low load a lone stanza still leaves at
-once, on the loop's next turn. Two real nodes, TLS required, real peer."""
+"""Writes to one stream within one loop iteration leave together: under TLS in one transport
+write and as few TLS records as the byte count allows (encrypted a record at a time, so the
+MemoryBIO stays small); at low load a lone stanza still leaves at once, on the loop's next
+turn. Two real nodes, TLS required, real peer."""
 
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ async def test_a_burst_leaves_in_one_tls_write_and_full_records(
     ids = [(await b.inbox.get()).id for _ in range(n)]
     assert ids == [f"b{i}" for i in range(n)]
     total = sum(map(len, burst))
-    assert len(ssl_writes) == 1 and ssl_writes[0] >= total, ssl_writes
+    assert sum(ssl_writes) >= total and max(ssl_writes) <= 16384, ssl_writes
     # as few records as the byte count allows (16 KiB of plaintext each), plus one for a
     # stream-management request riding along
-    assert records.records <= math.ceil(ssl_writes[0] / 16384) + 1, records.records
+    assert records.records <= math.ceil(sum(ssl_writes) / 16384) + 1, records.records
     assert records.writes == 1
 
     # low load: a lone stanza is not held back waiting for company

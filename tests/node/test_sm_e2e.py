@@ -10,6 +10,7 @@ import pytest
 from core_helpers import message
 
 from s2sfast.config import StreamManagementOptions
+from s2sfast.protocol.sm import REQUEST
 from s2sfast.router import stanza_from_bytes
 
 
@@ -52,6 +53,39 @@ async def test_sm_is_enabled_on_both_streams_and_acks_empty_the_queues(federatio
     for node in (a, b):
         (inbound,) = _ins(node)
         assert inbound.machine.sm_in.received == inbound.machine.sm_in.h == 250
+
+
+async def test_a_burst_asks_for_acks_as_it_goes(federation):
+    """A burst written without the loop turning (Node.send does not yield while nothing is
+    congested) carries an <r/> every ack_freq stanzas and with each write past the high-water
+    mark, not one at its end: the peer's acks come back while the sender goes on."""
+    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    await a.send(message("u@a.test", "v@b.test", "warm", id="warm"))
+    assert (await b.inbox.get()).id == "warm"
+    stream = _out(a, "b.test")
+    sm = stream.machine.sm_out
+    await _until(lambda: not sm.unacked)
+    written: list[bytes] = []
+    real_write = stream.transport.write
+
+    def transport_write(data):
+        written.append(bytes(data))
+        real_write(data)
+
+    stream.transport.write = transport_write
+    n = 1000  # ~120 KB: below the high-water mark, so one write once the loop turns
+    for i in range(n):
+        await a.send(message("u@a.test", "v@b.test", "x" * 40, id=f"b{i}"))
+    assert written == []  # nothing left before the loop's next turn
+    assert [(await b.inbox.get()).id for _ in range(n)] == [f"b{i}" for i in range(n)]
+    await _until(lambda: not sm.unacked)
+    assert sm.acked == n + 1
+    assert not stream.tls  # plaintext on the wire: its <r/>s can be counted
+    wire = b"".join(written)
+    asks = wire.count(REQUEST)
+    assert asks >= n // sm.request_every, asks  # not one per burst
+    assert wire.index(REQUEST) < wire.index(b"id='b100'")  # the first within the first 101
 
 
 async def test_a_peer_without_sm_gets_plain_streams(federation):

@@ -18,9 +18,16 @@ from daemon_helpers import RawComponent, free_port
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
 
 from s2sfast.config import load_config  # noqa: E402
+from s2sfast.framing import StreamFramer  # noqa: E402
+from s2sfast.protocol.component import (  # noqa: E402
+    COMPONENT_NS,
+    ComponentMachine,
+    Route,
+    Shutdown,
+    handshake_digest,
+)
+from s2sfast.protocol.events import Close, SetTimer, TimerFired  # noqa: E402
 from s2sfast.server.daemon import Daemon  # noqa: E402
-
-pytestmark = pytest.mark.slow
 
 _CONDITIONS = ("service-unavailable", "resource-constraint", "recipient-unavailable")
 
@@ -118,6 +125,75 @@ def _conn(daemon: Daemon, domain: str) -> Any:
     return conn
 
 
+# --- the machine: CLOSING after our clean close (RFC 6120 4.4) ---------------------------------
+
+
+def _open_machine(close_timeout: float = 2.0) -> tuple[ComponentMachine, StreamFramer]:
+    machine = ComponentMachine(
+        password="pw",
+        is_hosted=lambda d: d.endswith("a.test"),
+        is_taken=lambda d: False,
+        stream_id="s1",
+        close_timeout=close_timeout,
+    )
+    framer = StreamFramer(default_ns=COMPONENT_NS)
+    machine.start()
+    header = (
+        "<stream:stream xmlns='jabber:component:accept' "
+        "xmlns:stream='http://etherx.jabber.org/streams' to='bot.a.test'>"
+        f"<handshake>{handshake_digest('s1', 'pw')}</handshake>"
+    )
+    for event in framer.feed(header.encode()):
+        machine.receive(event)
+    assert machine.state == "OPEN"
+    return machine, framer
+
+
+def _feed(machine: ComponentMachine, framer: StreamFramer, data: str) -> list[Any]:
+    out: list[Any] = []
+    for event in framer.feed(data.encode()):
+        out.extend(machine.receive(event))
+    return out
+
+
+def test_after_our_close_the_component_may_still_send_until_its_own_close() -> None:
+    machine, framer = _open_machine()
+    actions = machine.receive(Shutdown(text="the node is shutting down"))
+    assert actions == [
+        SetTimer(seconds=2.0),
+        Close(condition=None, text="the node is shutting down"),
+    ]
+    assert machine.state == "CLOSING" and machine.closed
+    routed = _feed(machine, framer, "<message from='x@bot.a.test' to='y@b.test' id='late'/>")
+    assert [type(a) for a in routed] == [Route] and routed[0].to == "y@b.test"
+    assert machine.receive(Shutdown()) == []  # closing already: nothing more to send
+    done = _feed(machine, framer, "</stream:stream>")
+    assert machine.state == "CLOSED"
+    assert done == [SetTimer(seconds=None), Close(condition=None, text="the component closed too")]
+
+
+def test_a_component_that_never_answers_our_close_is_cut_at_the_timer() -> None:
+    machine, _ = _open_machine(close_timeout=1.5)
+    machine.receive(Shutdown())
+    actions = machine.receive(TimerFired())
+    assert machine.state == "CLOSED"
+    close = actions[-1]
+    assert isinstance(close, Close) and close.condition is None
+    assert "within 1.5 s" in (close.text or "")
+
+
+def test_a_bad_stanza_after_our_close_still_fails_the_stream() -> None:
+    machine, framer = _open_machine()
+    machine.receive(Shutdown())
+    actions = _feed(machine, framer, "<message from='x@elsewhere.test' to='y@b.test'/>")
+    assert machine.state == "ERROR"
+    assert actions[-1] == Close(condition="invalid-from", text=actions[-1].text)
+
+
+# --- a daemon on loopback -------------------------------------------------------------------
+
+
+@pytest.mark.slow
 async def test_stanzas_left_unread_behind_backpressure_are_routed_or_bounced(
     tmp_path: Path,
 ) -> None:
@@ -178,6 +254,7 @@ async def test_stanzas_left_unread_behind_backpressure_are_routed_or_bounced(
             await daemon.stop()
 
 
+@pytest.mark.slow
 async def test_a_component_that_keeps_sending_and_never_closes_is_cut(tmp_path: Path) -> None:
     """one.a.test floods two.a.test (which reads nothing) through the whole shutdown and never
     answers the node's </stream:stream>: the drain ends at its bound, one is cut at the close

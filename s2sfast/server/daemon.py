@@ -235,8 +235,8 @@ def _freeze_startup_objects() -> None:
     objects) lives as long as the process, so it leaves the cyclic collector's view
     (``gc.freeze``). A full collection, when one comes (streams opening and closing make them;
     the stanza path allocates almost nothing the collector tracks), then scans only what came
-    after: on a started daemon 12-18 ms before, 0.01 ms after, a pause every stanza in flight
-    would have waited through."""
+    after: in a started daemon on a shared 2-CPU machine 5-33 ms before, 0.02-0.6 ms after, a
+    pause every stanza in flight would have waited through."""
     gc.collect()
     gc.freeze()
 

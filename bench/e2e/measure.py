@@ -153,17 +153,16 @@ async def _paced_servers(
 
 
 def _busy(pids: list[int]) -> tuple[float, list[float], list[float]]:
-    me = [*pids, os.getpid()]
-    return (
-        time.monotonic(),
-        [procstat.cpu_seconds(p) for p in pids],
-        [procstat.run_delay_seconds(p) for p in me],
-    )
+    waits = [procstat.run_delay_seconds(p) for p in pids]
+    # this client: the thread running the event loop (not the servers' log collectors)
+    waits.append(procstat.run_delay_seconds(os.getpid(), main_thread=True))
+    return time.monotonic(), [procstat.cpu_seconds(p) for p in pids], waits
 
 
 def _busy_since(before: tuple[float, list[float], list[float]], pids: list[int]) -> dict[str, Any]:
     """The servers' CPU share and, for them and this client, the share of the time they were
-    runnable but waited for a CPU (a busy machine: latency that is not theirs)."""
+    runnable but waited for a CPU (a busy machine: latency that is not theirs; a server's
+    threads are summed, so a many-threaded one, like ejabberd's VM, may pass 100%)."""
     t0, cpu0, wait0 = before
     secs = max(1e-9, time.monotonic() - t0)
     now = _busy(pids)

@@ -41,9 +41,15 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def run_delay_seconds(pid: int) -> float:
-    """Seconds *pid* and its descendants (every thread) spent runnable but waiting for a CPU
-    (/proc/PID/task/TID/schedstat, second field): how much a busy machine held them back."""
+def run_delay_seconds(pid: int, main_thread: bool = False) -> float:
+    """Seconds *pid* and its descendants (every thread, summed: may exceed the wall time) spent
+    runnable but waiting for a CPU (/proc/PID/task/TID/schedstat, second field): how much a
+    busy machine held them back. *main_thread*: only *pid*'s own main thread."""
+    if main_thread:
+        try:
+            return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
     total = 0
     for p in children(pid):
         try:

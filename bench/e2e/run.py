@@ -159,7 +159,8 @@ def table(results: list[dict[str, Any]], auth: str = "dialback") -> str:
     if waits:
         # a shared machine: time runnable but without a CPU is latency the servers did not cause
         lines.append(
-            "waiting for a CPU at half peak (server A/B/load client, share of the time): "
+            "waiting for a CPU at half peak (share of the time; servers A/B: threads summed, "
+            "load client: its loop): "
             + ", ".join(
                 f"{r['name']} " + "/".join(f"{w:.0%}" for w in r["half_peak"]["cpu_wait_share"])
                 for r in waits

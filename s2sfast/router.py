@@ -101,17 +101,20 @@ def stanza_from_bytes(raw: bytes) -> Stanza:
     """
     framer = getattr(_reusable, "framer", None)
     if framer is None:
-        framer = StreamFramer()
+        framer = _reusable.framer = StreamFramer()
         framer.feed(_HEADER)
-    _reusable.framer = None  # taken: a failure below leaves it out (its state is unknown)
-    events = framer.feed(raw)
+    try:
+        events = framer.feed(raw)
+    except BaseException:
+        _reusable.framer = None  # a refused input: the framer's state is unknown, drop it
+        raise
     if (
         len(events) != 1
         or not isinstance(events[0], Stanza)
         or (len(events[0].raw) != len(raw) and events[0].raw != raw.strip())
     ):
+        _reusable.framer = None  # not between stanzas (a partial one, or more than one)
         raise ValueError("expected exactly one complete stanza")
-    _reusable.framer = framer  # exactly one whole stanza: the framer is between stanzas again
     return events[0]
 
 
@@ -321,7 +324,11 @@ class Router:
         remote = stanza.to_domain
         if not remote:
             raise ValueError("the stanza has no 'to'")
-        if remote in self.routes or self._local_default(remote):
+        if (
+            remote in self.routes
+            or remote in self.local_domains
+            or (self.hosted is not None and self.hosted(remote))
+        ):
             return self.route(stanza)
         return self._send_remote(stanza, None)
 

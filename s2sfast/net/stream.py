@@ -116,6 +116,7 @@ class XmlStream(BufferedWriter):
     __slots__ = (
         "machine",
         "owner",
+        "_deliver",
         "direction",
         "ssl_context",
         "direct_tls",
@@ -177,6 +178,9 @@ class XmlStream(BufferedWriter):
     ) -> None:
         self.machine = machine
         self.owner = owner
+        #: the owner's entry for Deliver, looked up once (Router.deliver_inbound: no action
+        #: dispatch per stanza); an owner without one gets it through stream_action
+        self._deliver = getattr(owner, "deliver_inbound", None)
         self.direction = direction
         self.ssl_context = ssl_context
         #: Direct TLS (XEP-0368) rather than plain TCP (with or without STARTTLS)
@@ -428,7 +432,10 @@ class XmlStream(BufferedWriter):
         for action in actions:
             kind = type(action)
             if kind is Deliver:  # the data path first: one per inbound stanza
-                self.owner.stream_action(self, action)
+                if self._deliver is not None:
+                    self._deliver(self, action)
+                else:
+                    self.owner.stream_action(self, action)
             elif kind is SendBytes:
                 self.write(action.data)
             elif kind is SetTimer:

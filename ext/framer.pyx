@@ -596,6 +596,12 @@ cdef class StreamFramer:
         return self.buf_cap
 
     @property
+    def scratch_capacity(self):
+        """Bytes allocated for the start tag being read (attributes, their bytes, duplicate
+        keys; memory diagnostics): 0 between top-level elements after a feed."""
+        return self.attrs_cap * sizeof(Attr) + self.abuf_cap + self.keys_cap * sizeof(Key)
+
+    @property
     def closed(self):
         """True once ``</stream:stream>`` (or an empty stream root) has been seen."""
         return self.st == S_CLOSED
@@ -666,11 +672,28 @@ cdef class StreamFramer:
             free(self.buf)
             self.buf = NULL
             self.buf_cap = 0
+        if self.st == S_STREAM and self.attrs != NULL:
+            # between top-level elements: the per-tag scratch (attributes, their bytes, the
+            # duplicate-check keys) is rebuilt by the next start tag; an idle stream keeps none
+            self._drop_tag_scratch()
         if r:
             raise FramingError(self.err_cond, self.err_text, self.err_off)
         return events
 
     # ----------------------------------------------------------------- helpers
+
+    cdef void _drop_tag_scratch(self) noexcept:
+        free(self.attrs)
+        self.attrs = NULL
+        self.attrs_cap = 0
+        self.nattrs = 0
+        free(self.abuf)
+        self.abuf = NULL
+        self.abuf_cap = 0
+        self.abuf_len = 0
+        free(self.keys)
+        self.keys = NULL
+        self.keys_cap = 0
 
     cdef int _fail(self, str cond, str text, Py_ssize_t off) except -1:
         self.err_cond = cond

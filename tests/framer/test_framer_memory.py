@@ -47,3 +47,18 @@ def test_a_partial_stanza_keeps_its_buffer_and_small_ones_stay_small() -> None:
         assert 0 < f.buffer_capacity <= 1024
     assert [e.raw for e in f.feed(one[len(one) - len(one) % 100 - 100 :])] == [one]
     assert f.buffer_capacity <= 1024
+
+
+def test_the_start_tag_scratch_goes_between_stanzas_and_comes_back() -> None:
+    f = StreamFramer()
+    f.feed(HEADER)
+    assert f.scratch_capacity == 0  # the header's attributes are read: nothing kept
+    one = _stanza(300)
+    head = one.index(b"<body>")
+    f.feed(one[:20])  # inside the start tag: its attributes are being collected
+    assert f.scratch_capacity > 0
+    assert f.feed(one[20:head]) == []
+    events = f.feed(one[head:] + one)
+    assert [e.raw for e in events] == [one, one]
+    assert [(e.to, e.from_) for e in events] == [("v@b.test", "u@a.test")] * 2
+    assert f.scratch_capacity == 0

@@ -9,7 +9,8 @@ one JSON line and a table:
 - msg/s: messages counted by component B over the time from the first write to the last read;
 - CPU s per 10k: user+system seconds of both daemons (from /proc/PID/stat) per 10,000 messages;
 - peak RSS of each daemon (VmHWM);
-- p50/p99 latency of a paced run at half the measured rate (timestamps carried in the ids);
+- p50/p99/p99.9 latency of a paced run at half the measured rate (bench/e2e's load client:
+  send times in the bodies, arrival as the kernel received it on component B's socket);
 - with ``--py-spy``: the top functions of each daemon by own samples and by inclusive samples
   (``py-spy record --format raw`` over the throughput run, then aggregated here).
 
@@ -39,6 +40,8 @@ for _path in (ROOT / "tests", ROOT):  # run as a script, without an installed s2
 
 from certs import make_ca  # noqa: E402
 from daemon_helpers import DaemonProcess, RawComponent, free_port  # noqa: E402
+
+from bench.e2e import traffic  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -108,24 +111,23 @@ def _wait_listening(ports: list[int], daemons: dict[str, DaemonProcess]) -> None
                 time.sleep(0.05)
 
 
-def message(i: int, stamp: float = 0.0) -> bytes:
-    """A ~200-byte chat message; *stamp* (perf_counter) rides in the id for latency runs."""
-    head = f"<message from='alice@bot.a.test' to='bob@bot.b.test' type='chat' id='{i}:{stamp!r}'>"
+def message(i: int) -> bytes:
+    """A ~200-byte chat message (the throughput run)."""
+    head = f"<message from='alice@bot.a.test' to='bob@bot.b.test' type='chat' id='{i}:0.0'>"
     body = "<body>" + ("lorem ipsum dolor sit amet " * 8)[: 200 - len(head) - 17] + "</body>"
     return (head + body + "</message>").encode()
 
 
 class Counter:
-    """Reads component B's socket and counts the messages (ids carry send stamps)."""
+    """Reads component B's socket and counts the messages."""
 
     def __init__(self, comp: RawComponent) -> None:
         self.comp = comp
         self.count = 0
-        self.latencies: list[float] = []
         self.last = 0.0
         self.tail = b""
 
-    async def run(self, until: int, latency: bool = False) -> None:
+    async def run(self, until: int) -> None:
         reader = self.comp.reader
         while self.count < until:
             chunk = await reader.read(1 << 18)
@@ -141,14 +143,6 @@ class Counter:
             n = done.count(b"</message>")
             self.count += n
             self.last = now
-            if latency:
-                pos = 0
-                for _ in range(n):
-                    start = done.index(b" id='", pos) + 5
-                    end = done.index(b"'", start)
-                    stamp = float(done[start:end].split(b":", 1)[1])
-                    self.latencies.append(now - stamp)
-                    pos = end
 
 
 async def _components(ports: dict[str, int]) -> tuple[RawComponent, RawComponent]:
@@ -182,27 +176,28 @@ async def drive(
         proc.send_signal(2)
     pace = rate
     rate = count / elapsed
-    # latency at half the peak rate for ~3 s: each message written once due (1 ms ticks, the
-    # ones due within a tick together; 5 ms ticks made bursts of ~400 messages whose first one
-    # waited for the whole burst at every hop), stamped at its write
+    # latency at half the peak rate for ~3 s, with bench/e2e's load client (on fresh component
+    # connections): each message written once due (1 ms ticks; 5 ms ticks made bursts of ~400
+    # messages whose first one waited for the whole burst at every hop), stamped just before
+    # its write, counted as arrived when the kernel received it on component B's socket
     half = rate / 2 if pace is None else pace
     n_lat = int(half * 3)
-    counter.latencies.clear()
-    base = counter.count
-    reading = asyncio.ensure_future(counter.run(base + n_lat, latency=True))
-    sent = 0
-    start = time.perf_counter()
-    while sent < n_lat:
-        now = time.perf_counter()
-        due = min(n_lat, int((now - start) * half) + 1)
-        if due > sent:
-            comp_a.send(b"".join(message(i, now) for i in range(sent, due)))
-            sent = due
-        await asyncio.sleep(max(0.001, start + sent / half - time.perf_counter()))
-    await asyncio.wait_for(reading, 120)
-    lat = sorted(counter.latencies)
     comp_a.close()
     comp_b.close()
+    sender = await traffic.component(ports["comp_a"], "bot.a.test", "pw-a")
+    receiver = await traffic.component(ports["comp_b"], "bot.b.test", "pw-b")
+    tmpl = traffic.template("alice@bot.a.test", "bob@bot.b.test", 200)
+    try:
+        paced = receiver.start_counting(1)
+        await sender.paced(tmpl, 1, 1.0)
+        await asyncio.wait_for(paced.done, 30)
+        paced = receiver.start_counting(n_lat)
+        await sender.paced(tmpl, n_lat, half)
+        await asyncio.wait_for(paced.done, 120)
+    finally:
+        sender.close()
+        receiver.close()
+    lat = traffic.percentiles(paced.latencies)
     return {
         "messages": count,
         "seconds": round(elapsed, 3),
@@ -213,8 +208,9 @@ async def drive(
         },
         "cpu_s_per_10k_both": round((sum(cpu1) - sum(cpu0)) / count * 10_000, 3),
         "latency_rate": round(half),
-        "p50_ms": round(lat[len(lat) // 2] * 1000, 2),
-        "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2),
+        "p50_ms": round(lat["p50"], 2),
+        "p99_ms": round(lat["p99"], 2),
+        "p99.9_ms": round(lat["p99.9"], 2),
         "spies": spies,
     }
 
@@ -322,7 +318,8 @@ def main() -> int:
         f"\n{result['messages']} messages: {result['msg_per_s']:,} msg/s, "
         f"CPU {result['cpu_s_per_10k_both']} s per 10k (a {result['cpu_s_per_10k']['a']}, "
         f"b {result['cpu_s_per_10k']['b']}), p50 {result['p50_ms']} ms / p99 "
-        f"{result['p99_ms']} ms at {result['latency_rate']:,} msg/s, peak RSS "
+        f"{result['p99_ms']} ms / p99.9 {result['p99.9_ms']} ms at {result['latency_rate']:,} "
+        f"msg/s, peak RSS "
         f"{result['peak_rss_mib']} MiB, exit {result['exit_codes']}"
     )
     for side, top in result.get("py_spy", {}).items():

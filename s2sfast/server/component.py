@@ -489,9 +489,14 @@ class ComponentServer:
         return [sock.getsockname()[:2] for sock in self._server.sockets]
 
     async def stop_accepting(self) -> None:
+        """Close the listening sockets; the component connections stay (until :meth:`close`).
+
+        ``Server.wait_closed`` is left to :meth:`close`: from Python 3.12.1 on it also waits
+        for every connection the server accepted, which would hold the shutdown here until the
+        components went away by themselves.
+        """
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
 
     def begin_drain(self) -> None:
         """Shutdown, first step: stop accepting, and read every component whatever paused it,

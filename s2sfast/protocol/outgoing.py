@@ -81,6 +81,11 @@ def _verify_error(receiving: str, originating: str, stream_id: str, text: str) -
     )
 
 
+#: one shared empty frozenset (``frozenset()`` makes a new 216-byte object each call since
+#: Python 3.10) for the sets most streams never add to; bidi_flow makes a set on first add
+_NO_PAIRS: Any = frozenset()
+
+
 class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
     """One outbound stream from *local* to *remote*.
 
@@ -201,8 +206,8 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
         #: XEP-0288: (local, peer domain) pairs the peer authenticated by dialback on this
         #: stream besides (remote -> local), and the peer domains whose keys are being verified
         # (empty frozensets until first added to: most streams never are, 216 bytes a set)
-        self.reverse_pairs: set[tuple[str, str]] = frozenset()  # type: ignore[assignment]
-        self._reverse_pending: set[str] = frozenset()  # type: ignore[assignment]
+        self.reverse_pairs: set[tuple[str, str]] = _NO_PAIRS
+        self._reverse_pending: set[str] = _NO_PAIRS
         #: dialback requests the peer made on this stream (the router's verify index)
         self.reverse_requests = 0
         #: XEP-0288: we want a bidirectional stream; ``bidi`` once we asked for one

@@ -147,6 +147,8 @@ class XmlStream(BufferedWriter):
         "_counted",
         "_batching",
         "_kept",
+        "_run_first",
+        "_run_last",
         "deaf",
         "_stranded",
         "_timer",
@@ -222,6 +224,10 @@ class XmlStream(BufferedWriter):
         self._batching = False
         #: XEP-0198: stanzas kept since the machine last decided on <r/> and its ack timer
         self._kept = 0
+        #: XEP-0198: the run of inbound stanzas handled in order within this read, not yet
+        #: told to the machine (_run_last 0: none; -1: not inside a read)
+        self._run_first = 0
+        self._run_last = -1
         #: we failed the stream because the peer stopped reading (what waits for it bounces)
         self.deaf = False
         self._stranded: list[bytes] | tuple[()] = ()
@@ -396,19 +402,25 @@ class XmlStream(BufferedWriter):
         framer = self.framer
         machine = self.machine
         final = machine.FINAL
-        for event in events:
-            if self._lost:
-                return
-            if type(event) is StreamClose:
-                self._peer_closed = True
-                if self._close_sent:
-                    self._shutdown()
+        self._run_last = 0  # XEP-0198: handled stanzas are told to the machine per run
+        try:
+            for event in events:
+                if self._lost:
                     return
-            if machine.state in final:
-                return
-            self._perform(machine.receive(event))
-            if self.framer is not framer:
-                return  # STARTTLS: what follows is TLS, never XML
+                if type(event) is StreamClose:
+                    self._end_run()  # the machine's last <a/> covers what was handled
+                    self._peer_closed = True
+                    if self._close_sent:
+                        self._shutdown()
+                        return
+                if machine.state in final:
+                    return
+                self._perform(machine.receive(event))
+                if self.framer is not framer:
+                    return  # STARTTLS: what follows is TLS, never XML
+        finally:
+            self._end_run()
+            self._run_last = -1
 
     def fail(self, exc: StreamError) -> None:
         """Fail the stream with *exc*: our header if due, ``<stream:error/>``, close."""
@@ -630,10 +642,34 @@ class XmlStream(BufferedWriter):
 
     def handled(self, seq: int) -> None:
         """XEP-0198: inbound stanza *seq* has left this process (or was answered with an
-        error); the router calls this directly, no Handled event per stanza."""
+        error); the router calls this directly, no Handled event per stanza. Within a read,
+        a run of stanzas handled in order is told to the machine once, at the run's end (the
+        end of the read, or before the peer's ``</stream:stream>`` is taken); outside one
+        (a stanza that waited for its next hop) at once."""
+        last = self._run_last
+        if last >= 0:  # inside _feed
+            if last and seq == last + 1:
+                self._run_last = seq
+                return
+            if last:
+                self._end_run()
+            self._run_first = self._run_last = seq
+            return
         if self._lost or self.machine.state in self.machine.FINAL:
             return
         actions = self.machine.handled(seq)
+        if actions:
+            self._perform(actions)
+
+    def _end_run(self) -> None:
+        """Tell the machine about the run of handled stanzas collected in this read."""
+        last = self._run_last
+        if last <= 0:
+            return
+        self._run_last = 0
+        if self._lost or self.machine.state in self.machine.FINAL:
+            return
+        actions = self.machine.handled_run(self._run_first, last)
         if actions:
             self._perform(actions)
 

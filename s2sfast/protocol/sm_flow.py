@@ -121,6 +121,20 @@ class SmStream:
             return [SendBytes(data=ack)] if ack is not None else []
         return self.receive(Handled(seq=seq))  # type: ignore[attr-defined]
 
+    def handled_run(self, first: int, last: int) -> list[Action]:
+        """Inbound stanzas *first* .. *last* were handled, in that order: :meth:`handled` for
+        each, counted at once (the stream reports a read's in-order run in one call)."""
+        sm_in = self.sm_in
+        if sm_in is not None and self.TABLE.get((self.state, "Handled")) == "_on_handled":
+            ack = sm_in.handled_run(first, last)
+            return [SendBytes(data=ack)] if ack is not None else []
+        actions: list[Action] = []
+        for seq in range(first, last + 1):
+            if self.state in self.FINAL:  # type: ignore[attr-defined]
+                break
+            actions += self.handled(seq)
+        return actions
+
     def _on_handled(self, ev: Handled) -> list[Action]:
         """A stanza we delivered from this stream has been handled: ack when due."""
         sm_in = self.sm_in

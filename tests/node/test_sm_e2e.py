@@ -88,6 +88,32 @@ async def test_a_burst_asks_for_acks_as_it_goes(federation):
     assert wire.index(REQUEST) < wire.index(b"id='b100'")  # the first within the first 101
 
 
+async def test_stanzas_and_close_in_one_read_are_all_acknowledged(federation):
+    """B counts a read's handled stanzas at once (one run per read), but before it takes the
+    peer's </stream:stream>: its final <a/> covers every stanza of that read, so A resends
+    nothing (no duplicates at B) when stanzas, <r/> and the close arrive together."""
+    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    await a.send(message("u@a.test", "v@b.test", "warm", id="warm"))
+    assert (await b.inbox.get()).id == "warm"
+    stream = _out(a, "b.test")
+    sm = stream.machine.sm_out
+    await _until(lambda: not sm.unacked)
+    requeued = []
+    a.on_event(lambda kind, f: requeued.append(f) if kind == "sm-requeue" else None)
+    n = 150
+    for i in range(n):
+        await a.send(message("u@a.test", "v@b.test", "c", id=f"c{i}"))
+    stream.close("test")  # same loop turn: stanzas, <r/>s and </stream:stream> in one write
+    assert [(await b.inbox.get()).id for _ in range(n)] == [f"c{i}" for i in range(n)]
+    await _until(lambda: stream.closed.done())
+    assert sm.acked == n + 1 and not requeued
+    (inbound,) = _ins(b) or [None]
+    assert inbound is None or inbound.machine.sm_in.h == n + 1
+    await asyncio.sleep(0.1)
+    assert await b.inbox.nothing(0.2)  # nothing came twice
+
+
 async def test_a_peer_without_sm_gets_plain_streams(federation):
     off = StreamManagementOptions(enabled=False)
     nodes = await federation(

@@ -167,6 +167,20 @@ def test_inbound_handled_in_order_and_never_beyond_what_was_received():
     assert sm.handled(4) is None and sm.h == 3  # the next number, but never received
 
 
+def test_inbound_handled_run_is_handled_for_each():
+    sm = SmInbound()
+    for _ in range(10):
+        sm.receive()
+    assert sm.request() is None  # all 10 in flight: the ack is owed
+    sm.handled(4)  # ahead of 1..3: kept aside
+    assert sm.handled_run(1, 3) is None and sm.h == 4  # the run, then the one kept aside
+    assert sm.handled_run(6, 8) is None and sm.h == 4  # behind 5, still in flight
+    assert sm.handled_run(5, 5) is None and sm.h == 8
+    assert sm.handled_run(9, 10) == ack_bytes(10)  # everything the <r/> asked about
+    assert sm.in_flight == 0
+    assert sm.handled_run(11, 12) is None and sm.h == 10  # never received: ignored
+
+
 def test_inbound_request_answers_now_or_once_in_flight_stanzas_are_handled():
     sm = SmInbound()
     assert sm.request() == ack_bytes(0)

@@ -130,6 +130,18 @@ def test_incoming_handled_hook_is_the_handled_event_without_dispatch():
     assert p.machine.sm_in.h == 3
 
 
+def test_incoming_handled_run_is_a_handled_hook_per_stanza():
+    p = Peer()
+    p.open()
+    p.authenticate()
+    p.send(ENABLE)
+    p.send(msg(1) + msg(2) + msg(3) + b"<r xmlns='urn:xmpp:sm:3'/>")
+    assert out(p.machine.handled_run(1, 3)) == ack_bytes(3)
+    p.send(msg(4))
+    p.machine.close("bye")
+    assert p.machine.handled_run(4, 4) == []  # closing: the table ignores Handled
+
+
 def test_incoming_handled_hook_before_the_stream_is_open_is_an_error():
     p = Peer()
     acts = p.machine.handled(1)  # WAIT_HEADER has no Handled row: as receive(Handled(seq=1))

@@ -208,13 +208,9 @@ class Node:
             framed = stanza_from_bytes(raw)
         dest = router.send(raw, framed)
         if dest is not None:
-            # backpressure: the next hop takes stanzas slower than we are asked to send them
+            # backpressure: the next hop takes stanzas slower than we are asked to send them,
+            # or (XEP-0198) half the stream's unacked window is in flight
             await dest.drained()
-        link = router.outbound.get((framed.from_domain, framed.to_domain))
-        if link is not None:
-            stream = link.stream
-            if stream is not None and router.sm_blocked(stream):
-                await router.sm_room(stream)  # XEP-0198: half the unacked window is in flight
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush queued stanzas (up to *timeout*), stop accepting, close every stream cleanly.

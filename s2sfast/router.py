@@ -314,7 +314,8 @@ class Router:
         """Route one stanza (raw bytes + its framed view) from a local domain (Node.send).
 
         Returns:
-            The destination when it is congested (the caller waits for it to drain), else None.
+            The destination when it is congested (the caller waits for it to drain), or with
+            XEP-0198 the stream's unacked window while half of it is in flight, else None.
 
         Raises:
             ValueError: ``from`` is not at a local domain, or ``to`` is missing.
@@ -330,9 +331,11 @@ class Router:
             or (self.hosted is not None and self.hosted(remote))
         ):
             return self.route(stanza)
-        return self._send_remote(stanza, None)
+        return self._send_remote(stanza, None, for_node=True)
 
-    def _send_remote(self, stanza: Stanza, source: Any) -> Any:
+    def _send_remote(self, stanza: Stanza, source: Any, for_node: bool = False) -> Any:
+        """*for_node*: the caller is Node.send, which also waits (the returned object's
+        ``drained()``) while XEP-0198's window is half in flight."""
         local = stanza.from_domain
         remote = stanza.to_domain
         if local not in self.local_domains:
@@ -380,6 +383,9 @@ class Router:
                     if stream.congested:
                         stream.hold_source(source)
                         return stream
+                    if for_node and sm is not None and 2 * len(sm.unacked) >= sm.max_unacked:
+                        # XEP-0198: half the window in flight, Node.send waits for an ack
+                        return self.sm.room_for(stream)
                     return None
             else:
                 # closing (idle close, peer's </stream:stream>): a fresh stream takes over
@@ -397,6 +403,8 @@ class Router:
         if link.congested:
             link.hold_source(source)
             return link
+        if for_node and link.stream is not None and self.sm_blocked(link.stream):
+            return self.sm.room_for(link.stream)  # queued behind XEP-0198's window
         return None
 
     def bounce(

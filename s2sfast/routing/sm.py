@@ -20,6 +20,20 @@ if TYPE_CHECKING:
 __all__ = ["SmGlue"]
 
 
+class _Room:
+    """A stream's unacked window as a destination to wait for (see SmGlue.room_for)."""
+
+    __slots__ = ("glue", "stream")
+
+    def __init__(self, glue: SmGlue, stream: XmlStream) -> None:
+        self.glue = glue
+        self.stream = stream
+
+    async def drained(self) -> None:
+        if self.glue.blocked(self.stream):
+            await self.glue.room(self.stream)
+
+
 class SmGlue:
     """Unacked windows, resends and their waiters, for the router's S2S streams.
 
@@ -38,6 +52,11 @@ class SmGlue:
         unacked window is in flight (the other half absorbs senders already on their way)."""
         sm = getattr(stream.machine, "sm_out", None)
         return sm is not None and 2 * len(sm.unacked) >= sm.max_unacked and stream.writable
+
+    def room_for(self, stream: XmlStream) -> _Room:
+        """What a sender awaits (``await r.drained()``) while *stream* is :meth:`blocked`: the
+        router hands it back like a congested destination."""
+        return _Room(self, stream)
 
     async def room(self, stream: XmlStream) -> None:
         """Wait until an ack opens *stream*'s window or the stream ends (XEP-0198 backpressure;

@@ -224,6 +224,42 @@ async def test_ack_waits_for_an_async_handler(federation):
     assert out.sm_out.acked == 1
 
 
+async def test_node_send_waits_while_half_the_window_is_unacknowledged(federation):
+    """Node.send returns at once until half of XEP-0198's unacked window is in flight, then
+    waits for an ack (here B's handler holds every stanza, so no ack comes until it lets go)."""
+    sm = StreamManagementOptions(buffer_max=20, ack_freq=5)
+    nodes = await federation(
+        {"A": {"hosts": ["a.test"], "stream_management": sm}, "B": {"hosts": ["b.test"]}}
+    )
+    a, b = nodes["A"], nodes["B"]
+    await a.send(message("u@a.test", "v@b.test", "warm", id="warm"))
+    assert (await b.inbox.get()).id == "warm"
+    out = _out(a, "b.test").machine
+    await _until(lambda: not out.sm_out.unacked)
+    release = asyncio.Event()
+
+    async def slow(stanza):
+        await release.wait()
+
+    b.on_stanza(slow)
+    sent = []
+
+    async def sender():
+        for i in range(50):
+            await a.send(message("u@a.test", "v@b.test", "w", id=f"w{i}"))
+            sent.append(i)
+
+    task = asyncio.ensure_future(sender())
+    await _until(lambda: len(out.sm_out.unacked) >= 10)
+    await asyncio.sleep(0.3)
+    # the 10th stanza is out (half of 20) and its Node.send waits for an ack
+    assert not task.done() and len(out.sm_out.unacked) == 10 and len(sent) == 9
+    release.set()
+    await asyncio.wait_for(task, 10)
+    ids = [(await b.inbox.get()).id for _ in range(50)]
+    assert ids == [f"w{i}" for i in range(50)]
+
+
 @pytest.mark.parametrize("h", [b"2", b"4294967295"])
 async def test_an_ack_for_stanzas_never_sent_is_a_stream_error(federation, h):
     """B (a raw peer here) acknowledges more than A sent: XEP-0198's handled-count-too-high."""

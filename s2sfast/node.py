@@ -97,6 +97,9 @@ class Node:
         self.write_stall = write_stall
         #: one connection limiter per listener (max_connections, negotiating per address)
         self._limiters: dict[int, ConnectionLimiter] = {}
+        #: per listener, what each of its incoming machines shares (the certificate check,
+        #: the options, the policy, the announced limits): built once, not per connection
+        self._incoming_parts: dict[tuple[int, float | None], tuple[Any, ...]] = {}
         self._handlers: list[Handler] = []
         self._observers: list[Callable[[str, dict[str, Any]], None]] = []
         self._servers: list[asyncio.AbstractServer] = []
@@ -138,6 +141,7 @@ class Node:
             OSError: a listener cannot bind.
         """
         listen0 = self.config.listen_s2s[0] if self.config.listen_s2s else None
+        self._incoming_parts.clear()  # (they hold the router's methods)
         self.router = Router(
             self.config,
             deliver=self._deliver,
@@ -290,26 +294,22 @@ class Node:
 
     def _incoming_stream(self, listen: ListenS2S, ctx: ssl.SSLContext | None) -> XmlStream:
         router = self._router()
-        cafile = listen.tls.cacertfile
-
-        def check(chain: tuple[bytes, ...], domain: str) -> Any:
-            return verify_peer(list(chain), domain, cafile=cafile)
-
+        key = (id(listen), self.idle_timeout)
+        parts = self._incoming_parts.get(key)
+        if parts is None:
+            parts = self._incoming_parts[key] = self._incoming_machine_parts(listen, router)
+        check, options_for, policy_allows, limits = parts
         limiter = self._limiters.get(id(listen))
         if limiter is None:
             limiter = self._limiters[id(listen)] = ConnectionLimiter(listen.max_connections)
         machine = IncomingMachine(
             hosts=router.local_domains,
-            options_for=_listener_options(listen, router.options_for),
-            policy_allows=router.policy_allows,
+            options_for=options_for,
+            policy_allows=policy_allows,
             tls_available=ctx is not None,
             check_cert=check,
             state_timeout=listen.state_timeout / 1000,
-            # XEP-0478: announce what this listener accepts and how long it lets a stream idle
-            limits=StreamLimits(
-                max_bytes=listen.max_stanza_size,
-                idle_seconds=int(self.idle_timeout) if self.idle_timeout else None,
-            ),
+            limits=limits,
         )
         stream = XmlStream(
             machine,
@@ -327,6 +327,20 @@ class Node:
         )
         stream.limiter = limiter
         return stream
+
+    def _incoming_machine_parts(self, listen: ListenS2S, router: Router) -> tuple[Any, ...]:
+        cafile = listen.tls.cacertfile
+
+        def check(chain: tuple[bytes, ...], domain: str) -> Any:
+            return verify_peer(list(chain), domain, cafile=cafile)
+
+        # XEP-0478: announce what this listener accepts and how long it lets a stream idle
+        limits = StreamLimits(
+            max_bytes=listen.max_stanza_size,
+            idle_seconds=int(self.idle_timeout) if self.idle_timeout else None,
+        )
+        options_for = _listener_options(listen, router.options_for)
+        return check, options_for, router.policy_allows, limits
 
     def _client_context(self, local: str) -> ssl.SSLContext | None:
         opts = self._router().options_for(local)

@@ -13,6 +13,14 @@ A Direct TLS candidate (XEP-0368: an ``_xmpps-server._tcp`` record or an address
 (``direct_tls = True``) before asyncio calls its ``connection_made``, where it starts TLS
 with the first byte. A Direct TLS port that refuses or times out is one more failed candidate,
 and the next one (often the STARTTLS port) is tried.
+
+A Direct TLS candidate can also fail after the TCP connection is up: its TLS handshake fails,
+its certificate is refused, or it never opens an XMPP stream inside TLS. That is learnt by the
+caller (:mod:`s2sfast.routing.links`), long after :func:`connect_first` returned; it resumes the
+same walk through the candidates (XEP-0368 section 3, RFC 6120 section 3.2.1) by passing an
+:class:`Attempt` as the candidates: :meth:`Attempt.failed` records why the connected one failed,
+and the next :func:`connect_first` on the same Attempt goes on from the candidate after it, its
+:class:`ConnectError` listing every failure of the attempt.
 """
 
 from __future__ import annotations
@@ -27,11 +35,12 @@ from typing import Literal
 
 from s2sfast.net.dns import Candidate
 
-__all__ = ["ConnectError", "ConnectFailure", "connect_first", "failure_reason"]
+__all__ = ["Attempt", "ConnectError", "ConnectFailure", "connect_first", "failure_reason"]
 
 log = logging.getLogger("s2sfast.connect")
 
-Reason = Literal["refused", "timeout", "unreachable", "error"]
+#: "tls": a Direct TLS candidate accepted TCP, then failed before it opened an XMPP stream
+Reason = Literal["refused", "timeout", "unreachable", "error", "tls"]
 
 _UNREACHABLE = frozenset(
     {
@@ -55,6 +64,54 @@ class ConnectFailure:
 
     def __str__(self) -> str:
         return f"{self.candidate}: {self.reason} ({self.detail})"
+
+
+class Attempt:
+    """One attempt's walk through its candidates, in order, resumable.
+
+    Iterating it yields the candidates not tried yet; :attr:`current` is the last one yielded
+    (the one being connected to, or connected), :attr:`failures` what failed so far.
+
+    Args:
+        candidates: from :meth:`s2sfast.net.dns.Resolver.resolve`, in the order to try.
+    """
+
+    __slots__ = ("candidates", "current", "failures", "_next")
+
+    def __init__(self, candidates: Iterable[Candidate]) -> None:
+        self.candidates = tuple(candidates)
+        self.current: Candidate | None = None
+        self.failures: list[ConnectFailure] = []
+        self._next = 0
+
+    def __iter__(self) -> Attempt:
+        return self
+
+    def __next__(self) -> Candidate:
+        if self._next >= len(self.candidates):
+            raise StopIteration
+        self.current = self.candidates[self._next]
+        self._next += 1
+        return self.current
+
+    @property
+    def untried(self) -> int:
+        """How many candidates are still to be tried."""
+        return len(self.candidates) - self._next
+
+    def failed(self, reason: Reason, detail: str) -> ConnectFailure:
+        """Record that :attr:`current`, connected, failed anyway (a Direct TLS handshake).
+
+        Returns:
+            the recorded failure.
+        Raises:
+            ValueError: no candidate was tried yet.
+        """
+        if self.current is None:
+            raise ValueError("no candidate was tried")
+        failure = ConnectFailure(candidate=self.current, reason=reason, detail=detail)
+        self.failures.append(failure)
+        return failure
 
 
 class ConnectError(Exception):
@@ -102,7 +159,9 @@ async def connect_first(
     """Connect to the first candidate that accepts, trying them in order.
 
     Args:
-        candidates: from :meth:`s2sfast.dns.Resolver.resolve`, in the order to try.
+        candidates: from :meth:`s2sfast.dns.Resolver.resolve`, in the order to try; an
+            :class:`Attempt` to resume a walk (its untried candidates; its failures, earlier
+            and new, are the ConnectError's).
         protocol_factory: builds the asyncio protocol for the connection that succeeds
             (called once, only then). For a Direct TLS candidate the protocol must have a
             ``direct_tls`` attribute (an :class:`~s2sfast.net.stream.XmlStream`); it is set to
@@ -121,7 +180,7 @@ async def connect_first(
         raise ValueError(f"connection timeout must be positive milliseconds, got {timeout_ms!r}")
     loop = loop or asyncio.get_running_loop()
     timeout = None if timeout_ms is None else timeout_ms / 1000
-    failures: list[ConnectFailure] = []
+    failures = candidates.failures if isinstance(candidates, Attempt) else []
     for candidate in candidates:
         try:
             sock = await _connect_socket(loop, candidate, timeout)

@@ -2,7 +2,9 @@
 
 A link is opened by the first stanza (or dialback verify request) for its pair. It resolves
 the remote domain, connects, and hands the socket to an XmlStream running an OutgoingMachine;
-until that stream has authenticated, stanzas wait in the link's bounded queue. A transient
+until that stream has authenticated, stanzas wait in the link's bounded queue. A Direct TLS
+candidate that connects but fails before the peer opens its stream (TLS handshake, certificate,
+silence) is one more failed candidate: the next one is tried within the same attempt. A transient
 failure retries after the remote domain's back-off, a permanent one bounces the queue; a
 queued stanza that waited past the pending deadline bounces on its own.
 """
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from s2sfast.limits import MAX_SERVED_PAIRS, PENDING_HOLD_BYTES
 from s2sfast.net.backoff import Backoff, PendingQueue
-from s2sfast.net.connect import ConnectError, connect_first
+from s2sfast.net.connect import Attempt, ConnectError, connect_first
 from s2sfast.net.dns import Candidate, ResolutionError
 from s2sfast.net.peercert import own_certificate_problem
 from s2sfast.net.stream import XmlStream
@@ -136,6 +138,9 @@ class Links:
         #: (local, remote) pairs an outbound stream of ours has authenticated since start: a
         #: refusal of one of them is taken as the peer restarting, retried within the deadline
         self._served: set[tuple[str, str]] = set()
+        #: link -> (its attempt, its stream) while that stream is a Direct TLS candidate that has
+        #: not authenticated yet: its failure may move on to the attempt's next candidate
+        self._probing: dict[OutboundLink, tuple[Attempt, XmlStream]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def now(self) -> float:
@@ -176,14 +181,23 @@ class Links:
         router = self.router
         return await router.resolver.resolve(remote, router.options_for(local))
 
-    async def _connect(self, link: OutboundLink) -> None:
-        """Resolve and open the TCP connection; the XmlStream takes over from there."""
+    async def _connect(self, link: OutboundLink, attempt: Attempt | None = None) -> None:
+        """Resolve and open the TCP connection; the XmlStream takes over from there.
+
+        Args:
+            attempt: go on with this attempt's next candidates (its last connected one failed
+                its Direct TLS handshake); None: resolve, and try the candidates from the first.
+        """
         opts = self.router.options_for(link.local)
         try:
-            candidates = await self._resolve(link.local, link.remote)
+            walk = (
+                attempt
+                if attempt is not None
+                else Attempt(await self._resolve(link.local, link.remote))
+            )
             await connect_first(
-                candidates,
-                lambda: self._outgoing_stream(link),
+                walk,
+                lambda: self._outgoing_stream(link, walk),
                 timeout_ms=opts.outgoing.connection_timeout,
                 domain=link.remote,
             )
@@ -195,7 +209,7 @@ class Links:
         except ConnectError as exc:
             self.retry(link, exc.condition, str(exc))
 
-    def _outgoing_stream(self, link: OutboundLink) -> XmlStream:
+    def _outgoing_stream(self, link: OutboundLink, attempt: Attempt | None = None) -> XmlStream:
         router = self.router
         opts = router.options_for(link.local)
         ctx = router.client_context(link.local)
@@ -225,7 +239,7 @@ class Links:
                 stream.feed_event(req)
             link.verify_queue.clear()
 
-        return XmlStream(
+        stream = XmlStream(
             machine,
             router,
             direction="out",
@@ -237,10 +251,14 @@ class Links:
             write_stall_timeout=router.write_stall,
             max_queue=router.max_fsm_queue,
         )
+        if attempt is not None and attempt.current is not None and attempt.current.direct_tls:
+            self._probing[link] = (attempt, stream)
+        return stream
 
     def authenticated(self, stream: XmlStream, link: OutboundLink) -> None:
         """Our outbound *stream* for *link* authenticated: what waits for it goes out."""
         keep_peer_awake(stream)
+        self._unprobe(link, stream)
         link.established = True
         if len(self._served) < MAX_SERVED_PAIRS:
             self._served.add((link.local, link.remote))
@@ -255,20 +273,62 @@ class Links:
             link.done.set_result(True)
 
     def auth_failed(self, link: OutboundLink, action: AuthFailed) -> None:
-        """*link*'s own stream was refused."""
+        """*link*'s own stream was refused (or failed before it authenticated)."""
+        text = action.text
+        attempt = self._failed_candidate(link, action)
+        if attempt is not None:
+            if attempt.untried and not self.router.closing:
+                failure = attempt.failures[-1]
+                log.warning(
+                    "connect to %s failed: %s; trying the next candidate", link.remote, failure
+                )
+                link.stream = None
+                link.last_condition, link.last_text = action.condition, text
+                link.task = asyncio.get_event_loop().create_task(self._connect(link, attempt))
+                return
+            if len(attempt.failures) > 1:  # every candidate failed: say how each did, in order
+                text = str(ConnectError(link.remote, attempt.failures))
         # a peer that accepted this very pair before and refuses it now is most likely
         # restarting (its components reconnect after it, so for a while it answers
         # host-unknown for their domains): queue, don't bounce, and try again after the
         # back-off; the pending deadline still bounds the wait
         known = (link.local, link.remote) in self._served
         if action.retry or known:
-            self.retry(link, action.condition, action.text)
+            self.retry(link, action.condition, text)
         else:
-            self.failed(link, action.condition, action.text)
+            self.failed(link, action.condition, text)
+
+    def _failed_candidate(self, link: OutboundLink, action: AuthFailed) -> Attempt | None:
+        """XEP-0368 section 3, RFC 6120 section 3.2.1: a Direct TLS candidate whose stream failed
+        before the peer opened its XMPP stream (the TLS handshake failed or timed out, its
+        certificate was refused, no stream header came) failed as a candidate, like one that
+        refused TCP: recorded in its attempt, which the caller may resume. Nothing had been
+        sent on it but TLS and our header (stanzas wait for authentication). A peer that opened
+        its stream and then refused us answered as the server: that is not a candidate failure.
+
+        Returns:
+            the attempt the failure was recorded in, or None (not a candidate failure).
+        """
+        probe = self._probing.pop(link, None)
+        if probe is None:
+            return None
+        attempt, stream = probe
+        if stream is not link.stream or stream.authenticated or stream.machine.stream_id:
+            return None
+        reason = "timeout" if action.condition == "remote-server-timeout" else "tls"
+        attempt.failed(reason, action.text or action.condition)
+        return attempt
+
+    def _unprobe(self, link: OutboundLink, stream: XmlStream | None = None) -> None:
+        """*link*'s Direct TLS candidate (*stream*, or any) is no longer one that may fail over."""
+        probe = self._probing.get(link)
+        if probe is not None and (stream is None or probe[1] is stream):
+            del self._probing[link]
 
     def failed(self, link: OutboundLink, condition: str, text: str | None) -> None:
         """A failure retrying cannot mend: bounce everything queued, forget the link."""
         log.warning("stream %s -> %s failed: %s", link.local, link.remote, text)
+        self._unprobe(link)
         link.cancel_timers()
         link.stream = None
         if self.outbound.get((link.local, link.remote)) is link:
@@ -283,6 +343,7 @@ class Links:
     def retry(self, link: OutboundLink, condition: str, text: str | None) -> None:
         """A transient failure: keep the queue, try again after the domain's back-off."""
         router = self.router
+        self._unprobe(link)
         link.stream = None
         link.last_condition, link.last_text = condition, text
         # a peer waiting for a dialback verdict cannot wait for our back-off
@@ -344,6 +405,8 @@ class Links:
         """Our outbound *stream* is gone: what it never handed to its transport goes first on
         the pair's next stream (bounced if the peer had stopped reading)."""
         link = stream.link
+        if link is not None:
+            self._unprobe(link, stream)
         unsent = stream.take_unsent()
         if unsent and stream.deaf and link is not None:
             # the peer stopped reading: resending to it would only wait again

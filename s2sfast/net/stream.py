@@ -4,9 +4,10 @@ Bytes in go (through TLS when it is up) to the framer, framer events to the mach
 machine's actions come back here: bytes to write, STARTTLS, timers, close. Everything the
 machine says about domains (VerifyKey, Authenticated, Deliver, ...) goes to the owner (router).
 
-TLS is an ``ssl.MemoryBIO`` pair around an ``ssl.SSLObject`` rather than ``loop.start_tls``:
-asyncio's TLS transport keeps a 256 KiB read buffer per connection, while an idle SSLObject
-costs only OpenSSL's own state. A new framer starts after TLS and on every stream restart.
+Its parts live beside it: TLS (an ``ssl.SSLObject`` between MemoryBIOs) in
+:mod:`s2sfast.net.tls_layer`, XEP-0198's per-batch bookkeeping in :mod:`s2sfast.net.sm_hooks`,
+the batched bounded write side in :mod:`s2sfast.net.writer`. A new framer starts after TLS and
+on every stream restart.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from s2sfast.limits import (
     pre_auth_limit,
 )
 from s2sfast.net.shaper import TokenBucket
-from s2sfast.net.tls import peer_chain
+from s2sfast.net.sm_hooks import SmHooks
+from s2sfast.net.tls_layer import TLS_IN_SLICE, TLS_OUT_SLICE, TLS_READ_SIZE, TlsLayer
 from s2sfast.net.writer import _HIGH_WATER, _LOW_WATER, BufferedWriter, is_stanza
 from s2sfast.protocol.errors import (
     FramingError,
     LocalStreamError,
-    RemoteStreamError,
     StreamError,
     stream_error_bytes,
 )
@@ -45,7 +46,6 @@ from s2sfast.protocol.events import (
     SetTimer,
     StartTls,
     TimerFired,
-    TlsUp,
 )
 
 __all__ = [
@@ -62,17 +62,6 @@ log = logging.getLogger("s2sfast.stream")
 
 #: seconds we wait for the peer's ``</stream:stream>`` after sending ours (RFC 6120 4.4)
 CLOSE_TIMEOUT = 2.0
-#: plaintext read per SSLObject.read call: one TLS record's worth
-TLS_READ_SIZE = 16 * 1024
-#: An ``ssl.MemoryBIO`` keeps the largest buffer it ever held (OpenSSL's BUF_MEM never shrinks,
-#: and grows by 4/3): one 256 KiB read fed at once, or one 256 KiB batch encrypted at once,
-#: would stay allocated (~340 KiB) for the life of the stream, idle or not. Received bytes go
-#: into the in-BIO at most this many at a time (a few more SSLObject.read calls per read) ...
-TLS_IN_SLICE = 4 * 1024
-#: ... and plaintext is encrypted at most one TLS record (16 KiB) at a time, each record taken
-#: out of the out-BIO before the next: the same records as one big write, in one
-#: transport.write per batch, with an out-BIO of one record (~22 KiB once a batch exceeded it).
-TLS_OUT_SLICE = 16 * 1024
 
 
 class StreamOwner(Protocol):
@@ -85,7 +74,7 @@ class StreamOwner(Protocol):
     def stream_event(self, stream: XmlStream, kind: str, fields: dict[str, Any]) -> None: ...
 
 
-class XmlStream(BufferedWriter):
+class XmlStream(TlsLayer, SmHooks, BufferedWriter):
     """One TCP connection carrying one XMPP S2S stream (incoming or outgoing).
 
     Args:
@@ -322,22 +311,6 @@ class XmlStream(BufferedWriter):
             if self._handshaking or self._ssl is None:
                 return
         self._read_tls()
-
-    def _tls_received_sliced(self, data: bytes) -> None:
-        """:meth:`data_received` under TLS for a big read: the in-BIO takes it a slice at a
-        time (TLS_IN_SLICE), so its never-shrinking buffer stays small."""
-        view = memoryview(data)
-        for i in range(0, len(data), TLS_IN_SLICE):
-            if self._lost or self._in_bio is None:
-                return
-            self._in_bio.write(view[i : i + TLS_IN_SLICE])
-            if self._handshaking:
-                self._handshake()
-                if self._handshaking:
-                    continue  # the handshake wants the next slice
-                if self._ssl is None:
-                    return
-            self._read_tls()
 
     # --- backpressure ---------------------------------------------------------------------------
 
@@ -607,71 +580,10 @@ class XmlStream(BufferedWriter):
         for raw in raws:
             self._queue(raw)
 
-    def _keep_batch(self) -> None:
-        """XEP-0198 counts what is written now (the machine's SmOutbound keeps each stanza);
-        the end of this write batch is scheduled before the flush, so that its ``<r/>``
-        leaves with the stanzas."""
-        if not self._counted:
-            self._counted = True
-            self._track_recent = False  # the machine keeps every stanza until acknowledged
-        if not self._batching:
-            self._batching = True
-            self._loop.call_soon(self._batch_end)
-
-    def _batch_end(self) -> None:
-        self._batching = False
-        if self._kept:
-            self._sm_sent()
-
-    def _sm_sent(self) -> None:
-        """The stanzas kept since the last call leave now: the machine's ack timer, and an
-        ``<r/>`` when its request policy asks for one (once per write or per ack_freq
-        stanzas, not per stanza). Run by the flush that hands them to the transport, every
-        ack_freq stanzas of a long burst, or by the loop if neither came first."""
-        self._kept = 0
-        if self._lost or self._close_sent:
-            return
-        actions = self.machine.sent_batch()
-        if actions:
-            self._perform(actions)
-
     def _flush(self, force: bool = False) -> None:
         if self._kept and (force or not self._wpaused):
             self._sm_sent()  # XEP-0198: a write that carries kept stanzas carries their <r/>
         super()._flush(force)
-
-    def handled(self, seq: int) -> None:
-        """XEP-0198: inbound stanza *seq* has left this process (or was answered with an
-        error); the router calls this directly, no Handled event per stanza. Within a read,
-        a run of stanzas handled in order is told to the machine once, at the run's end (the
-        end of the read, or before the peer's ``</stream:stream>`` is taken); outside one
-        (a stanza that waited for its next hop) at once."""
-        last = self._run_last
-        if last >= 0:  # inside _feed
-            if last and seq == last + 1:
-                self._run_last = seq
-                return
-            if last:
-                self._end_run()
-            self._run_first = self._run_last = seq
-            return
-        if self._lost or self.machine.state in self.machine.FINAL:
-            return
-        actions = self.machine.handled(seq)
-        if actions:
-            self._perform(actions)
-
-    def _end_run(self) -> None:
-        """Tell the machine about the run of handled stanzas collected in this read."""
-        last = self._run_last
-        if last <= 0:
-            return
-        self._run_last = 0
-        if self._lost or self.machine.state in self.machine.FINAL:
-            return
-        actions = self.machine.handled_run(self._run_first, last)
-        if actions:
-            self._perform(actions)
 
     def take_unsent(self) -> list[bytes]:
         """The stanzas that never left this process, removed: those in our own queue, and
@@ -723,18 +635,6 @@ class XmlStream(BufferedWriter):
             return
         self._check_backlog()
 
-    def _write_tls_sliced(self, data: bytes) -> None:
-        """Encrypt a big batch one TLS record at a time (TLS_OUT_SLICE), taking each record out
-        of the out-BIO before the next, and hand the records to the transport in one write."""
-        assert self._ssl is not None and self._out_bio is not None and self.transport is not None
-        view = memoryview(data)
-        write, take = self._ssl.write, self._out_bio.read
-        records = []
-        for i in range(0, len(data), TLS_OUT_SLICE):
-            write(view[i : i + TLS_OUT_SLICE])
-            records.append(take())
-        self.transport.write(b"".join(records))
-
     def _check_backlog(self) -> None:
         """A peer that does not read must not make us buffer without bound."""
         if self.transport is None or self._close_sent:
@@ -748,89 +648,3 @@ class XmlStream(BufferedWriter):
                 )
             )
             self.abort()  # the error cannot get through a full pipe either
-
-    def _drain_bio(self) -> None:
-        assert self._out_bio is not None and self.transport is not None
-        if self._out_bio.pending:
-            self.transport.write(self._out_bio.read())
-
-    # --- TLS -----------------------------------------------------------------------------------
-
-    def _start_tls(self, action: StartTls) -> None:
-        if self.ssl_context is None:
-            self._fail(RemoteStreamError("undefined-condition", "no TLS context for STARTTLS"))
-            return
-        self._flush(force=True)  # <proceed/> / <starttls/> go out in plaintext
-        self._in_bio = ssl.MemoryBIO()
-        self._out_bio = ssl.MemoryBIO()
-        self._ssl = self.ssl_context.wrap_bio(
-            self._in_bio,
-            self._out_bio,
-            server_side=action.server_side,
-            server_hostname=action.server_hostname,
-        )
-        self._handshaking = True
-        self.framer = self._new_framer()
-        self._handshake()
-
-    def _handshake(self) -> None:
-        assert self._ssl is not None
-        try:
-            self._ssl.do_handshake()
-        except ssl.SSLWantReadError:
-            self._drain_bio()
-            return
-        except (ssl.SSLError, OSError) as exc:
-            self._drain_bio()
-            what = "Direct TLS handshake" if self.direct_tls else "TLS handshake"
-            reason = f"{what} failed: {getattr(exc, 'reason', None) or exc}"
-            log.warning("%s on %s", reason, self.describe())
-            self.owner.stream_event(self, "tls-failed", {"reason": reason})
-            self._handshaking = False
-            self._perform(self.machine.receive(ConnectionLost(reason=reason, retry=False)))
-            self.abort()
-            return
-        self._handshaking = False
-        self._drain_bio()
-        chain = tuple(peer_chain(self._ssl))
-        self.alpn = self._ssl.selected_alpn_protocol()
-        log.info(
-            "TLS up (%s%s%s) on %s",
-            self._ssl.version(),
-            ", Direct TLS" if self.direct_tls else "",
-            f", ALPN {self.alpn}" if self.alpn else "",
-            self.describe(),
-        )
-        cipher = self._ssl.cipher()
-        self.owner.stream_event(
-            self,
-            "tls-up",
-            {
-                "version": self._ssl.version(),
-                "cipher": cipher[0] if cipher else None,
-                "direct_tls": self.direct_tls,
-                "alpn": self.alpn,
-            },
-        )
-        self._perform(self.machine.receive(TlsUp(chain=chain, version=self._ssl.version())))
-
-    def _read_tls(self) -> None:
-        assert self._ssl is not None
-        while not self._lost:
-            try:
-                chunk = self._ssl.read(TLS_READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._peer_closed = True
-                self._shutdown()
-                return
-            except ssl.SSLError as exc:
-                log.warning("TLS error on %s: %s", self.describe(), exc)
-                self.abort()
-                return
-            if not chunk:
-                break
-            self._feed(chunk)
-        if not self._lost:
-            self._drain_bio()

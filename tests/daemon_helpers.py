@@ -26,6 +26,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def component_message(i: int, pad: int = 100) -> bytes:
+    """Message *i* from a component's domain (one.a.test) to another (two.a.test)."""
+    return (
+        f"<message from='x@one.a.test' to='y@two.a.test' id='m{i}'><body>{'z' * pad}</body>"
+        "</message>"
+    ).encode()
+
+
+async def component_daemon(tmp_path: Path, extra: str = "") -> tuple[Any, int]:
+    """An in-process Daemon for a.test (S2S plain, one XEP-0114 listener, password "pw"),
+    started; returns it and the component port. *extra* goes into ``[general]``."""
+    from s2sfast.config import load_config
+    from s2sfast.server.daemon import Daemon
+
+    comp_port = free_port()
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(
+        f"""
+[general]
+  hosts = ["a.test"]
+{extra}
+[[listen.s2s]]
+  port = {free_port()}
+  ip_address = "127.0.0.1"
+[[listen.service]]
+  port = {comp_port}
+  ip_address = "127.0.0.1"
+  password = "pw"
+[s2s]
+  use_starttls = "false"
+"""
+    )
+    config = load_config(cfg)
+    daemon = Daemon(config, config.listen_service)
+    await daemon.start()
+    return daemon, comp_port
+
+
 class DaemonProcess:
     """``python -m s2sfast run ARGS`` with its stdout and stderr collected line by line.
 

@@ -9,44 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import RawComponent, free_port
+from daemon_helpers import RawComponent, component_daemon, component_message
 
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
 
-from s2sfast.config import load_config  # noqa: E402
 from s2sfast.server.daemon import Daemon  # noqa: E402
-
-
-def _message(i: int, pad: int = 100) -> bytes:
-    return (
-        f"<message from='x@one.a.test' to='y@two.a.test' id='m{i}'><body>{'z' * pad}</body>"
-        "</message>"
-    ).encode()
-
-
-async def _daemon(tmp_path: Path, extra: str = "") -> tuple[Daemon, int]:
-    comp_port = free_port()
-    cfg = tmp_path / "a.toml"
-    cfg.write_text(
-        f"""
-[general]
-  hosts = ["a.test"]
-{extra}
-[[listen.s2s]]
-  port = {free_port()}
-  ip_address = "127.0.0.1"
-[[listen.service]]
-  port = {comp_port}
-  ip_address = "127.0.0.1"
-  password = "pw"
-[s2s]
-  use_starttls = "false"
-"""
-    )
-    config = load_config(cfg)
-    daemon = Daemon(config, config.listen_service)
-    await daemon.start()
-    return daemon, comp_port
 
 
 async def _component(port: int, domain: str) -> RawComponent:
@@ -74,7 +41,7 @@ async def _read_messages(comp: RawComponent, count: int, timeout: float = 30.0) 
 async def test_stanzas_for_one_connection_leave_in_one_write_per_read(tmp_path: Path) -> None:
     """500 stanzas arriving in a few reads leave towards the other component in no more
     writes than there were reads: one transport.write per loop iteration, not per stanza."""
-    daemon, port = await _daemon(tmp_path)
+    daemon, port = await component_daemon(tmp_path)
     try:
         one = await _component(port, "one.a.test")
         two = await _component(port, "two.a.test")
@@ -95,7 +62,7 @@ async def test_stanzas_for_one_connection_leave_in_one_write_per_read(tmp_path: 
         src.data_received = counting_received
         dst.transport.write = counting_write
         n = 500
-        one.send(b"".join(_message(i) for i in range(n)))
+        one.send(b"".join(component_message(i) for i in range(n)))
         got = await _read_messages(two, n)
         assert [s.id for s in got] == [f"m{i}" for i in range(n)]
         assert 1 <= writes <= reads < n, (writes, reads)
@@ -110,7 +77,7 @@ async def test_a_component_that_does_not_read_stops_the_sender_being_read(tmp_pa
     stops reading one.a.test (TCP pushes back on the sender), bounces nothing; once two reads
     again every stanza arrives, once and in order. (The bound must cover what one read of the
     sender carries, <= 256 KiB here: the rest of a read is routed after the source pauses.)"""
-    daemon, port = await _daemon(tmp_path, "  max_fsm_queue = 1000")
+    daemon, port = await component_daemon(tmp_path, "  max_fsm_queue = 1000")
     try:
         one = await _component(port, "one.a.test")
         two = await _component(port, "two.a.test")
@@ -119,7 +86,7 @@ async def test_a_component_that_does_not_read_stops_the_sender_being_read(tmp_pa
         two_reading.pause_reading()  # the component stops reading its socket
         sent = 0
         blocked = False
-        batch = b"".join(_message(i, 900) for i in range(100))
+        batch = b"".join(component_message(i, 900) for i in range(100))
         for _ in range(400):  # up to 40,000 stanzas of ~1 KiB
             one.send(batch)
             sent += 100
@@ -147,14 +114,14 @@ async def test_a_component_that_does_not_read_stops_the_sender_being_read(tmp_pa
 async def test_a_stuck_component_is_closed_and_its_queue_bounced(tmp_path: Path) -> None:
     """Past the stall timeout a component that reads nothing gets resource-constraint and
     what waited for it bounces to the sender (service-unavailable)."""
-    daemon, port = await _daemon(tmp_path, "  max_fsm_queue = 50")
+    daemon, port = await component_daemon(tmp_path, "  max_fsm_queue = 50")
     for server in daemon.servers:
         server.stall_timeout = 0.5
     try:
         one = await _component(port, "one.a.test")
         two = await _component(port, "two.a.test")
         two.reader._transport.pause_reading()  # type: ignore[attr-defined]
-        batch = b"".join(_message(i, 4000) for i in range(50))
+        batch = b"".join(component_message(i, 4000) for i in range(50))
         for _ in range(40):  # 8 MiB, more than the socket buffers hold
             one.send(batch)
             try:

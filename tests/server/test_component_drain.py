@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import RawComponent, free_port
+from daemon_helpers import RawComponent, component_daemon, component_message
 
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
 
-from s2sfast.config import load_config  # noqa: E402
 from s2sfast.framing import StreamFramer  # noqa: E402
 from s2sfast.protocol.component import (  # noqa: E402
     COMPONENT_NS,
@@ -30,38 +29,6 @@ from s2sfast.protocol.events import Close, SetTimer, TimerFired  # noqa: E402
 from s2sfast.server.daemon import Daemon  # noqa: E402
 
 _CONDITIONS = ("service-unavailable", "resource-constraint", "recipient-unavailable")
-
-
-def _message(i: int, pad: int = 900) -> bytes:
-    return (
-        f"<message from='x@one.a.test' to='y@two.a.test' id='m{i}'><body>{'z' * pad}</body>"
-        "</message>"
-    ).encode()
-
-
-async def _daemon(tmp_path: Path, extra: str = "") -> tuple[Daemon, int]:
-    comp_port = free_port()
-    cfg = tmp_path / "a.toml"
-    cfg.write_text(
-        f"""
-[general]
-  hosts = ["a.test"]
-{extra}
-[[listen.s2s]]
-  port = {free_port()}
-  ip_address = "127.0.0.1"
-[[listen.service]]
-  port = {comp_port}
-  ip_address = "127.0.0.1"
-  password = "pw"
-[s2s]
-  use_starttls = "false"
-"""
-    )
-    config = load_config(cfg)
-    daemon = Daemon(config, config.listen_service)
-    await daemon.start()
-    return daemon, comp_port
 
 
 class Counting:
@@ -201,7 +168,7 @@ async def test_stanzas_left_unread_behind_backpressure_are_routed_or_bounced(
     stanzas sit unread in the kernel. Daemon.stop (what SIGTERM runs) reads them all: each is
     delivered to two (which reads again meanwhile) or bounced to one with service-unavailable
     before one's stream closes; then both streams close cleanly."""
-    daemon, port = await _daemon(tmp_path, "  max_fsm_queue = 100")
+    daemon, port = await component_daemon(tmp_path, "  max_fsm_queue = 100")
     stopped = False
     try:
         one, _ = await RawComponent.connect(port, "one.a.test", "pw")
@@ -213,7 +180,7 @@ async def test_stanzas_left_unread_behind_backpressure_are_routed_or_bounced(
         sent = 0
         batch_size = 100
         for _ in range(400):  # up to 40,000 stanzas of ~1 KiB
-            one.send(b"".join(_message(sent + i) for i in range(batch_size)))
+            one.send(b"".join(component_message(sent + i, 900) for i in range(batch_size)))
             sent += batch_size
             try:
                 await asyncio.wait_for(one.writer.drain(), 0.5)
@@ -221,7 +188,7 @@ async def test_stanzas_left_unread_behind_backpressure_are_routed_or_bounced(
                 break  # the daemon stopped reading one: backpressure
         # a little more for the kernel (and one's own buffer) to hold
         for _ in range(5):
-            one.send(b"".join(_message(sent + i) for i in range(batch_size)))
+            one.send(b"".join(component_message(sent + i, 900) for i in range(batch_size)))
             sent += batch_size
         assert src.reading_paused, "the daemon never stopped reading the sender"
 
@@ -261,7 +228,7 @@ async def test_a_component_that_keeps_sending_and_never_closes_is_cut(tmp_path: 
     timeout, and every stanza it sent is delivered, bounced back to it, or (only what crossed
     the node's </stream:stream> and could not be routed) counted by the node as unanswerable.
     two, which never reads, is cut before one closes, and what waited for it bounces to one."""
-    daemon, port = await _daemon(tmp_path, "  max_fsm_queue = 100")
+    daemon, port = await component_daemon(tmp_path, "  max_fsm_queue = 100")
     for server in daemon.servers:
         server._close_timeout = 1.0  # the machines below are made with it
     stopped = False
@@ -279,7 +246,7 @@ async def test_a_component_that_keeps_sending_and_never_closes_is_cut(tmp_path: 
             while not counting_one.node_closed.is_set() and counting_one.task is not None:
                 if counting_one.task.done():
                     return
-                one.send(b"".join(_message(sent + i, 200) for i in range(20)))
+                one.send(b"".join(component_message(sent + i, 200) for i in range(20)))
                 sent += 20
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(one.writer.drain(), 0.5)

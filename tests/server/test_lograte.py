@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from daemon_helpers import RawComponent, free_port
+from daemon_helpers import RawComponent, component_daemon
 
 from s2sfast.lograte import MAX_KEYS, Tally
 
@@ -61,29 +61,7 @@ async def test_a_flood_to_an_unserved_subdomain_logs_a_few_info_lines(
 ) -> None:
     """2,000 stanzas to nobody.a.test (no component serves it): each is answered
     service-unavailable, and logged at DEBUG; INFO has the first and a count."""
-    from s2sfast.config import load_config
-    from s2sfast.server.daemon import Daemon
-
-    port = free_port()
-    cfg = tmp_path / "a.toml"
-    cfg.write_text(
-        f"""
-[general]
-  hosts = ["a.test"]
-[[listen.s2s]]
-  port = {free_port()}
-  ip_address = "127.0.0.1"
-[[listen.service]]
-  port = {port}
-  ip_address = "127.0.0.1"
-  password = "pw"
-[s2s]
-  use_starttls = "false"
-"""
-    )
-    config = load_config(cfg)
-    daemon = Daemon(config, config.listen_service)
-    await daemon.start()
+    daemon, port = await component_daemon(tmp_path)
     caplog.set_level(logging.DEBUG, logger="s2sfast.daemon")
     try:
         comp, _ = await RawComponent.connect(port, "bot.a.test", "pw")

@@ -83,6 +83,40 @@ def node_config(
     )
 
 
+async def start_tls_mode_node(
+    hosts: list[str], nameserver: Any, *, listeners: tuple[str, ...], **config_kwargs: Any
+) -> Any:
+    """A started Node for *hosts* (``node_config`` with *config_kwargs*) with one listener per
+    ``tls.mode`` in *listeners*, resolving through the loopback DNS server at *nameserver*;
+    ``node.inbox`` collects its stanzas and ``node.ports`` maps each mode to its bound port."""
+    from dataclasses import replace
+
+    from s2sfast.net.dns import Resolver
+    from s2sfast.node import Node
+
+    config = node_config(hosts, port=free_port(), **config_kwargs)
+    first = config.listen_s2s[0]
+    config = replace(
+        config,
+        listen_s2s=tuple(
+            replace(first, port=free_port(), tls=replace(first.tls, mode=m)) for m in listeners
+        ),
+    )
+    node = Node(
+        config,
+        resolver=Resolver([nameserver], timeout=1, retries=1),
+        retry_initial=0.05,
+        pending_deadline=3.0,
+    )
+    node.inbox = Inbox()  # type: ignore[attr-defined]
+    node.on_stanza(node.inbox)  # type: ignore[attr-defined]
+    await node.start()
+    node.ports = {  # type: ignore[attr-defined]
+        m: addr[1] for m, addr in zip(listeners, node.listen_addresses(), strict=True)
+    }
+    return node
+
+
 class Inbox:
     """A stanza handler that queues what it gets; ``await inbox.get()`` waits for the next."""
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from certs import self_signed, utcnow
-from core_helpers import HEADER, Inbox, free_port, message, node_config
+from core_helpers import HEADER, message, start_tls_mode_node
 from dnsserver import DnsServer, closed_port
 
 from s2sfast.framing import Stanza, StreamFramer, StreamOpen
-from s2sfast.net.dns import SRV_PREFIX, XMPPS_SRV_PREFIX, Resolver
+from s2sfast.net.dns import SRV_PREFIX, XMPPS_SRV_PREFIX
 from s2sfast.node import Node
 
 TLS_NS = b"urn:ietf:params:xml:ns:xmpp-tls"
@@ -42,27 +41,9 @@ async def make_node(dns: DnsServer):
         cafile: str | None = None,
         listeners: tuple[str, ...] = ("starttls",),
     ) -> Node:
-        config = node_config(hosts, port=free_port(), mode=mode, certfile=certfile, cafile=cafile)
-        first = config.listen_s2s[0]
-        config = replace(
-            config,
-            listen_s2s=tuple(
-                replace(first, port=free_port(), tls=replace(first.tls, mode=m)) for m in listeners
-            ),
+        node = await start_tls_mode_node(
+            hosts, dns.nameserver, listeners=listeners, mode=mode, certfile=certfile, cafile=cafile
         )
-        node = Node(
-            config,
-            resolver=Resolver([dns.nameserver], timeout=1, retries=1),
-            retry_initial=0.05,
-            pending_deadline=3.0,
-        )
-        node.inbox = Inbox()
-        node.on_stanza(node.inbox)
-        await node.start()
-        #: listener tls.mode -> bound port
-        node.ports = {
-            m: addr[1] for m, addr in zip(listeners, node.listen_addresses(), strict=True)
-        }
         started.append(node)
         return node
 

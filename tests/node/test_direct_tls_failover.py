@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any
 
 import pytest
-from core_helpers import Inbox, free_port, message, node_config
+from core_helpers import message, start_tls_mode_node
 from dnsserver import DnsServer, closed_port
 
-from s2sfast.net.dns import SRV_PREFIX, XMPPS_SRV_PREFIX, Resolver
+from s2sfast.net.dns import SRV_PREFIX, XMPPS_SRV_PREFIX
 from s2sfast.node import Node
 
 NEXT = "trying the next candidate"
@@ -36,33 +35,15 @@ async def make_node(dns_server: DnsServer):
         listeners: tuple[str, ...] = ("starttls",),
         state_timeout_ms: int = 5000,
     ) -> Node:
-        config = node_config(
+        node = await start_tls_mode_node(
             hosts,
-            port=free_port(),
+            dns_server.nameserver,
+            listeners=listeners,
             mode=mode,
             certfile=certfile,
             cafile=cafile,
             state_timeout_ms=state_timeout_ms,
         )
-        first = config.listen_s2s[0]
-        config = replace(
-            config,
-            listen_s2s=tuple(
-                replace(first, port=free_port(), tls=replace(first.tls, mode=m)) for m in listeners
-            ),
-        )
-        node = Node(
-            config,
-            resolver=Resolver([dns_server.nameserver], timeout=1, retries=1),
-            retry_initial=0.05,
-            pending_deadline=3.0,
-        )
-        node.inbox = Inbox()
-        node.on_stanza(node.inbox)
-        await node.start()
-        node.ports = {
-            m: addr[1] for m, addr in zip(listeners, node.listen_addresses(), strict=True)
-        }
         started.append(node)
         return node
 

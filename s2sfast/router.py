@@ -85,6 +85,8 @@ _unroutable = Tally(_unroutable_line)
 MAX_QUEUE = DEFAULT_PENDING_MAX_STANZAS
 
 _HEADER = stream_header(from_=None, to=None)
+#: what holds the inbound streams unread during the shutdown (Router.pause_inbound)
+_SHUTDOWN_HOLD = "shutdown"
 
 
 #: one framer per thread, already past a stream header, for stanza_from_bytes: a fresh framer
@@ -574,11 +576,35 @@ class Router:
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
 
+    def pause_inbound(self) -> None:
+        """Shutdown: stop reading the inbound streams (their peers' stanzas wait in the kernel,
+        TCP pushes back), so that the components can catch up, or be cut and their queues
+        bounced, while the outbound streams still carry the bounces. :meth:`close_all` reads
+        them again to close them."""
+        for stream in self.streams:
+            if stream.direction == "in":
+                stream.held_by(_SHUTDOWN_HOLD)
+
     async def close_all(self, timeout: float) -> None:
-        """Close every stream cleanly, then abort whatever has not closed within *timeout*."""
+        """Close every stream cleanly, then abort whatever has not closed within *timeout*.
+
+        Inbound streams first (read again if :meth:`pause_inbound` paused them), up to half
+        of *timeout*: what their peers sent before their ``</stream:stream>`` is routed while the
+        outbound streams are still open, so that its errors (a component that is gone, one
+        past its queue) still reach the senders; without XEP-0198 nobody else would tell them.
+        Then the outbound streams and the links that never got one.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        inbound = [s for s in self.streams if s.direction == "in"]
+        for stream in inbound:
+            stream.released_by(_SHUTDOWN_HOLD)
+        await self._close_streams(inbound, timeout / 2)
         self.closing = True
         self.links.close_all()
-        streams = list(self.streams)
+        await self._close_streams(list(self.streams), max(deadline - loop.time(), timeout / 2))
+
+    async def _close_streams(self, streams: list[XmlStream], timeout: float) -> None:
         for stream in streams:
             try:  # each stream on its own: a peer that vanished must not stop the others
                 stream.close("shutdown")

@@ -542,6 +542,22 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
     def _on_peer_close(self, ev: Any) -> list[Action]:
         return [*self._final_ack(), *self._finish("peer closed the stream")]
 
+    def _on_closing_stanza(self, st: Any) -> list[Action]:
+        """While we close: the peer may still send what it wrote before it read our
+        ``</stream:stream>`` (RFC 6120 4.4 lets it finish). Without XEP-0198 nobody would
+        resend it, so it is delivered as on an open stream (routed, or answered with an error
+        while our outbound streams still carry it); with XEP-0198 it stays unacknowledged
+        and the peer resends or bounces it (delivering it too would duplicate it)."""
+        if (
+            self.sm_in is None
+            and st.ns == SERVER_NS
+            and st.name in DATA_STANZAS
+            and not self._tls_missing()
+            and (st.to_domain, st.from_domain) in self.authorised
+        ):
+            return [Deliver(stanza=st)]
+        return super()._on_closing_stanza(st)
+
     def _on_closed(self, ev: Any) -> list[Action]:
         self.state = "CLOSED"
         return [SetTimer(seconds=None), Close(condition=None, text="closed")]

@@ -515,6 +515,7 @@ class ComponentServer:
         timeout: float = COMPONENT_DRAIN_TIMEOUT,
         *,
         caught_up: bool = False,
+        stuck_only: bool = False,
     ) -> None:
         """Wait until every draining component has sent nothing for *quiet* seconds (what it
         sent is read, and routed or bounced), at most *timeout* seconds.
@@ -522,10 +523,15 @@ class ComponentServer:
         With *caught_up* (the last step before the streams close): also until each has read
         what we owe it (bounces, stanzas for it) down to the low-water mark; one still behind
         at *timeout* is cut (system-shutdown), what it never got bounced
-        while every other component can still hear the bounce.
+        while every other component can still hear the bounce. With *stuck_only* (the daemon's
+        drain before the S2S streams close) only one that read nothing meanwhile is cut.
         """
         await drain_connections(
-            [c for c in self._connections if c._draining], quiet, timeout, caught_up=caught_up
+            [c for c in self._connections if c._draining],
+            quiet,
+            timeout,
+            caught_up=caught_up,
+            stuck_only=stuck_only,
         )
 
     async def close(self, timeout: float | None = None) -> None:

@@ -138,14 +138,27 @@ class Draining:
         )
 
 
+def _backlog(conn: Any) -> int:
+    """Bytes we owe *conn*: our queue and the transport's buffer (shrinks as it reads)."""
+    transport = conn.transport
+    return conn._wbuf_size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+
 async def drain_connections(
-    connections: list[Any], quiet: float, timeout: float, *, caught_up: bool = False
+    connections: list[Any],
+    quiet: float,
+    timeout: float,
+    *,
+    caught_up: bool = False,
+    stuck_only: bool = False,
 ) -> None:
     """Wait until every one of *connections* (draining) has been silent for *quiet* seconds
     (and, with *caught_up*, has read what we owe it), at most *timeout* seconds; with
-    *caught_up*, cut the ones still behind. See ComponentServer.drain."""
+    *caught_up*, cut the ones still behind (with *stuck_only*, only those that read nothing
+    meanwhile: one still reading is left to the next drain). See ComponentServer.drain."""
     if not connections:
         return
+    before = {id(c): _backlog(c) for c in connections} if stuck_only else {}
     deadline = asyncio.get_running_loop().time() + timeout
     results = await asyncio.gather(
         *(c.quiet(quiet, deadline, caught_up) for c in connections), return_exceptions=True
@@ -154,6 +167,8 @@ async def drain_connections(
         if result is not False or conn.machine.state != "OPEN":
             continue
         if caught_up and conn.congested:
+            if stuck_only and _backlog(conn) < before[id(conn)]:
+                continue  # it reads, only slowly: the last drain gives it its time
             try:
                 conn._cut("system-shutdown", "the component read too slowly at shutdown")
             except Exception as exc:

@@ -132,13 +132,22 @@ class Daemon:
            routed where the destination takes it at once, else bounced to it
            (service-unavailable) while its stream is still open to carry the error; until
            each has been silent for COMPONENT_DRAIN_QUIET (at most COMPONENT_DRAIN_TIMEOUT).
-        2. The node: S2S queues drain (up to DRAIN_TIMEOUT), its streams close; what they
-           still hold is resent-or-bounced (XEP-0198) or bounced, to components still open
-           and still read (what they send now bounces: the node no longer routes to S2S).
-        3. Components again, all of them before any closes: silent, and caught up with what
+        2. Inbound S2S streams are no longer read (their peers' stanzas wait in the kernel);
+           components catch up with what we owe them (up to COMPONENT_DRAIN_TIMEOUT), one
+           still behind that read nothing meanwhile (stuck; one reading slowly is left to step
+           4) is cut and what it never got bounced, while the outbound S2S streams
+           are open to carry the bounces to remote senders (a peer without XEP-0198 keeps
+           nothing to resend).
+        3. The node: S2S queues drain (up to DRAIN_TIMEOUT), its streams close, the inbound
+           ones first (read again until the peer's ``</stream:stream>``: what arrives is routed
+           or answered while the outbound streams still carry the errors), then the outbound
+           ones; what they still hold is resent-or-bounced (XEP-0198) or bounced, to
+           components still open and still read (what they send now bounces: the node no
+           longer routes to S2S).
+        4. Components again, all of them before any closes: silent, and caught up with what
            we owe them (up to COMPONENT_DRAIN_TIMEOUT); one still behind is cut, what it never
            got bounced to the others.
-        4. Components: ``</stream:stream>``, read until theirs (COMPONENT_CLOSE_TIMEOUT).
+        5. Components: ``</stream:stream>``, read until theirs (COMPONENT_CLOSE_TIMEOUT).
         """
         servers = self.servers
         for server in servers:
@@ -147,6 +156,16 @@ class Daemon:
             await _independently("drain the component streams", _call(server.begin_drain))
         await asyncio.gather(
             *(_independently("drain the component streams", s.drain()) for s in servers)
+        )
+        if self.node.router is not None:
+            await _independently("pause the S2S streams", _call(self.node.router.pause_inbound))
+        await asyncio.gather(
+            *(
+                _independently(
+                    "drain the component streams", s.drain(caught_up=True, stuck_only=True)
+                )
+                for s in servers
+            )
         )
         await _independently("stop the node", self.node.stop(DRAIN_TIMEOUT))
         await asyncio.gather(

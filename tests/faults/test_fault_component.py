@@ -15,6 +15,7 @@ pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built"
 
 from fault_harness import (  # noqa: E402
     RSS_LIMIT,
+    SM_AND_OFF,
     SendStats,
     clean_exit,
     exit_codes,
@@ -99,11 +100,28 @@ async def test_component_that_stops_reading(tmp_path: Path) -> None:
         assert clean_exit(pair.a) + clean_exit(pair.b) == []
 
 
-async def test_sigterm_while_the_component_is_stuck(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sm", list(SM_AND_OFF))
+async def test_sigterm_while_the_component_is_stuck(tmp_path: Path, sm: str) -> None:
     """B gets SIGTERM while its component has read nothing for a few seconds of flood: B exits
     0 without a traceback; the component reads what reached its socket, B starts again, and
-    every stanza is delivered or bounced to A - none vanishes with B's buffers."""
-    async with running_pair(tmp_path, "termstuck") as (pair, a, b, ledger):
+    every stanza is delivered or bounced to A - none vanishes with B's buffers. Without
+    XEP-0198 (sm-off) A keeps nothing for a resend: what B still holds for the component, and
+    what A wrote before it read B's close, must be bounced to A while B's S2S streams are still
+    open to carry the errors. Here A's sender is blocked until B's stall timeout has cut the
+    component, then B gets SIGTERM."""
+    await sigterm_while_stuck(tmp_path, sm, before_the_stall_cut=False)
+
+
+async def test_sigterm_before_the_stuck_component_is_cut(tmp_path: Path) -> None:
+    """As above without XEP-0198, but SIGTERM comes while the component is still connected and
+    stuck (before COMPONENT_STALL_TIMEOUT): the shutdown cuts it and bounces its queue before
+    the S2S streams close."""
+    await sigterm_while_stuck(tmp_path, "sm-off", before_the_stall_cut=True)
+
+
+async def sigterm_while_stuck(tmp_path: Path, sm: str, *, before_the_stall_cut: bool) -> None:
+    prefix = f"term{'early' if before_the_stall_cut else 'stuck'}{sm[3]}"
+    async with running_pair(tmp_path, prefix, sm=SM_AND_OFF[sm]) as (pair, a, b, ledger):
         b.pause()
         stats = SendStats()
         stop_flag: list[str] = []
@@ -120,20 +138,26 @@ async def test_sigterm_while_the_component_is_stuck(tmp_path: Path) -> None:
         )
         await asyncio.sleep(5.0)
         stop_flag.append("sigterm")
-        await asyncio.wait_for(sender, 30)
+        if not before_the_stall_cut:
+            await asyncio.wait_for(sender, 30)
         code_b = await pair.b.aterminate(timeout=60)
         how_b = pair.b.current.how
+        if before_the_stall_cut:  # B's shutdown cut the component, not its stall timeout
+            log_b = pair.b.log()
+            assert "did not read for" not in log_b, log_b[-3000:]
+            assert "read too slowly at shutdown" in log_b, log_b[-3000:]
         b.resume()  # what reached the component's socket before B went
         await wait_until(lambda: not b.is_open(), 30, "the old component stream read to its end")
         # then B runs again: what A still holds for it goes there
         await restart_with_component(pair.b, b)
+        await asyncio.wait_for(sender, 60)
         ledger.sent = stats.sent
         await ledger.settle(quiet=6.0, cap=60.0, queued=pair.queued)
         queued = pair.queued()
         code_a = await pair.a.aterminate()
         code_b2 = await pair.b.aterminate()
         result = ledger.result(
-            "sigterm-while-component-stuck",
+            f"sigterm-{'before-cut' if before_the_stall_cut else 'while-component-stuck'}-{sm}",
             queued=queued,
             component_b_ends=b.ends,
             component_b_tail=b.tail[-120:],

@@ -348,3 +348,35 @@ def test_db_result_flood_on_one_stream_is_bounded():
         assert of(p.send(db_result(f"d{i}.test")), VerifyKey)
     acts = p.send(db_result("one-too-many.test"))
     assert close_condition(acts) == "policy-violation" and not of(acts, VerifyKey)
+
+
+def _authenticated_peer() -> Peer:
+    p = Peer()
+    p.send(HEADER)
+    p.send(db_result(key="abc"))
+    p.event(VerifyResult(receiving="b.test", originating="a.test", stream_id="sid1", type="valid"))
+    return p
+
+
+def test_stanzas_after_our_close_are_delivered_without_sm():
+    """Shutdown: we sent </stream:stream>; what the peer wrote before reading it still arrives.
+    Without XEP-0198 nobody would resend it: it is delivered (authorised pairs only)."""
+    p = _authenticated_peer()
+    assert of(p.machine.close("shutdown"), Close)
+    late = p.send(b"<message from='u@a.test/r' to='v@b.test'><body>late</body></message>")
+    assert of(late, Deliver)[0].stanza.raw.endswith(b"<body>late</body></message>")
+    spoofed = p.send(b"<message from='u@c.test' to='v@b.test'><body>x</body></message>")
+    assert not of(spoofed, Deliver)
+    assert of(p.send(b"</stream:stream>"), Close)
+
+
+def test_stanzas_after_our_close_stay_unacked_with_sm():
+    """With XEP-0198 the peer resends (or bounces) what we never acknowledged: delivering it
+    after our final <a/> would duplicate it."""
+    from s2sfast.protocol.sm import SmInbound
+
+    p = _authenticated_peer()
+    p.machine.sm_in = SmInbound()
+    p.machine.close("shutdown")
+    late = p.send(b"<message from='u@a.test/r' to='v@b.test'><body>late</body></message>")
+    assert not of(late, Deliver)

@@ -145,13 +145,14 @@ COMPONENT_STALL_TIMEOUT = 15.0
 #: a backlog of a few MiB is read within tens of milliseconds even on a busy machine, and
 #: 0.25 s of silence means the kernel holds nothing more of it.
 COMPONENT_DRAIN_QUIET = 0.25
-#: shutdown: the longest each of the two component drains lasts: before the S2S streams close
-#: (reading a component that never falls silent, a live flood), and before the component
-#: streams close (silent again, and caught up with the bounces we owe them; one still behind
-#: is cut and what it never got bounced). Everything read meanwhile is routed or bounced on the
-#: still-open stream. 5 s reads ~1 GB of loopback backlog; the two, DRAIN_TIMEOUT's S2S drain
-#: (10 s + 3 s of closing) and COMPONENT_CLOSE_TIMEOUT + 1 keep SIGTERM-to-exit under 30 s,
-#: the unit file's TimeoutStopSec.
+#: shutdown: the longest each of the three component drains lasts: before the S2S streams
+#: close (reading a component that never falls silent, a live flood; then cutting one that
+#: stopped reading while S2S can still carry its bounces), and before the component streams
+#: close (silent again, and caught up with the bounces we owe them; one still behind is cut and
+#: what it never got bounced). Everything read meanwhile is routed or bounced on the still-open
+#: stream. 5 s reads ~1 GB of loopback backlog; the three, the daemon's DRAIN_TIMEOUT S2S drain
+#: (7 s + 3 s of closing) and COMPONENT_CLOSE_TIMEOUT + 1 keep SIGTERM-to-exit at 28 s at most,
+#: under the unit file's TimeoutStopSec of 30 s.
 COMPONENT_DRAIN_TIMEOUT = 5.0
 #: shutdown: seconds we wait, after our ``</stream:stream>``, for the component's (RFC 6120
 #: 4.4: the closing side keeps reading until the peer closes too) before we cut the TCP

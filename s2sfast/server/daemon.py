@@ -48,8 +48,11 @@ log = logging.getLogger("s2sfast.daemon")
 
 #: exit status when the configuration cannot be used (same as check-config)
 EXIT_CONFIG = 1
-#: seconds the shutdown waits for queued stanzas to leave before closing streams anyway
-DRAIN_TIMEOUT = 10.0
+#: seconds the shutdown waits for queued stanzas to leave before closing streams anyway; with
+#: the two component drains before it and the one after (COMPONENT_DRAIN_TIMEOUT each), the S2S
+#: close (3 s) and the component close (COMPONENT_CLOSE_TIMEOUT + 1), 5 + 5 + 7 + 3 + 5 + 3 = 28 s,
+#: inside the unit file's TimeoutStopSec of 30 s
+DRAIN_TIMEOUT = 7.0
 #: event loops ``s2sfast run --loop`` can run on (uvloop: ``pip install 's2sfast[uvloop]'``)
 LOOPS = ("asyncio", "uvloop")
 #: the loop used without --loop (bench/e2e measures both; see bench/README.md)

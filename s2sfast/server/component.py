@@ -187,11 +187,8 @@ class ComponentConnection(Draining, BufferedWriter):
         metrics = self._server.metrics
         if metrics is not None:
             metrics.component_stanzas.labels("in").inc()
-        if stanza.declares_ns:  # rare: <message xmlns='jabber:client'>, rebuilt with lxml
-            from s2sfast.router import stanza_from_bytes
-
-            raw = rebind_namespace(stanza.raw, _CONTENT_NS, "jabber:server", True)
-            stanza = stanza_from_bytes(raw)
+        if stanza.declares_ns:
+            stanza = self._in_server_ns(stanza)
         if self._draining:
             self._route_draining(router, stanza)
             return
@@ -199,6 +196,15 @@ class ComponentConnection(Draining, BufferedWriter):
             router.route(stanza, self)
         except ValueError as exc:  # not from a local domain (check_from = false lets it in)
             self._refuse(stanza, exc)
+
+    @staticmethod
+    def _in_server_ns(stanza: Stanza) -> Stanza:
+        """The rare stanza whose start tag declares its own namespace (``<message
+        xmlns='jabber:client'>``), rebuilt with lxml into jabber:server and framed again (one
+        place for the component's reading path and for what it sends after our close)."""
+        from s2sfast.router import stanza_from_bytes
+
+        return stanza_from_bytes(rebind_namespace(stanza.raw, _CONTENT_NS, "jabber:server", True))
 
     def _refuse(self, stanza: Stanza, exc: ValueError) -> None:
         """A stanza the component may not send: answered ``not-allowed``."""

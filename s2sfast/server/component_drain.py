@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 from s2sfast.framing import Stanza
-from s2sfast.protocol.component import _CONTENT_NS, rebind_namespace
 
 __all__ = ["DRAIN_CONDITION", "DRAIN_TEXT", "Draining", "drain_connections"]
 
@@ -49,6 +48,7 @@ class Draining:
     _last_in: float
     _held_by: Any
     _shaped: bool
+    _in_server_ns: Any
 
     def begin_drain(self) -> None:
         """The node is stopping: read the component whatever paused it (backpressure, the
@@ -123,10 +123,7 @@ class Draining:
         dest = router.routes.get(stanza.to_domain)
         if dest is not None and dest is not self:
             if stanza.declares_ns:
-                from s2sfast.router import stanza_from_bytes
-
-                raw = rebind_namespace(stanza.raw, _CONTENT_NS, "jabber:server", True)
-                stanza = stanza_from_bytes(raw)
+                stanza = self._in_server_ns(stanza)
             if dest.deliver(stanza):
                 self._drain_routed += 1
                 return

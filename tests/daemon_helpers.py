@@ -34,19 +34,15 @@ def component_message(i: int, pad: int = 100) -> bytes:
     ).encode()
 
 
-async def component_daemon(tmp_path: Path, extra: str = "") -> tuple[Any, int]:
-    """An in-process Daemon for a.test (S2S plain, one XEP-0114 listener, password "pw"),
-    started; returns it and the component port. *extra* goes into ``[general]``."""
-    from s2sfast.config import load_config
-    from s2sfast.server.daemon import Daemon
-
-    comp_port = free_port()
-    cfg = tmp_path / "a.toml"
-    cfg.write_text(
+def component_config(tmp_path: Path, comp_port: int, general: str = "", s2s: str = "") -> Path:
+    """``a.toml`` for a.test: plain S2S on a free port, one XEP-0114 listener on *comp_port*
+    (password "pw"); *general* and *s2s* are extra lines for ``[general]`` and ``[s2s]``."""
+    path = tmp_path / "a.toml"
+    path.write_text(
         f"""
 [general]
   hosts = ["a.test"]
-{extra}
+{general}
 [[listen.s2s]]
   port = {free_port()}
   ip_address = "127.0.0.1"
@@ -56,9 +52,20 @@ async def component_daemon(tmp_path: Path, extra: str = "") -> tuple[Any, int]:
   password = "pw"
 [s2s]
   use_starttls = "false"
+{s2s}
 """
     )
-    config = load_config(cfg)
+    return path
+
+
+async def component_daemon(tmp_path: Path, extra: str = "") -> tuple[Any, int]:
+    """An in-process Daemon for :func:`component_config`, started; returns it and the
+    component port. *extra* goes into ``[general]``."""
+    from s2sfast.config import load_config
+    from s2sfast.server.daemon import Daemon
+
+    comp_port = free_port()
+    config = load_config(component_config(tmp_path, comp_port, general=extra))
     daemon = Daemon(config, config.listen_service)
     await daemon.start()
     return daemon, comp_port

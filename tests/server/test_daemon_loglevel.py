@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, RawComponent, free_port
+from daemon_helpers import DaemonProcess, RawComponent, component_config, free_port
 from dnsserver import closed_port
 
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
@@ -25,26 +25,12 @@ _WARNING = r" WARNING \S+: stream a\.test -> b\.test failed \("
 
 
 def _config(tmp_path: Path, comp_port: int, loglevel: str | None) -> Path:
-    general = f'  loglevel = "{loglevel}"\n' if loglevel else ""
-    path = tmp_path / "a.toml"
-    path.write_text(
-        f"""
-[general]
-  hosts = ["a.test"]
-{general}
-[[listen.s2s]]
-  port = {free_port()}
-  ip_address = "127.0.0.1"
-[[listen.service]]
-  port = {comp_port}
-  ip_address = "127.0.0.1"
-  password = "pw"
-[s2s]
-  use_starttls = "false"
-  address = [{{host = "b.test", ip_address = "127.0.0.1", port = {closed_port()}}}]
-"""
+    return component_config(
+        tmp_path,
+        comp_port,
+        general=f'  loglevel = "{loglevel}"' if loglevel else "",
+        s2s=f'  address = [{{host = "b.test", ip_address = "127.0.0.1", port = {closed_port()}}}]',
     )
-    return path
 
 
 async def _component(daemon: DaemonProcess, port: int) -> RawComponent:

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  run {i + 1} ({run['when']}, {run.get('git_head', '')}):")
         for part in parts:
             print(f"    {part}")
-        for key in ("scale", "scale_baseline"):
+        for key in ("scale", "scale_verify_none", "scale_baseline"):
             sc = run.get(key)
             if sc and not sc.get("error"):
                 print(

@@ -33,10 +33,12 @@ def write_daemon_config(
     cafile: str,
     *,
     state_timeout_ms: int = 30000,
+    verify_mode: str | None = None,
 ) -> Path:
     """A mongooseim.toml for one bench daemon: TLS required, a component listener, an
     [[s2s.address]] for every peer domain. *cafile*: the CA peers' certificates are checked
-    against (see :func:`cafile_for`)."""
+    against (see :func:`cafile_for`); *verify_mode*: the listener's ``tls.verify_mode``
+    (None: not set, peers are asked for a certificate)."""
     addresses = "".join(
         f'  [[s2s.address]]\n    host = "{d}"\n    ip_address = "127.0.0.1"\n    port = {p}\n'
         for d, p in peers.items()
@@ -49,7 +51,7 @@ def write_daemon_config(
   ip_address = "127.0.0.1"
   state_timeout = {state_timeout_ms}
   tls.cacertfile = "{cafile}"
-[[listen.service]]
+{f'  tls.verify_mode = "{verify_mode}"{chr(10)}' if verify_mode else ""}[[listen.service]]
   port = {comp_port}
   ip_address = "127.0.0.1"
   password = "{PASSWORD}"

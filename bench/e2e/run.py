@@ -269,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new streams timed with all others open (1000)")  # fmt: skip
     p.add_argument("--scale-messages", type=int, help="messages with all streams open (20000)")
     p.add_argument("--scale-loop", help="the scale daemon's loop (default: asyncio)")
+    p.add_argument("--scale-verify-mode", choices=("peer", "none", "both"),
+                   help="the scale daemon listener's tls.verify_mode: peer (inbound peers are "
+                   "asked for a certificate, the default), none (not asked), or both, one "
+                   "scale run each (default: both; --quick: peer)")  # fmt: skip
     p.add_argument("--json", type=Path, help=f"result file (default {OUT}/e2e.json)")
     p.add_argument("--png", type=Path, help=f"plot (default {OUT}/e2e.png)")
     p.add_argument("--workdir", type=Path, help="keep configs and logs here (default: temporary)")
@@ -323,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     scale: dict[str, Any] | None = None
     scale_baseline: dict[str, Any] | None = None
+    scale_verify_none: dict[str, Any] | None = None
     trees: list[Path | None] = [None]
     if args.baseline is not None:
         if not (args.baseline / "s2sfast").is_dir():
@@ -351,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": rounds if len(rounds) > 1 else [],
             "scale": scale,
             "scale_baseline": scale_baseline,
+            "scale_verify_none": scale_verify_none,
         }
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -385,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_scale:
             from bench.e2e import scale as scale_mod
 
-            for tree in trees:
+            verify = args.scale_verify_mode or ("peer" if quick else "both")
+            modes = ["peer", "none"] if verify == "both" else [verify]
+            # the baseline tree in the first mode only: the comparison is commit against commit
+            for tree, mode in [(t, m) for t in trees for m in modes if t is None or m == modes[0]]:
                 try:
                     one = scale_mod.run(
                         workdir,
@@ -395,14 +404,17 @@ def main(argv: list[str] | None = None) -> int:
                         loop=args.scale_loop or "asyncio",
                         tree=tree,
                         auth=sizes.auth,
+                        verify_mode=mode,
                     )
                 except Exception as exc:
                     traceback.print_exc()
-                    one = {"error": f"{type(exc).__name__}: {exc}"}
-                if tree is None:
-                    scale = one
-                else:
+                    one = {"error": f"{type(exc).__name__}: {exc}", "verify_mode": mode}
+                if tree is not None:
                     scale_baseline = one
+                elif mode == "none" and len(modes) > 1:
+                    scale_verify_none = one
+                else:
+                    scale = one
                 save()
     finally:
         if tmp is not None:
@@ -410,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     save(partial=False)
     print()
     print(table(results, "dialback" if args.auth == "dialback" else "s2sfast trusted certs"))
-    for one in (scale, scale_baseline):
+    for one in (scale, scale_verify_none, scale_baseline):
         if one is not None:
             print()
             print(scale_text(one))
@@ -436,7 +448,8 @@ def scale_text(scale: dict[str, Any]) -> str:
         f"scale: one daemon ({scale['loop']}, s2sfast of {scale.get('tree', 'this checkout')}): "
         f"{scale['streams']:,} authenticated TLS streams (sockets) from {scale['domains']:,} "
         f"remote domains, {scale['streams_per_domain']} per domain; RLIMIT_NOFILE "
-        f"{scale['nofile']}",
+        f"{scale['nofile']}; listener tls.verify_mode {scale.get('verify_mode', 'peer')}"
+        + (" (peers not asked for a certificate)" if scale.get("verify_mode") == "none" else ""),
         f"  RSS per idle stream      {scale['kib_per_stream']:8.1f} KiB  "
         f"(daemon {scale['rss_before_kib'] / 1024:.0f} -> {scale['rss_after_kib'] / 1024:.0f} MiB)",
         f"  open all                 {scale['open_seconds']:8.1f} s",

@@ -142,17 +142,20 @@ async def generator(args: argparse.Namespace) -> None:
 
 def run(
     workdir: Path, *, streams: int, new: int, messages: int, loop: str = "asyncio",
-    tree: Path | None = None, auth: str = "dialback",
+    tree: Path | None = None, auth: str = "dialback", verify_mode: str = "peer",
 ) -> dict[str, Any]:  # fmt: skip
     """Start the daemon and the generator (both s2sfast from *tree* when given: two commits
     of s2sfast need not agree on XEP-0198 and the like), open about *streams* streams, time
-    *new* more, send *messages*, stop both; the result dict."""
-    return asyncio.run(_run(workdir, streams, new, messages, loop, tree, auth))
+    *new* more, send *messages*, stop both; the result dict. *verify_mode* is the daemon
+    listener's ``tls.verify_mode``: "peer" (the default: each inbound stream's peer is asked
+    for its certificate, which OpenSSL then keeps for the life of the connection) or "none"
+    (not asked: dialback only, as with *auth* "dialback" anyway)."""
+    return asyncio.run(_run(workdir, streams, new, messages, loop, tree, auth, verify_mode))
 
 
 async def _run(
     workdir: Path, streams: int, new: int, messages: int, loop: str, tree: Path | None,
-    auth: str,
+    auth: str, verify_mode: str,
 ) -> dict[str, Any]:  # fmt: skip
     import certs
     from daemon_helpers import free_port
@@ -175,7 +178,7 @@ async def _run(
         note(f"scale: {bound}")
         streams = fit
     label = paths.tree_label(tree) if tree else ""
-    d = workdir / ("scale" + (f"-{label}" if tree else ""))
+    d = workdir / ("scale" + (f"-{label}" if tree else "") + f"-{verify_mode}")
     d.mkdir(parents=True, exist_ok=True)
     ca = certs.make_ca("bench e2e scale CA")
     cafile = ca.write_pem(d, "ca.pem")
@@ -185,7 +188,7 @@ async def _run(
         d / "d.toml", "d.test", daemon_port, comp_port,
         {f"h{i}.gen.test": gen_port for i in range(most)},
         ca.issue(["d.test"]).write_pem(d, "d.pem"), cafile_for(auth, cafile, d),
-        state_timeout_ms=60000,
+        state_timeout_ms=60000, verify_mode=None if verify_mode == "peer" else verify_mode,
     )  # fmt: skip
     note(f"scale: starting the daemon ({loop}) and the generator (up to {most:,} domains)")
     daemon = daemon_process(tree, loop, "--config", str(cfg), "--log-level", "info")
@@ -258,6 +261,7 @@ async def _run(
         result = {
             "loop": loop,
             "auth": auth,
+            "verify_mode": verify_mode,
             "tree": label or "this checkout",
             "domains": domains,
             "streams_per_domain": per_domain,

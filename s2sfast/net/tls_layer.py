@@ -35,7 +35,8 @@ TLS_OUT_SLICE = 16 * 1024
 #: (:func:`s2sfast.net.membio.release`), and both do when the handshake ends: an idle stream
 #: keeps at most ~5.4 KiB per BIO instead of the largest flight or batch it ever saw. Smaller
 #: traffic keeps its buffer, so a steady trickle does not free and allocate on every write
-#: (a release costs ~2.5 us, paid once per batch above this size).
+#: (a release costs ~1.5 us, paid once per batch above this size: 2,770 releases for 100,000
+#: messages of 400 bytes on the library path, about 1% of the CPU those messages take).
 BIO_KEEP = 4 * 1024
 
 

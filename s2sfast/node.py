@@ -298,7 +298,7 @@ class Node:
         parts = self._incoming_parts.get(key)
         if parts is None:
             parts = self._incoming_parts[key] = self._incoming_machine_parts(listen, router)
-        check, options_for, policy_allows, limits = parts
+        check, options_for, policy_allows, limits, state_timeout = parts
         limiter = self._limiters.get(id(listen))
         if limiter is None:
             limiter = self._limiters[id(listen)] = ConnectionLimiter(listen.max_connections)
@@ -308,7 +308,7 @@ class Node:
             policy_allows=policy_allows,
             tls_available=ctx is not None,
             check_cert=check,
-            state_timeout=listen.state_timeout / 1000,
+            state_timeout=state_timeout,
             limits=limits,
         )
         stream = XmlStream(
@@ -340,7 +340,8 @@ class Node:
             idle_seconds=int(self.idle_timeout) if self.idle_timeout else None,
         )
         options_for = _listener_options(listen, router.options_for)
-        return check, options_for, router.policy_allows, limits
+        # one float for the listener's machines, not one per connection
+        return check, options_for, router.policy_allows, limits, listen.state_timeout / 1000
 
     def _client_context(self, local: str) -> ssl.SSLContext | None:
         opts = self._router().options_for(local)

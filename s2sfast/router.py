@@ -180,8 +180,11 @@ class Router:
         self.inbound: dict[str, XmlStream] = {}
         self.streams: set[XmlStream] = set()
         self._policies: dict[int, Policy] = {}
-        #: (local, remote) -> the policy's verdict, until the policy is reloaded
+        #: (local, remote) -> the policy's verdict, until the policy is reloaded; a local
+        #: domain whose policy has no host entries has one verdict for every remote domain,
+        #: kept by local domain (no key per pair: a tuple and a slot per stream, issue 14)
         self._allowed: dict[tuple[str, str], bool] = {}
+        self._allowed_from: dict[str, bool] = {}
         self.pending_budget = pending_budget or PendingBudget()
         self.max_fsm_queue = max_fsm_queue
         #: domain -> local route (a component connection): ``deliver(stanza) -> bool``
@@ -215,19 +218,25 @@ class Router:
         return self.config.s2s_for(self.parent.get(domain, domain))
 
     def policy_allows(self, local: str, remote: str) -> bool:
-        allowed = self._allowed.get((local, remote))
+        allowed = self._allowed_from.get(local)
         if allowed is None:
-            if len(self._allowed) > 65536:
-                self._allowed.clear()
-            allowed = self._allowed[(local, remote)] = self._policy_allows(local, remote)
+            allowed = self._allowed.get((local, remote))
+            if allowed is None:
+                allowed = self._policy_allows(local, remote)
         return allowed
 
     def _policy_allows(self, local: str, remote: str) -> bool:
+        """Ask the policy, and remember its verdict (by local domain when it is uniform)."""
         opts = self.options_for(local)
         policy = self._policies.get(id(opts))
         if policy is None:
             policy = self._policies[id(opts)] = Policy.from_options(opts)
-        return policy.allows(remote)
+        allowed = policy.allows(remote)
+        cache: dict[Any, bool] = self._allowed_from if policy.uniform else self._allowed
+        if len(cache) > 65536:
+            cache.clear()
+        cache[local if policy.uniform else (local, remote)] = allowed
+        return allowed
 
     def reload_policy(self, s2s: S2SOptions, host_s2s: dict[str, S2SOptions]) -> None:
         """Take default_policy/host_policy from *s2s* and *host_s2s*; nothing else changes.
@@ -247,6 +256,7 @@ class Router:
         )
         self._policies.clear()
         self._allowed.clear()
+        self._allowed_from.clear()
 
     def add_local_domain(self, domain: str, parent: str) -> None:
         """Serve *domain* too, with the [s2s] options of local host *parent*."""
@@ -261,6 +271,7 @@ class Router:
         self.parent.pop(domain, None)
         self.local_domains.discard(domain)
         self._allowed.clear()
+        self._allowed_from.clear()
 
     def add_route(self, domain: str, destination: Any) -> None:
         """Stanzas to *domain* go to *destination* (``deliver(stanza) -> bool``)."""
@@ -352,9 +363,11 @@ class Router:
             self.bounce(raw, local, "service-unavailable", "the node is shutting down")
             return None
         pair = (local, remote)
-        allowed = self._allowed.get(pair)
+        allowed = self._allowed_from.get(local)
         if allowed is None:
-            allowed = self.policy_allows(local, remote)
+            allowed = self._allowed.get(pair)
+            if allowed is None:
+                allowed = self._policy_allows(local, remote)
         if not allowed:
             if _denied.add((local, remote)):
                 log.info("policy denies %s -> %s: bouncing", local, remote)
@@ -451,12 +464,13 @@ class Router:
             address = self._address(stream)
             refusal = limiter.admit(address)
             if refusal is not None:
+                stream.limiter = None  # not admitted: nothing to tell the limiter at the close
                 log.warning("refusing S2S connection from %s: %s", address, refusal.text)
                 stream.fail(LocalStreamError(refusal.condition, refusal.text))
                 return
-            stream.admitted = True
+        # (not indexed in inbound yet: verify answers are for the id its VerifyKey names,
+        # which TLS changes; the id of the connection's first stream would stay as a key)
         self.streams.add(stream)
-        self.inbound[stream.stream_id] = stream
 
     def stream_action(self, stream: XmlStream, action: Any) -> None:
         kind = type(action)
@@ -489,7 +503,7 @@ class Router:
                 self.links.authenticated(stream, link)
             elif stream.direction == "in":
                 self.inbound[stream.stream_id] = stream
-                if stream.admitted and len(stream.authenticated) == 1:
+                if stream.limiter is not None and len(stream.authenticated) == 1:
                     stream.limiter.authenticated(self._address(stream))
         elif kind is AuthFailed:
             self.emit(
@@ -558,11 +572,10 @@ class Router:
         if stream.direction == "in":
             for key in [k for k, v in self.inbound.items() if v is stream]:
                 del self.inbound[key]
-            if stream.admitted:
-                stream.admitted = False
-                stream.limiter.closed(
-                    self._address(stream), was_authenticated=bool(stream.authenticated)
-                )
+            limiter = stream.limiter
+            if limiter is not None:  # admitted (the limiter counts it until now)
+                stream.limiter = None
+                limiter.closed(self._address(stream), was_authenticated=bool(stream.authenticated))
             if stream.link is not None:
                 self.bidi.closed(stream, stream.link)
             return
@@ -572,7 +585,7 @@ class Router:
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to *timeout*) for links still negotiating with stanzas queued."""
-        waiting = [lk.done for lk in self.outbound.values() if lk.queue and not lk.done.done()]
+        waiting = [lk.done for lk in self.outbound.values() if lk.queue and lk.outcome is None]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -314,6 +315,37 @@ def _ee_policy() -> _verification.ExtensionPolicy:
     )
 
 
+#: Verdicts and leaf identities kept to be shared (memory per idle stream, issue 14): every
+#: stream keeps its last verdict, and both directions with one peer domain, or many pairs with
+#: one peer server, present the same certificate. An equal verdict is the same object (72 bytes
+#: saved per stream), and one leaf's names and expiry are parsed into one PeerNames and one
+#: datetime (about 250 bytes more). Bounded: emptied when full (a miss only costs a copy).
+_SHARED_MAX = 1024
+_shared_leaves: dict[bytes, tuple[PeerNames, _dt.datetime]] = {}
+_shared_verdicts: dict[PeerCertStatus, PeerCertStatus] = {}
+
+
+def _leaf_facts(der: bytes, leaf: x509.Certificate) -> tuple[PeerNames, _dt.datetime]:
+    """*leaf*'s identities and expiry, the same objects for the same certificate."""
+    key = hashlib.sha256(der).digest()
+    hit = _shared_leaves.get(key)
+    if hit is None:
+        if len(_shared_leaves) >= _SHARED_MAX:
+            _shared_leaves.clear()
+        hit = _shared_leaves[key] = (_names_of(leaf), leaf.not_valid_after_utc)
+    return hit
+
+
+def _shared(status: PeerCertStatus) -> PeerCertStatus:
+    """An equal verdict made before, or *status* (kept for the next one)."""
+    hit = _shared_verdicts.get(status)
+    if hit is None:
+        if len(_shared_verdicts) >= _SHARED_MAX:
+            _shared_verdicts.clear()
+        hit = _shared_verdicts[status] = status
+    return hit
+
+
 def _fmt_time(t: _dt.datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -358,18 +390,20 @@ def verify_peer(
             not_after=None,
         )
     leaf = certs[0]
-    names = _names_of(leaf)
+    names, not_after = _leaf_facts(cert_chain_der[0], leaf)
     matches = name_matches(names, domain)
     chain_problem = _chain_problem(leaf, certs[1:], cafile, now)
     reason = chain_problem
     if reason is None and not matches:
         reason = f"the certificate does not name {domain} (it names {names.describe()})"
-    return PeerCertStatus(
-        trusted=chain_problem is None,
-        name_matches=matches,
-        reason=reason,
-        names=names,
-        not_after=leaf.not_valid_after_utc,
+    return _shared(
+        PeerCertStatus(
+            trusted=chain_problem is None,
+            name_matches=matches,
+            reason=reason,
+            names=names,
+            not_after=not_after,
+        )
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -118,7 +117,6 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         "transport",
         "link",
         "limiter",
-        "admitted",
         "peername",
         "framer",
         "authenticated",
@@ -126,13 +124,12 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         "_loop",
         "_bucket",
         "_resume",
-        "_last_read",
         "_last_activity",
         "_ssl",
         "_in_bio",
         "_out_bio",
         "_handshaking",
-        "_sent",
+        "_sm",
         "_counted",
         "_batching",
         "_kept",
@@ -170,8 +167,9 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         self.machine = machine
         self.owner = owner
         #: the owner's entry for Deliver, looked up once (Router.deliver_inbound: no action
-        #: dispatch per stanza); an owner without one gets it through stream_action
-        self._deliver = getattr(owner, "deliver_inbound", None)
+        #: dispatch per stanza); an owner without one gets it through stream_action. The
+        #: class's function, called with the owner: a bound method would cost 64 bytes a stream
+        self._deliver = getattr(type(owner), "deliver_inbound", None)
         self.direction = direction
         self.ssl_context = ssl_context
         #: Direct TLS (XEP-0368) rather than plain TCP (with or without STARTTLS)
@@ -182,12 +180,13 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
         self.max_write_buffer = max_write_buffer
+        #: called once, from connection_made (then dropped: it may be a closure)
         self.on_connected = on_connected
         self.transport: asyncio.Transport | None = None
-        #: owner's bookkeeping (the router's outbound link; the listener's connection limiter)
+        #: owner's bookkeeping (the router's outbound link; the listener's connection limiter,
+        #: which the owner drops when it refuses the connection)
         self.link: Any = None
         self.limiter: Any = None
-        self.admitted = False
         self.peername: Any = None
         self.framer = self._new_framer()
         #: the (local, remote) pairs authenticated on this stream, in order (a tuple: most
@@ -200,14 +199,13 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         )
         self._bucket = TokenBucket(max_rate, now=self._loop.time()) if max_rate else None
         self._resume: asyncio.TimerHandle | None = None
-        self._last_read = self._loop.time()
-        self._last_activity = self._last_read
+        self._last_activity = self._loop.time()
         self._ssl: ssl.SSLObject | None = None
         self._in_bio: ssl.MemoryBIO | None = None
         self._out_bio: ssl.MemoryBIO | None = None
         self._handshaking = False
         #: the machine speaks XEP-0198 (its data-path hooks: sm_out.keep, sent_batch, handled)
-        self._sent = getattr(machine, "sent", None)
+        self._sm = hasattr(machine, "sent")
         self._counted = False
         #: a _batch_end is scheduled (XEP-0198: stanzas were kept since the last one)
         self._batching = False
@@ -223,7 +221,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         self._timer: asyncio.TimerHandle | None = None
         self._ka_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._last_write = 0.0
+        self._last_write = self._last_activity
         self._close_sent = False
         self._peer_closed = False
         self._lost = False
@@ -274,9 +272,11 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         transport.set_write_buffer_limits(  # type: ignore[attr-defined]
             high=_HIGH_WATER, low=_LOW_WATER
         )
-        self._last_write = time.monotonic()
-        if self.on_connected is not None:
-            self.on_connected(self)
+        self._last_write = self._loop.time()
+        on_connected = self.on_connected
+        if on_connected is not None:
+            self.on_connected = None
+            on_connected(self)
         if self.machine.state in self.machine.FINAL:
             return  # refused by the owner (connection limits)
         if self.direct_tls:  # XEP-0368: TLS from the first byte, the machine asks for it
@@ -291,9 +291,9 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
             return
         if self._close_sent and self.machine.state in self.machine.FINAL:
             return  # after our stream error: discard, the close timer ends the connection
-        self._last_read = self._last_activity = self._loop.time()
+        self._last_activity = now = self._loop.time()
         if self._bucket is not None:
-            pause = self._bucket.consume(len(data), self._last_read)
+            pause = self._bucket.consume(len(data), now)
             if pause and self.transport is not None and self._resume is None:
                 self._shaped = True
                 self._update_reading()
@@ -418,7 +418,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
             kind = type(action)
             if kind is Deliver:  # the data path first: one per inbound stanza
                 if self._deliver is not None:
-                    self._deliver(self, action)
+                    self._deliver(self.owner, self, action)
                 else:
                     self.owner.stream_action(self, action)
             elif kind is SendBytes:
@@ -480,7 +480,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
             self._fail(LocalStreamError("connection-timeout", f"idle for {self.idle_timeout:g} s"))
             return
         if self.keepalive and self.authenticated:
-            if time.monotonic() - self._last_write >= self.keepalive:
+            if now - self._last_write >= self.keepalive:
                 self.write(b" ")
         interval = self._tick_interval()
         if interval:
@@ -551,7 +551,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
             len(self._wbuf) >= self.max_queue or self._wbuf_size >= self.max_queue_bytes
         ):
             return False
-        sm = self.machine.sm_out if self._sent is not None else None
+        sm = self.machine.sm_out if self._sm else None
         if sm is None:
             self._queue(raw)
         else:
@@ -572,7 +572,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         ``<r/>`` and ack timer are performed here)."""
         if not raws or self._lost or self._close_sent:
             return
-        sm = self.machine.sm_out if self._sent is not None else None
+        sm = self.machine.sm_out if self._sm else None
         if sm is not None:
             self._keep_batch()
             sm.keep_all(raws)
@@ -590,7 +590,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         (after the peer went deaf) those still whole in the transport's buffer. None when
         XEP-0198 counted them (the machine hands back every unacknowledged one)."""
         if self._counted:
-            self._wbuf.clear()
+            self._wbuf = ()
             self._wbuf_size = 0
             return []
         stranded, self._stranded = self._stranded, ()
@@ -613,9 +613,9 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
     def _emit(self, data: bytes) -> None:
         if self._lost or self.transport is None:
             return
-        self._last_write = time.monotonic()
+        self._last_write = now = self._loop.time()
         if data != b" ":  # our own stanzas are activity; our keepalives are not
-            self._last_activity = self._loop.time()
+            self._last_activity = now
         if self._ssl is None:
             self.transport.write(data)
             self._check_backlog()

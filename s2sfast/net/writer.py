@@ -14,7 +14,7 @@ from typing import Any
 
 from s2sfast.limits import HIGH_WATER, LOW_WATER, MAX_FSM_QUEUE
 
-__all__ = ["BufferedWriter", "is_stanza"]
+__all__ = ["BufferedWriter", "NONE_HELD", "is_stanza"]
 
 #: transport buffer marks (s2sfast.limits): above HIGH the transport pauses us and stanzas wait
 #: in our own bounded queue, the sources feeding us stop being read; below LOW they resume
@@ -40,6 +40,8 @@ class _NoneHeld(frozenset):  # type: ignore[type-arg]
 
 
 _NONE_HELD: Any = _NoneHeld()
+#: the shared empty holder set, for other holders of sources (an OutboundLink)
+NONE_HELD: Any = _NONE_HELD
 
 
 def is_stanza(data: bytes) -> bool:
@@ -95,7 +97,9 @@ class BufferedWriter(asyncio.Protocol):
         self.max_queue = max_queue or MAX_FSM_QUEUE
         self.max_queue_bytes = max_queue_bytes
         self.write_stall_timeout = stall_timeout
-        self._wbuf: list[bytes] = []
+        #: what waits for the next flush: a list while something does, else the empty tuple
+        #: (an idle writer keeps no list)
+        self._wbuf: list[bytes] | tuple[()] = ()
         self._wbuf_size = 0
         self._flush_scheduled = False
         self._wpaused = False
@@ -136,7 +140,11 @@ class BufferedWriter(asyncio.Protocol):
         return True
 
     def _queue(self, data: bytes) -> None:
-        self._wbuf.append(data)
+        wbuf = self._wbuf
+        if wbuf:
+            wbuf.append(data)  # type: ignore[union-attr]
+        else:
+            self._wbuf = [data]
         self._wbuf_size += len(data)
         if self._wpaused:
             return
@@ -148,18 +156,19 @@ class BufferedWriter(asyncio.Protocol):
 
     def _flush(self, force: bool = False) -> None:
         self._flush_scheduled = False
-        if not self._wbuf:
+        wbuf = self._wbuf
+        if not wbuf:
             return
         if self.transport is None:
-            self._wbuf.clear()
+            self._wbuf = ()
             self._wbuf_size = 0
             return
         if self._wpaused and not force:
             return  # resume_writing flushes
         if self._track_recent:
-            self._remember(self._wbuf, self._wbuf_size)
-        data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
-        self._wbuf.clear()
+            self._remember(wbuf, self._wbuf_size)
+        data = b"".join(wbuf) if len(wbuf) > 1 else wbuf[0]
+        self._wbuf = ()
         self._wbuf_size = 0
         self._emit(data)
         if self._recent is not None and self.transport is not None:
@@ -170,7 +179,7 @@ class BufferedWriter(asyncio.Protocol):
     def _emit(self, data: bytes) -> None:  # pragma: no cover - subclasses
         raise NotImplementedError
 
-    def _remember(self, chunks: list[bytes], nbytes: int) -> None:
+    def _remember(self, chunks: list[bytes] | tuple[()], nbytes: int) -> None:
         recent = self._recent
         if recent is None:
             recent = self._recent = deque()
@@ -206,7 +215,7 @@ class BufferedWriter(asyncio.Protocol):
     def take_unsent(self) -> list[bytes]:
         """Remove and return the stanzas still in our own queue (never handed to the transport)."""
         out = [d for d in self._wbuf if is_stanza(d)]
-        self._wbuf.clear()
+        self._wbuf = ()
         self._wbuf_size = 0
         return out
 

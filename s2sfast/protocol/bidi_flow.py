@@ -91,7 +91,7 @@ class IncomingBidi:
         if self.state != "OPEN" or not self.header_sent:
             return []
         actions: list[Action] = []
-        for local, remote in sorted(self.authorised - self._routed):
+        for local, remote in sorted(set(self.authorised) - self._routed):
             if not self._routed:
                 self._routed = set()  # the machine starts with an empty frozenset
             self._routed.add((local, remote))

@@ -14,7 +14,8 @@ element in s2sfast.protocol.features.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, ClassVar
 
 from s2sfast.config import S2SOptions
@@ -68,6 +69,29 @@ log = logging.getLogger("s2sfast.incoming")
 #: one shared empty frozenset (``frozenset()`` makes a new object each call since Python 3.10):
 #: a field that is an empty set on most streams until first added to (216 bytes a set)
 _NO_PAIRS: Any = frozenset()
+#: authorised pairs are a tuple up to this many (most streams carry one: a 1-tuple is 48
+#: bytes, a set 216), a set beyond (a lookup per stanza stays O(1) on a stream carrying many)
+_PAIRS_AS_TUPLE = 8
+
+#: Peer chains kept to be shared: a stream keeps its peer's chain (DER, a few KB with
+#: intermediates) for the domains claimed later, and one peer server's streams (one per
+#: domain pair, both directions) present the same chain: equal chains are one tuple. The
+#: most recently seen ones, bounded (an evicted chain stays with its streams, unshared).
+_SHARED_CHAINS = 256
+_chains: OrderedDict[tuple[bytes, ...], tuple[bytes, ...]] = OrderedDict()
+
+
+def _shared_chain(chain: Iterable[bytes]) -> tuple[bytes, ...]:
+    """*chain* as a tuple: an equal one seen lately, or this one (then remembered)."""
+    key = tuple(chain)
+    hit = _chains.get(key)
+    if hit is not None:
+        _chains.move_to_end(key)
+        return hit
+    _chains[key] = key
+    if len(_chains) > _SHARED_CHAINS:
+        _chains.popitem(last=False)
+    return key
 
 
 class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
@@ -182,12 +206,15 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         self.local: str | None = None
         self.peer_from: str | None = None
         self.version = True
-        #: (local, remote) pairs authorised to send stanzas on this stream
-        self.authorised: set[tuple[str, str]] = set()
+        #: (local, remote) pairs authorised to send stanzas on this stream: a tuple, a set past
+        #: _PAIRS_AS_TUPLE (only ``in``, ``len`` and iteration are used; see _authorise)
+        self.authorised: tuple[tuple[str, str], ...] | set[tuple[str, str]] = ()
         #: (local, remote) pairs whose db:result awaits the authoritative server's verdict
         self.pending_results: set[tuple[str, str]] = _NO_PAIRS
         self._starttls_offered = False
-        self._cert_verdicts: dict[str, Any] = {}
+        #: the peer certificate's verdicts: None, (domain, verdict) for the one domain checked
+        #: (most streams), or a dict of them (see _cert_verdict)
+        self._cert_verdicts: Any = None
         #: XEP-0198, once the peer enabled it: what we received (and handled) on this stream
         self.sm_in: SmInbound | None = None
         #: ... and what we sent (nothing: S2S stanzas flow on the peer's own stream; kept to
@@ -220,6 +247,36 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         host = self.local or next(iter(sorted(self.hosts)), "")
         return self.options_for(host).use_starttls if host else "false"
 
+    def _authorise(self, pair: tuple[str, str]) -> None:
+        """*pair* may send stanzas on this stream from now on."""
+        pairs = self.authorised
+        if pair in pairs:
+            return
+        if type(pairs) is tuple and len(pairs) < _PAIRS_AS_TUPLE:
+            self.authorised = (*pairs, pair)
+            return
+        if type(pairs) is tuple:
+            pairs = self.authorised = set(pairs)
+        pairs.add(pair)  # type: ignore[union-attr]
+
+    def _cert_verdict(self, domain: str) -> Any:
+        """The peer certificate's verdict for *domain*, if checked already (else None)."""
+        verdicts = self._cert_verdicts
+        if verdicts is None:
+            return None
+        if type(verdicts) is tuple:
+            return verdicts[1] if verdicts[0] == domain else None
+        return verdicts.get(domain)
+
+    def _remember_verdict(self, domain: str, status: Any) -> None:
+        verdicts = self._cert_verdicts
+        if verdicts is None:
+            self._cert_verdicts = (domain, status)
+        elif type(verdicts) is tuple:
+            self._cert_verdicts = {verdicts[0]: verdicts[1], domain: status}
+        else:
+            verdicts[domain] = status
+
     def _step_timer(self) -> SetTimer:
         """Negotiating streams get state_timeout per step; authenticated ones no timer at all
         (a piggybacked db:result or a db:verify on them must not start a countdown)."""
@@ -238,9 +295,10 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         """Record the peer certificate's verdict for *domain*; required_trusted enforces it."""
         status = None
         if self.tls_active and self.check_cert is not None:
-            status = self._cert_verdicts.get(domain)
+            status = self._cert_verdict(domain)
             if status is None:  # one chain per stream: verify it once per claimed domain
-                status = self._cert_verdicts[domain] = self.check_cert(self.tls_chain, domain)
+                status = self.check_cert(self.tls_chain, domain)
+                self._remember_verdict(domain, status)
             self.peer_cert = status
         if self.mode != "required_trusted":
             return
@@ -362,7 +420,7 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
     def _on_tls_up(self, ev: Any) -> list[Action]:
         self.tls_active = True
         self.stream_id = new_stream_id()  # RFC 6120 4.3.3: a restarted stream gets a new id
-        self.tls_chain = tuple(ev.chain)
+        self.tls_chain = _shared_chain(ev.chain)
         self.header_sent = False
         self.state = "WAIT_HEADER"
         return [self._arm()]
@@ -394,7 +452,7 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         if self._cert_proves(remote, "dialback_cert_auth"):
             # XEP-0344 section 2.4: the certificate already proves the originating domain, so
             # the authoritative server need not be asked (no verify stream, no round trip)
-            self.authorised.add((local, remote))
+            self._authorise((local, remote))
             log.info(
                 "dialback: %s -> %s valid at once: its certificate names it (XEP-0344) id=%s",
                 remote,
@@ -472,7 +530,7 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
             self.pending_results = _NO_PAIRS  # an idle stream keeps no empty set
         local, remote = pair
         if ev.type == "valid":
-            self.authorised.add(pair)
+            self._authorise(pair)
             return [
                 SendBytes(data=result_bytes(from_=local, to=remote, type="valid")),
                 SetTimer(seconds=None),
@@ -534,7 +592,7 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
             self.options_for(self.local), option
         ):
             return False
-        status = self._cert_verdicts.get(domain)
+        status = self._cert_verdict(domain)
         return bool(status is not None and status.trusted and status.name_matches)
 
     # --- closing -------------------------------------------------------------------------------

@@ -239,7 +239,8 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
         self.version = True
         #: db:verify requests we sent (made with the first one: most streams send none)
         self.pending: PendingVerifications | None = None
-        self._verify_queue: list[VerifyRequest] = []
+        #: verify requests waiting for the dialback step (a list once one waits)
+        self._verify_queue: list[VerifyRequest] | tuple[()] = ()
         self._failed_reported = False
         #: XEP-0198: the peer's features offered <sm/>
         self.sm_offered = False
@@ -306,7 +307,7 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
             actions.append(_verify_error(receiving, originating, stream_id, text))
         for req in self._verify_queue:
             actions.append(_verify_error(req.receiving, req.originating, req.stream_id, text))
-        self._verify_queue.clear()
+        self._verify_queue = ()
         return actions
 
     # --- handlers ------------------------------------------------------------------------------
@@ -368,7 +369,7 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
             SendBytes(data=result_bytes(from_=self.local, to=self.remote, key=key)),
             self._arm(),
         ]
-        queued, self._verify_queue = self._verify_queue, []
+        queued, self._verify_queue = self._verify_queue, ()
         for req in queued:
             actions.extend(self._send_verify(req))
         return actions
@@ -380,7 +381,7 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
             *self._enable_sm(),  # before Authenticated: queued stanzas follow <enable/>
             Authenticated(local=self.local, remote=self.remote, direction="out", method=method),
         ]
-        queued, self._verify_queue = self._verify_queue, []
+        queued, self._verify_queue = self._verify_queue, ()
         for req in queued:
             actions.extend(self._send_verify(req))
         return actions
@@ -490,7 +491,10 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
             ]
         if self.state in ("AUTHENTICATING", "ESTABLISHED"):
             return self._send_verify(req)
-        self._verify_queue.append(req)
+        if self._verify_queue:
+            self._verify_queue.append(req)  # type: ignore[union-attr]
+        else:
+            self._verify_queue = [req]
         return []
 
     def _send_verify(self, req: VerifyRequest) -> list[Action]:

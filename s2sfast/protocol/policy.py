@@ -84,6 +84,11 @@ class Policy:
         """Normalised domain -> decision (read-only)."""
         return self._hosts
 
+    @property
+    def uniform(self) -> bool:
+        """Whether every remote domain gets the default (no ``host_policy`` entry)."""
+        return not self._hosts
+
     def decision(self, domain: str) -> Decision:
         """The decision for *domain*: its own entry, else the default ("allow" or "deny")."""
         return self._hosts.get(normalize_domain(domain), self._default)

@@ -107,7 +107,7 @@ class IncomingSasl:
                 f"{remote} is not allowed to federate with {local} (policy)",
             )
         self._external_offered = False
-        self.authorised.add((local, remote))
+        self._authorise((local, remote))
         # RFC 6120 6.4.6: <success/>, then the stream restarts over the same TLS session (a new
         # id; the peer sends the new header first)
         old_id = self.stream_id

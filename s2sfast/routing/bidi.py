@@ -48,15 +48,21 @@ class BidiLinks:
 
     def __init__(self, router: Router) -> None:
         self.router = router
+        self._own_limits: StreamLimits | None = None
 
     @property
     def own_limits(self) -> StreamLimits:
-        """What we accept (XEP-0478), announced in our ``<bidi/>`` requests."""
+        """What we accept (XEP-0478), announced in our ``<bidi/>`` requests (one object for
+        every outgoing machine while the router's figures stay the same)."""
         router = self.router
         idle = router.idle_timeout
-        return StreamLimits(
+        limits = StreamLimits(
             max_bytes=router.max_stanza_size, idle_seconds=int(idle) if idle else None
         )
+        cached = self._own_limits
+        if cached is None or cached != limits:
+            cached = self._own_limits = limits
+        return cached
 
     @staticmethod
     def serves(link: OutboundLink) -> bool:
@@ -96,8 +102,7 @@ class BidiLinks:
             "bidi-route", local=action.local, remote=action.remote, stream_id=stream.stream_id
         )
         router.sm.flush(link)
-        if not link.done.done():
-            link.done.set_result(True)
+        link.finish(True)
 
     def closed(self, stream: XmlStream, link: OutboundLink) -> None:
         """An incoming bidi stream that carried *link*'s stanzas is gone: what never left

@@ -21,6 +21,7 @@ from s2sfast.net.connect import Attempt, ConnectError, connect_first
 from s2sfast.net.dns import Candidate, ResolutionError
 from s2sfast.net.peercert import own_certificate_problem
 from s2sfast.net.stream import XmlStream
+from s2sfast.net.writer import NONE_HELD
 from s2sfast.protocol.events import AuthFailed, VerifyRequest
 from s2sfast.protocol.outgoing import OutgoingMachine
 
@@ -39,6 +40,10 @@ class OutboundLink:
     :data:`~s2sfast.limits.PENDING_HOLD_BYTES` (or its budget share, if smaller) the sources
     feeding it are held (not read, Node.send waiting) until the stream is up and the queue has
     gone out, or it bounced.
+
+    Memory (one link per outbound stream, 10,000 per node): what only a link that waits needs
+    (the held sources, the verify requests, the :attr:`done` future) is made on first use, and
+    the connecting task is dropped once it finished.
     """
 
     __slots__ = (
@@ -50,7 +55,8 @@ class OutboundLink:
         "queue",
         "verify_queue",
         "established",
-        "done",
+        "outcome",
+        "_done",
         "task",
         "retry_timer",
         "expiry_timer",
@@ -63,18 +69,52 @@ class OutboundLink:
         self.remote = remote
         self.stream: XmlStream | None = None
         self.queue = queue
-        self.verify_queue: list[VerifyRequest] = []
+        #: dialback verify requests waiting for the stream (a list once one waits)
+        self.verify_queue: list[VerifyRequest] | tuple[()] = ()
         self.established = False
-        #: resolved when the link is established or has failed (stop() waits on it)
-        self.done: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
+        #: True once established, False once failed, None before (see :attr:`done`)
+        self.outcome: bool | None = None
+        self._done: asyncio.Future[bool] | None = None
+        #: the resolving and connecting task, while it runs
         self.task: asyncio.Task[None] | None = None
         self.retry_timer: asyncio.TimerHandle | None = None
         self.expiry_timer: asyncio.TimerHandle | None = None
         #: why the last attempt failed: what expired stanzas bounce with
         self.last_condition = "remote-server-timeout"
         self.last_text: str | None = None
-        self.holding: set[Any] = set()
+        #: sources held until the queue drains (a set once one is)
+        self.holding: set[Any] = NONE_HELD
         self._drained: asyncio.Event | None = None
+
+    @property
+    def done(self) -> asyncio.Future[bool]:
+        """Resolved when the link is established (True) or has failed (False); stop() waits
+        on it (made when first asked for)."""
+        fut = self._done
+        if fut is None:
+            fut = self._done = asyncio.get_event_loop().create_future()
+            if self.outcome is not None:
+                fut.set_result(self.outcome)
+        return fut
+
+    def finish(self, ok: bool) -> None:
+        """The link is established (*ok*) or has failed: the first outcome is :attr:`done`'s."""
+        if self.outcome is None:
+            self.outcome = ok
+            if self._done is not None and not self._done.done():
+                self._done.set_result(ok)
+
+    def queue_verify(self, req: VerifyRequest) -> None:
+        """Keep a dialback verify request until the link has a stream."""
+        if self.verify_queue:
+            self.verify_queue.append(req)  # type: ignore[union-attr]
+        else:
+            self.verify_queue = [req]
+
+    def take_verifies(self) -> list[VerifyRequest] | tuple[()]:
+        """The verify requests that waited, removed."""
+        queued, self.verify_queue = self.verify_queue, ()
+        return queued
 
     @property
     def congested(self) -> bool:
@@ -86,6 +126,8 @@ class OutboundLink:
 
     def hold_source(self, source: Any) -> None:
         if source is not None and source not in self.holding:
+            if self.holding is NONE_HELD:
+                self.holding = set()
             self.holding.add(source)
             source.held_by(self)
 
@@ -93,8 +135,8 @@ class OutboundLink:
         if self._drained is not None:
             self._drained.set()
         if self.holding:
-            holding = list(self.holding)
-            self.holding.clear()
+            holding = self.holding
+            self.holding = NONE_HELD
             for source in holding:
                 source.released_by(self)
 
@@ -105,6 +147,10 @@ class OutboundLink:
         if self._drained is None or self._drained.is_set():
             self._drained = asyncio.Event()
         await self._drained.wait()
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        if self.task is task:
+            self.task = None
 
     def cancel_timers(self) -> None:
         for handle in (self.retry_timer, self.expiry_timer):
@@ -142,6 +188,8 @@ class Links:
         #: not authenticated yet: its failure may move on to the attempt's next candidate
         self._probing: dict[OutboundLink, tuple[Attempt, XmlStream]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: bound once: every outgoing machine holds it (a bound method each would be 64 bytes)
+        self._policy_allows = router.policy_allows
 
     def now(self) -> float:
         # the loop is looked up once: asyncio.get_event_loop() per stanza cost a quarter of
@@ -170,7 +218,13 @@ class Links:
 
     def _start_attempt(self, link: OutboundLink) -> None:
         link.retry_timer = None
-        link.task = asyncio.get_event_loop().create_task(self._connect(link))
+        self._run(link)
+
+    def _run(self, link: OutboundLink, attempt: Attempt | None = None) -> None:
+        """Start *link*'s connecting task (dropped by the link once it finished: an idle
+        link keeps no Task, coroutine or Context)."""
+        task = link.task = asyncio.get_event_loop().create_task(self._connect(link, attempt))
+        task.add_done_callback(link.task_done)
 
     async def _resolve(self, local: str, remote: str) -> list[Candidate]:
         """Where *remote*'s S2S service is: ``[s2s] address`` overrides, else DNS (SRV, A/AAAA).
@@ -227,7 +281,7 @@ class Links:
             and own_certificate_problem(opts.certfile, link.local) is None,
             bidi=opts.bidi,
             limits=router.bidi.own_limits,
-            policy_allows=router.policy_allows,
+            policy_allows=self._policy_allows,
         )
 
         def attach(stream: XmlStream) -> None:
@@ -235,9 +289,8 @@ class Links:
             if not router.bidi.serves(link):  # else an incoming bidi stream took the pair over
                 link.stream = stream
             router.streams.add(stream)
-            for req in link.verify_queue:
+            for req in link.take_verifies():
                 stream.feed_event(req)
-            link.verify_queue.clear()
 
         stream = XmlStream(
             machine,
@@ -269,8 +322,7 @@ class Links:
         if backoff is not None:
             backoff.reset()
         self.router.sm.flush(link)
-        if not link.done.done():
-            link.done.set_result(True)
+        link.finish(True)
 
     def auth_failed(self, link: OutboundLink, action: AuthFailed) -> None:
         """*link*'s own stream was refused (or failed before it authenticated)."""
@@ -284,7 +336,7 @@ class Links:
                 )
                 link.stream = None
                 link.last_condition, link.last_text = action.condition, text
-                link.task = asyncio.get_event_loop().create_task(self._connect(link, attempt))
+                self._run(link, attempt)
                 return
             if len(attempt.failures) > 1:  # every candidate failed: say how each did, in order
                 text = str(ConnectError(link.remote, attempt.failures))
@@ -337,8 +389,7 @@ class Links:
             self.router.bounce(raw, link.local, condition, text)
         link.release_sources()
         self.router.verifier.fail(link, text)
-        if not link.done.done():
-            link.done.set_result(False)
+        link.finish(False)
 
     def retry(self, link: OutboundLink, condition: str, text: str | None) -> None:
         """A transient failure: keep the queue, try again after the domain's back-off."""
@@ -377,8 +428,7 @@ class Links:
         if not link.queue:
             del self.outbound[(link.local, link.remote)]
             link.cancel_timers()
-            if not link.done.done():
-                link.done.set_result(False)
+            link.finish(False)
             return
         self._start_attempt(link)
 

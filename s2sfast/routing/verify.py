@@ -69,7 +69,7 @@ class VerifyBroker:
         if link.stream is not None:
             link.stream.feed_event(req)
         else:
-            link.verify_queue.append(req)
+            link.queue_verify(req)
 
     def answer(
         self, receiving: str, originating: str, stream_id: str, type_: str, text: str | None
@@ -92,6 +92,5 @@ class VerifyBroker:
 
     def fail(self, link: OutboundLink, text: str | None) -> None:
         """*link* has no stream to ask over: its waiting requests are answered ``error``."""
-        for req in link.verify_queue:
+        for req in link.take_verifies():
             self.answer(req.receiving, req.originating, req.stream_id, "error", text)
-        link.verify_queue.clear()

@@ -437,7 +437,11 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
                         self.framer.max_stanza_size = self.max_stanza_size
                     pair = (action.local, action.remote)
                     if pair not in self.authenticated:
-                        self.authenticated += (pair,)
+                        own = getattr(self.machine, "authorised", None)
+                        if not self.authenticated and type(own) is tuple and own == (pair,):
+                            self.authenticated = own  # the machine's own (immutable) tuple
+                        else:
+                            self.authenticated += (pair,)
                     self.auth_method = action.method
                     log.info(
                         "stream authenticated (%s): %s %s->%s id=%s",

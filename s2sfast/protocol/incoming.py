@@ -81,6 +81,15 @@ _SHARED_CHAINS = 256
 _chains: OrderedDict[tuple[bytes, ...], tuple[bytes, ...]] = OrderedDict()
 
 
+def _lower(value: str | None, known: str | None) -> str:
+    """*value* lower-cased, as one string object per domain on a stream: *known* when equal
+    (the header's domain again, in a db:result), else *value* itself when already lower-case."""
+    low = (value or "").lower()
+    if low == known:
+        return known
+    return value if value == low else low  # type: ignore[return-value]
+
+
 def _shared_chain(chain: Iterable[bytes]) -> tuple[bytes, ...]:
     """*chain* as a tuple: an equal one seen lately, or this one (then remembered)."""
     key = tuple(chain)
@@ -212,8 +221,8 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         #: (local, remote) pairs whose db:result awaits the authoritative server's verdict
         self.pending_results: set[tuple[str, str]] = _NO_PAIRS
         self._starttls_offered = False
-        #: the peer certificate's verdicts: None, (domain, verdict) for the one domain checked
-        #: (most streams), or a dict of them (see _cert_verdict)
+        #: the peer certificate's verdicts: None, the one domain checked (most streams; its
+        #: verdict is peer_cert), or a dict of them (see _cert_verdict)
         self._cert_verdicts: Any = None
         #: XEP-0198, once the peer enabled it: what we received (and handled) on this stream
         self.sm_in: SmInbound | None = None
@@ -264,16 +273,17 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         verdicts = self._cert_verdicts
         if verdicts is None:
             return None
-        if type(verdicts) is tuple:
-            return verdicts[1] if verdicts[0] == domain else None
+        if type(verdicts) is str:
+            return self.peer_cert if verdicts == domain else None
         return verdicts.get(domain)
 
     def _remember_verdict(self, domain: str, status: Any) -> None:
+        """Record *status* for *domain* (before peer_cert becomes *status*)."""
         verdicts = self._cert_verdicts
         if verdicts is None:
-            self._cert_verdicts = (domain, status)
-        elif type(verdicts) is tuple:
-            self._cert_verdicts = {verdicts[0]: verdicts[1], domain: status}
+            self._cert_verdicts = domain
+        elif type(verdicts) is str:
+            self._cert_verdicts = {verdicts: self.peer_cert, domain: status}
         else:
             verdicts[domain] = status
 
@@ -324,8 +334,8 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
 
     def _on_header(self, ev: Any) -> list[Action]:
         attrs = ev.attrs
-        to = (attrs.get("to") or "").lower()
-        frm = (attrs.get("from") or "").lower()
+        to = _lower(attrs.get("to"), self.local)
+        frm = _lower(attrs.get("from"), self.peer_from)
         # Remember what we can first: an error must be preceded by a header naming us.
         if to in self.hosts:
             self.local = to
@@ -432,7 +442,7 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
                 Drop(reason=f"db:result answer type={db.type} on an incoming stream", stanza=st)
             ]
         self._require_tls("dialback")
-        local, remote = db.to.lower(), db.from_.lower()
+        local, remote = _lower(db.to, self.local), _lower(db.from_, self.peer_from)
         if not local or not remote:
             raise RemoteStreamError("improper-addressing", "db:result without 'to' or 'from'")
         if local not in self.hosts:

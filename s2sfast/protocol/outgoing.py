@@ -225,8 +225,10 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
         self._features: Features | None = None
         self.sasl_failure: str | None = None
         self.sm_options = sm if sm is not None and sm.enabled else None
-        self.local = local.lower()
-        self.remote = remote.lower()
+        # (the caller's strings when already lower-case: one object per domain per stream)
+        low_local, low_remote = local.lower(), remote.lower()
+        self.local = local if low_local == local else low_local
+        self.remote = remote if low_remote == remote else low_remote
         self.mode = use_starttls
         self.secret = secret
         self.tls_available = tls_available

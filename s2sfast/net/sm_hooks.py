@@ -21,9 +21,8 @@ class SmHooks:
         """XEP-0198 counts what is written now (the machine's SmOutbound keeps each stanza);
         the end of this write batch is scheduled before the flush, so that its ``<r/>``
         leaves with the stanzas."""
-        if not self._counted:
-            self._counted = True
-            self._track_recent = False  # the machine keeps every stanza until acknowledged
+        if self._track_recent:  # the machine keeps every stanza until acknowledged: the
+            self._track_recent = False  # writer need not (XmlStream._counted from now on)
         if not self._batching:
             self._batching = True
             self._loop.call_soon(self._batch_end)

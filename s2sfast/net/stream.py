@@ -96,9 +96,10 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
             connection_made (the machine asks for it) and the stream opens inside TLS. An
             outgoing stream learns it from :func:`s2sfast.net.connect.connect_first`.
 
-    Memory (10,000 idle TLS streams per node): the fields are slots, and what only a busy or
-    closing stream needs (the ``closed`` future, the writer's queue structures) is made on
-    first use; the TLS handshake's objects are not kept past it.
+    Memory (10,000 idle TLS streams per node): the fields are slots (58: 496 bytes, under
+    pymalloc's 512-byte limit, so no malloc block), and what only a busy or closing stream
+    needs (the ``closed`` future, the writer's queue structures) is made on first use; the
+    TLS handshake's objects and the ``on_connected`` callback are not kept past their use.
     """
 
     __slots__ = (
@@ -130,12 +131,10 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         "_out_bio",
         "_handshaking",
         "_sm",
-        "_counted",
         "_batching",
         "_kept",
         "_run_first",
         "_run_last",
-        "deaf",
         "_stranded",
         "_timer",
         "_ka_timer",
@@ -206,7 +205,6 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         self._handshaking = False
         #: the machine speaks XEP-0198 (its data-path hooks: sm_out.keep, sent_batch, handled)
         self._sm = hasattr(machine, "sent")
-        self._counted = False
         #: a _batch_end is scheduled (XEP-0198: stanzas were kept since the last one)
         self._batching = False
         #: XEP-0198: stanzas kept since the machine last decided on <r/> and its ack timer
@@ -215,9 +213,8 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         #: told to the machine (_run_last 0: none; -1: not inside a read)
         self._run_first = 0
         self._run_last = -1
-        #: we failed the stream because the peer stopped reading (what waits for it bounces)
-        self.deaf = False
-        self._stranded: list[bytes] | tuple[()] = ()
+        #: once the peer stopped reading (see deaf): the stanzas it never got (None before)
+        self._stranded: list[bytes] | tuple[()] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ka_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -226,6 +223,16 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         self._peer_closed = False
         self._lost = False
         self._closed: asyncio.Future[None] | None = None
+
+    @property
+    def deaf(self) -> bool:
+        """We failed the stream because the peer stopped reading (what waits for it bounces)."""
+        return self._stranded is not None
+
+    @property
+    def _counted(self) -> bool:
+        """XEP-0198 counts what this stream writes (the writer then keeps no record of it)."""
+        return not self._track_recent
 
     @property
     def closed(self) -> asyncio.Future[None]:
@@ -320,9 +327,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
     def _stalled(self) -> None:
         if self._lost:
             return
-        self.deaf = True
-        if not self._counted:
-            self._stranded = self._never_sent()
+        self._stranded = self._never_sent() if self._track_recent else ()
         size = self.transport.get_write_buffer_size() if self.transport else 0
         log.warning("%s: peer stopped reading (%d bytes queued)", self.describe(), size)
         self._perform(
@@ -597,8 +602,11 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
             self._wbuf = ()
             self._wbuf_size = 0
             return []
-        stranded, self._stranded = self._stranded, ()
-        return [*stranded, *super().take_unsent()]
+        stranded = self._stranded
+        if stranded:
+            self._stranded = ()  # (still deaf)
+            return [*stranded, *super().take_unsent()]
+        return super().take_unsent()
 
     def write(self, data: bytes) -> None:
         """Queue *data* (control bytes) for the peer; writes coalesce until the loop's next turn.

@@ -314,7 +314,12 @@ class Links:
         self._unprobe(link, stream)
         link.established = True
         if len(self._served) < MAX_SERVED_PAIRS:
-            self._served.add((link.local, link.remote))
+            pair = (link.local, link.remote)
+            for known in stream.authenticated:  # the stream's own tuple, not one more copy
+                if known == pair:
+                    pair = known
+                    break
+            self._served.add(pair)
         if link.expiry_timer is not None:
             link.expiry_timer.cancel()
             link.expiry_timer = None

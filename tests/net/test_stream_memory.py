@@ -7,9 +7,11 @@ once), ``tracemalloc`` compares the Python heap before and after opening more au
 or RSS, so the figure is stable from run to run; OpenSSL's own per-connection state (about
 20 KiB per end, allocated by libssl with malloc) is outside it and not ours to shrink.
 
-The bound (docs: issue 14, 24 KiB per stream in all) has a wide margin over the measured
-figure (about 8.9 KB per stream end at 4f5c527, 16.2 KB at bb70a43, before the per-stream slots and
-lazy writer structures); crossing it means something new is kept per idle stream.
+The bound (docs: issue 14, 24 KiB per stream in all) has a ~20% margin over the measured
+figure: about 5.9 KB per stream end here after the issue-14 trims of the routing and protocol
+objects (8.1 KB at aa15fc9 before them, 8.9 KB at 4f5c527, 16.2 KB at bb70a43 before the
+per-stream slots and lazy writer structures); crossing it means something new is kept per idle
+stream.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from s2sfast.net.dns import Resolver
 from s2sfast.node import Node
 
 #: Python heap per idle authenticated TLS stream end (each TCP connection has two)
-MAX_BYTES_PER_END = 12 * 1024
+MAX_BYTES_PER_END = 7 * 1024
 WARMUP = 4
 PAIRS = 24
 

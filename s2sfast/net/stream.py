@@ -643,7 +643,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
                 self._write_tls_sliced(data)
         except ssl.SSLError as exc:
             log.warning("TLS write failed on %s: %s", self.describe(), exc)
-            self.abort()
+            self._abort_soon()
             return
         self._check_backlog()
 
@@ -659,4 +659,13 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
                     LocalStreamError("resource-constraint", "the peer does not read its stream")
                 )
             )
-            self.abort()  # the error cannot get through a full pipe either
+            self._abort_soon()  # the error cannot get through a full pipe either
+
+    def _abort_soon(self) -> None:
+        """Abort on the loop's next turn: a write may come from inside the transport's own
+        write callback (``_write_ready`` -> ``resume_writing`` -> flush -> here). An abort
+        there clears the buffer it is draining, and ``_write_ready`` then sees it empty on a
+        closing transport and delivers ``connection_lost`` itself, before the one the abort
+        scheduled (asyncio 3.11): the second call fails inside asyncio. A SIGTERM test
+        bouncing megabytes to a peer that read too slowly hit it."""
+        self._loop.call_soon(self.abort)

@@ -408,7 +408,10 @@ class Router:
                 link.release_sources()
                 link = None
         if link is None:
-            link = self._open(local, remote)
+            # the configured host's own string when it is one (not the stanza's copy): the
+            # link, its machine and its stream keep one object for it (issue 14)
+            host = self.parent.get(local)
+            link = self._open(host if host == local else local, remote)
         try:
             link.queue.push(raw, self._now())
         except QueueFull as exc:

@@ -91,28 +91,32 @@ def parse_stanza(stanza: Stanza) -> etree._Element:
     name_end = 1
     while name_end < end and raw[name_end] not in b" \t\r\n/":
         name_end += 1
-    inject = {
-        prefix: uri
-        for prefix, uri in namespaces.items()
-        if _declared_re(prefix).search(tag) is None
-    }
+    declared = _declared_prefixes(tag, name_end)
+    inject = {prefix: uri for prefix, uri in namespaces.items() if prefix not in declared}
     data = raw[:name_end] + _declarations(inject).encode() + raw[name_end:]
     element = etree.fromstring(data, _PARSER)
     etree.cleanup_namespaces(element)
     return element
 
 
-_DECL_RES: dict[str, re.Pattern[bytes]] = {}
+#: one attribute of a well-formed start tag: whitespace, name, '=', a quoted value
+_ATTRIBUTE = re.compile(rb"""[ \t\r\n]+([^ \t\r\n=/>]+)[ \t\r\n]*=[ \t\r\n]*(?:"[^"]*"|'[^']*')""")
 
 
-def _declared_re(prefix: str) -> re.Pattern[bytes]:
-    """A pattern finding the declaration of *prefix* ('' = default) in a start tag."""
-    pattern = _DECL_RES.get(prefix)
-    if pattern is None:
-        name = b"xmlns" if prefix == "" else b"xmlns:" + prefix.encode()
-        pattern = re.compile(rb"[ \t\r\n]" + re.escape(name) + rb"[ \t\r\n]*=")
-        _DECL_RES[prefix] = pattern
-    return pattern
+def _declared_prefixes(tag: bytes, pos: int) -> set[str]:
+    """The prefixes ('' = default) the start tag *tag* declares, read from its attribute
+    names one attribute after another from *pos* (after the element name): a value such as
+    ``x=" xmlns:db=''"`` is a value, never a declaration (the framer checked the tag)."""
+    declared: set[str] = set()
+    match = _ATTRIBUTE.match
+    while (m := match(tag, pos)) is not None:
+        name = m.group(1)
+        if name == b"xmlns":
+            declared.add("")
+        elif name.startswith(b"xmlns:"):
+            declared.add(name[6:].decode("utf-8"))
+        pos = m.end()
+    return declared
 
 
 def stanza_from_bytes(raw: bytes, namespaces: dict[str, str] | None = None) -> Stanza:

@@ -565,7 +565,8 @@ def check_run(data: bytes, verdict: Verdict, run: Run) -> None:
         el = elem.element
         ns, local = _split(el.tag)
         got = (stanza.name, stanza.ns, stanza.to, stanza.from_, stanza.type, stanza.id)
-        want = (local, ns, *(el.get(a) for a in ("to", "from", "type", "id")))
+        # the framer says '' for no namespace (xmlns='' on the stanza), lxml None
+        want = (local, ns or "", *(el.get(a) for a in ("to", "from", "type", "id")))
         assert got == want, f"stanza {i}: fields {got} != {want}"
         assert canon(parse_stanza(stanza)) == elem.tree, f"stanza {i}: parse differs"
         if verdict.header is not None:

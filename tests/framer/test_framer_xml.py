@@ -52,6 +52,30 @@ def test_parse_element_declaring_its_own_namespace():
     assert el[0].tag == "{urn:ietf:params:xml:ns:xmpp-tls}required"
 
 
+@pytest.mark.parametrize("quote", ["'", '"'])
+def test_parse_a_value_that_reads_like_a_declaration_is_only_a_value(quote):
+    """Found by the framer's differential fuzzing: a start tag was searched for ``xmlns=``
+    across its attribute values, so a peer's value could take a stanza out of jabber:server
+    or leave the db prefix unbound (lxml then raised on a stanza the framer had accepted)."""
+    other = '"' if quote == "'" else "'"
+    fake = f" xmlns={other}{other} xmlns:db={other}{other} ".encode()
+    q = quote.encode()
+    el = parse_stanza(framed(b"<message x=" + q + fake + q + b" to='b@b.test'/>"))
+    assert el.tag == "{jabber:server}message"
+    assert el.get("x") == fake.decode()
+    el = parse_stanza(framed(b"<db:result from='a.test' x=" + q + fake + q + b">k</db:result>"))
+    assert el.tag == "{jabber:server:dialback}result"
+    assert el.text == "k"
+
+
+def test_parse_declarations_spelled_with_whitespace_around_the_equals():
+    el = parse_stanza(framed(b"<ui\txmlns\n=\r\n''\tid='1'><a/></ui>"))
+    assert el.tag == "ui"  # xmlns='' undeclares the stream's default namespace
+    assert el[0].tag == "a"
+    el = parse_stanza(framed(b"<db:verify xmlns:db = 'urn:other' id='x'/>"))
+    assert el.tag == "{urn:other}verify"
+
+
 def test_parse_stream_prefixed_element_and_unused_declarations_dropped():
     el = parse_stanza(
         framed(b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")

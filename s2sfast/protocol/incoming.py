@@ -14,11 +14,9 @@ element in s2sfast.protocol.features.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
-from operator import attrgetter
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from s2sfast.config import S2SOptions
@@ -60,6 +58,7 @@ from s2sfast.protocol.negotiation import (
 )
 from s2sfast.protocol.sasl import SASL_NS
 from s2sfast.protocol.sasl_flow import IncomingSasl
+from s2sfast.protocol.settings import SharedSettings, setting
 from s2sfast.protocol.sm import REQUEST, SM_NS, SmInbound, SmOutbound
 from s2sfast.protocol.sm_flow import IncomingSm
 from s2sfast.protocol.stream_limits import StreamLimits
@@ -109,7 +108,7 @@ def _shared_chain(chain: Iterable[bytes]) -> tuple[bytes, ...]:
 @dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class _Settings:
     """What an incoming machine is told at construction and never changes on its own: the
-    same for every connection to a listener, so one object is shared (see _shared)."""
+    same for every connection to a listener, so one object is shared (see _SHARED)."""
 
     hosts: Collection[str]
     options_for: Callable[[str], S2SOptions]
@@ -119,32 +118,9 @@ class _Settings:
     limits: StreamLimits | None
 
 
-#: the settings in use (held weakly: only while a machine uses them), each kept once, by the
-#: identity of ``hosts`` (a live set) and the other fields' values
-_shared_settings: weakref.WeakValueDictionary[tuple[Any, ...], _Settings] = (
-    weakref.WeakValueDictionary()
-)
-
-
-def _shared(settings: _Settings) -> _Settings:
-    s = settings
-    try:
-        key = (id(s.hosts), s.options_for, s.policy_allows, s.tls_available, s.check_cert, s.limits)
-        hit = _shared_settings.get(key)
-    except TypeError:  # an unhashable field (a test's stand-in): not shared
-        return settings
-    if hit is None or hit.hosts is not s.hosts:
-        hit = _shared_settings[key] = settings
-    return hit
-
-
-def _setting(name: str) -> property:
-    """A field of the machine's shared settings; setting it gives this machine its own copy."""
-
-    def set_(self: IncomingMachine, value: Any) -> None:
-        self._settings = replace(self._settings, **{name: value})
-
-    return property(attrgetter(f"_settings.{name}"), set_)
+#: the settings in use, each kept once: by the identity of ``hosts`` (a live set) and the
+#: other fields' values
+_SHARED = SharedSettings(_Settings, by_identity=("hosts",))
 
 
 class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
@@ -202,12 +178,12 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
     _sasl_attempts = 0
 
     # per-listener settings (see _Settings): one shared object, not six slots per stream
-    hosts = _setting("hosts")
-    options_for = _setting("options_for")
-    policy_allows = _setting("policy_allows")
-    tls_available = _setting("tls_available")
-    check_cert = _setting("check_cert")
-    limits = _setting("limits")
+    hosts = setting("hosts")
+    options_for = setting("options_for")
+    policy_allows = setting("policy_allows")
+    tls_available = setting("tls_available")
+    check_cert = setting("check_cert")
+    limits = setting("limits")
 
     __slots__ = (
         "_settings",
@@ -247,7 +223,7 @@ class IncomingMachine(IncomingSasl, IncomingSm, IncomingBidi, Machine):
         super().__init__(state_timeout=state_timeout)
         #: hosts: a live collection (the router may add domains at run time), lowercase
         #: domains; limits: XEP-0478, ours (announced)
-        self._settings = _shared(
+        self._settings = _SHARED.share(
             _Settings(
                 hosts=hosts,
                 options_for=options_for,

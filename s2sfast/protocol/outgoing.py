@@ -13,9 +13,7 @@ s2sfast.protocol.sasl_flow, XEP-0198 in sm_flow, XEP-0288 / XEP-0478 in bidi_flo
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass, fields, replace
-from operator import attrgetter
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from s2sfast.protocol.bidi import request_bytes
@@ -58,6 +56,7 @@ from s2sfast.protocol.negotiation import (
     stream_header,
 )
 from s2sfast.protocol.sasl_flow import OutgoingSasl
+from s2sfast.protocol.settings import SharedSettings, setting
 from s2sfast.protocol.sm import REQUEST, SM_NS, SmInbound, SmOutbound
 from s2sfast.protocol.sm_flow import OutgoingSm
 from s2sfast.protocol.stream_limits import StreamLimits
@@ -105,34 +104,8 @@ class _Settings:
     check_cert: CertChecker | None
 
 
-#: the settings in use (held weakly: only while a machine uses them), each kept once, by
-#: their fields' values
-_shared_settings: weakref.WeakValueDictionary[tuple[Any, ...], _Settings] = (
-    weakref.WeakValueDictionary()
-)
-
-
-_SETTING_NAMES = tuple(f.name for f in fields(_Settings))
-
-
-def _shared(settings: _Settings) -> _Settings:
-    key = tuple(getattr(settings, name) for name in _SETTING_NAMES)
-    try:
-        hit = _shared_settings.get(key)
-    except TypeError:  # an unhashable field (a test's options object): not shared
-        return settings
-    if hit is None:
-        hit = _shared_settings[key] = settings
-    return hit
-
-
-def _setting(name: str) -> property:
-    """A field of the machine's shared settings; setting it gives this machine its own copy."""
-
-    def set_(self: OutgoingMachine, value: Any) -> None:
-        self._settings = replace(self._settings, **{name: value})
-
-    return property(attrgetter(f"_settings.{name}"), set_)
+#: the settings in use, each kept once, by their fields' values
+_SHARED = SharedSettings(_Settings)
 
 
 class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
@@ -212,15 +185,15 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
     sasl_failure: str | None = None
 
     # per-local-domain settings (see _Settings): one shared object, not nine slots per stream
-    policy_allows = _setting("policy_allows")
-    bidi_wanted = _setting("bidi_wanted")
-    limits = _setting("limits")
-    sasl_external = _setting("sasl_external")
-    sm_options = _setting("sm_options")
-    mode = _setting("mode")
-    secret = _setting("secret")
-    tls_available = _setting("tls_available")
-    check_cert = _setting("check_cert")
+    policy_allows = setting("policy_allows")
+    bidi_wanted = setting("bidi_wanted")
+    limits = setting("limits")
+    sasl_external = setting("sasl_external")
+    sm_options = setting("sm_options")
+    mode = setting("mode")
+    secret = setting("secret")
+    tls_available = setting("tls_available")
+    check_cert = setting("check_cert")
 
     __slots__ = (
         "_settings",
@@ -265,7 +238,7 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
         super().__init__(state_timeout=state_timeout)
         #: bidi_wanted: XEP-0288, we want a bidirectional stream (``bidi`` once we asked for
         #: one); limits: XEP-0478, what we accept (sent in <bidi/>)
-        self._settings = _shared(
+        self._settings = _SHARED.share(
             _Settings(
                 policy_allows=policy_allows,
                 bidi_wanted=bidi,

@@ -34,9 +34,18 @@ def component_message(i: int, pad: int = 100) -> bytes:
     ).encode()
 
 
-def component_config(tmp_path: Path, comp_port: int, general: str = "", s2s: str = "") -> Path:
-    """``a.toml`` for a.test: plain S2S on a free port, one XEP-0114 listener on *comp_port*
-    (password "pw"); *general* and *s2s* are extra lines for ``[general]`` and ``[s2s]``."""
+def component_config(
+    tmp_path: Path,
+    comp_port: int,
+    general: str = "",
+    s2s: str = "",
+    *,
+    s2s_port: int | None = None,
+    listeners: str = "",
+) -> Path:
+    """``a.toml`` for a.test: plain S2S on *s2s_port* (default: a free port), one XEP-0114
+    listener on *comp_port* (password "pw"); *general* and *s2s* are extra lines for
+    ``[general]`` and ``[s2s]``, *listeners* extra listener sections."""
     path = tmp_path / "a.toml"
     path.write_text(
         f"""
@@ -44,12 +53,13 @@ def component_config(tmp_path: Path, comp_port: int, general: str = "", s2s: str
   hosts = ["a.test"]
 {general}
 [[listen.s2s]]
-  port = {free_port()}
+  port = {s2s_port or free_port()}
   ip_address = "127.0.0.1"
 [[listen.service]]
   port = {comp_port}
   ip_address = "127.0.0.1"
   password = "pw"
+{listeners}
 [s2s]
   use_starttls = "false"
 {s2s}

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, RawComponent, free_port
+from daemon_helpers import DaemonProcess, RawComponent, component_config, free_port
 
 from s2sfast.config import ConfigError
 from s2sfast.server.metrics import ListenPrometheus, parse_listen_prometheus
@@ -88,29 +88,15 @@ async def test_metrics_endpoint_reflects_component_and_s2s_traffic(tmp_path: Pat
     pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
     pytest.importorskip("s2sfast.node", reason="s2sfast.node is not there yet")
     comp_port, http_port = free_port(), free_port()
-    cfg = tmp_path / "a.toml"
-    cfg.write_text(
-        f"""
-[general]
-  hosts = ["a.test"]
-[[listen.s2s]]
-  port = {free_port()}
-  ip_address = "127.0.0.1"
-[[listen.service]]
-  port = {comp_port}
-  ip_address = "127.0.0.1"
-  password = "pw"
-[[listen.http]]
+    http = f"""[[listen.http]]
   port = {http_port}
   ip_address = "127.0.0.1"
   [[listen.http.handlers.mongoose_prometheus_handler]]
     host = "_"
     path = "/metrics"
-[s2s]
-  use_starttls = "false"
-  host_policy = [{{host = "denied.test", policy = "deny"}}]
 """
-    )
+    deny = '  host_policy = [{host = "denied.test", policy = "deny"}]'
+    cfg = component_config(tmp_path, comp_port, s2s=deny, listeners=http)
     daemon = DaemonProcess("--config", str(cfg))
     try:
         daemon.wait_ready()

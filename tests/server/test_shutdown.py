@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonProcess, free_port
+from daemon_helpers import DaemonProcess, component_config, free_port
 
 pytest.importorskip("s2sfast._framer", reason="the compiled framer is not built")
 
@@ -27,22 +27,7 @@ def test_sigterm_with_peers_that_reset_stall_and_vanish_exits_0(
     tmp_path: Path, delay: float
 ) -> None:
     s2s, comp = free_port(), free_port()
-    cfg = tmp_path / "a.toml"
-    cfg.write_text(
-        f"""
-[general]
-  hosts = ["a.test"]
-[[listen.s2s]]
-  port = {s2s}
-  ip_address = "127.0.0.1"
-[[listen.service]]
-  port = {comp}
-  ip_address = "127.0.0.1"
-  password = "pw"
-[s2s]
-  use_starttls = "false"
-"""
-    )
+    cfg = component_config(tmp_path, comp, s2s_port=s2s)
     daemon = DaemonProcess("--config", str(cfg))
     peers: list[socket.socket] = []
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from certs import *  # noqa: F401,F403  (registers tls_ca, tls_ca_file, tls_certfile)
-from core_helpers import Inbox, free_port, node_config
+from core_helpers import Inbox, free_port, node_config, start_tls_mode_node
 from dnsserver import dns_server  # noqa: F401  (fixture: a real DNS server on loopback)
 from hypothesis import HealthCheck, settings
 
@@ -32,6 +32,28 @@ settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE")
     or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 )
+
+
+@pytest.fixture
+async def tls_mode_node(dns_server):  # noqa: F811
+    """Factory: ``await tls_mode_node(hosts, listeners=("starttls", "direct"), **node_config)``
+    -> a started Node with one listener per ``tls.mode`` (``node.ports``: mode -> port),
+    resolving through the loopback DNS server; all are stopped at the end of the test."""
+    started: list[Any] = []
+
+    async def make(
+        hosts: list[str], *, listeners: tuple[str, ...] = ("starttls",), **config: Any
+    ) -> Any:
+        config.setdefault("mode", "optional")
+        node = await start_tls_mode_node(
+            hosts, dns_server.nameserver, listeners=listeners, **config
+        )
+        started.append(node)
+        return node
+
+    yield make
+    for node in reversed(started):
+        await node.stop(timeout=3)
 
 
 @pytest.fixture

@@ -83,6 +83,12 @@ def node_config(
     )
 
 
+def authenticated_connection(node: Any, direction: str) -> Any:
+    """The node's one authenticated connection in *direction* ("in" or "out")."""
+    (conn,) = [c for c in node.connections() if c.direction == direction and c.pairs]
+    return conn
+
+
 async def start_tls_mode_node(
     hosts: list[str], nameserver: Any, *, listeners: tuple[str, ...], **config_kwargs: Any
 ) -> Any:

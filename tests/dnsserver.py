@@ -89,6 +89,15 @@ class DnsServer:
         self._add(name, RR(_norm(name) + ".", QTYPE.SRV, ttl=_TTL,
                            rdata=SRV(priority, weight, port, target)))  # fmt: skip
 
+    def add_s2s_targets(self, domain: str, *records: tuple[str, int, int]) -> None:
+        """SRV records for *domain*: (kind "xmpp" or "xmpps" for XEP-0368 Direct TLS,
+        priority, port), all on one target at 127.0.0.1."""
+        target = f"xmpp.{domain}"
+        for kind, priority, port in records:
+            prefix = "_xmpps-server._tcp." if kind == "xmpps" else "_xmpp-server._tcp."
+            self.add_srv(prefix + domain, priority, 0, port, target)
+        self.add_a(target, "127.0.0.1")
+
     def add_a(self, name: str, *ips: str) -> None:
         for ip in ips:
             self._add(name, RR(_norm(name) + ".", QTYPE.A, ttl=_TTL, rdata=A(ip)))

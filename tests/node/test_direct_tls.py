@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 from certs import self_signed, utcnow
-from core_helpers import HEADER, message, start_tls_mode_node
+from core_helpers import HEADER, authenticated_connection, message
 from dnsserver import DnsServer, closed_port
 
 from s2sfast.framing import Stanza, StreamFramer, StreamOpen
 from s2sfast.net.dns import SRV_PREFIX, XMPPS_SRV_PREFIX
-from s2sfast.node import Node
 
 TLS_NS = b"urn:ietf:params:xml:ns:xmpp-tls"
 
@@ -28,85 +27,42 @@ def dns(dns_server: DnsServer) -> DnsServer:
     return dns_server
 
 
-@pytest.fixture
-async def make_node(dns: DnsServer):
-    """Factory: a started Node for *hosts*; *listeners* gives one ``tls.mode`` per listener."""
-    started: list[Node] = []
-
-    async def make(
-        hosts: list[str],
-        *,
-        mode: str = "optional",
-        certfile: str | None = None,
-        cafile: str | None = None,
-        listeners: tuple[str, ...] = ("starttls",),
-    ) -> Node:
-        node = await start_tls_mode_node(
-            hosts, dns.nameserver, listeners=listeners, mode=mode, certfile=certfile, cafile=cafile
-        )
-        started.append(node)
-        return node
-
-    yield make
-    for node in reversed(started):
-        await node.stop(timeout=3)
-
-
-def publish(dns: DnsServer, domain: str, *records: tuple[str, int, int]) -> None:
-    """SRV records for *domain*: (kind "xmpp"/"xmpps", priority, port), all at 127.0.0.1."""
-    target = f"xmpp.{domain}"
-    for kind, priority, port in records:
-        prefix = XMPPS_SRV_PREFIX if kind == "xmpps" else SRV_PREFIX
-        dns.add_srv(prefix + domain, priority, 0, port, target)
-    dns.add_a(target, "127.0.0.1")
-
-
-def outbound(node: Node) -> Any:
-    (out,) = [c for c in node.connections() if c.direction == "out" and c.pairs]
-    return out
-
-
-def inbound(node: Node) -> Any:
-    (inb,) = [c for c in node.connections() if c.direction == "in" and c.pairs]
-    return inb
-
-
 # -- finding a Direct TLS peer --------------------------------------------------------------
 
 
 async def test_peer_with_only_a_direct_tls_listener_is_found_via_xmpps_srv(
-    dns, make_node, tls_certfile, tls_ca_file
+    dns, tls_mode_node, tls_certfile, tls_ca_file
 ):
-    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
-    b = await make_node(
+    a = await tls_mode_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await tls_mode_node(
         ["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file, listeners=("tls",)
     )
-    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(dns, "b.test", ("xmpps", 0, b.ports["tls"]))
+    dns.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns.add_s2s_targets("b.test", ("xmpps", 0, b.ports["tls"]))
     await a.send(message("u@a.test", "v@b.test", "over Direct TLS", id="d1"))
     assert (await b.inbox.get()).id == "d1"
-    out = outbound(a)
+    out = authenticated_connection(a, "out")
     assert out.direct_tls and out.tls and out.peer_certificate.ok
-    assert inbound(b).direct_tls and inbound(b).tls
+    assert authenticated_connection(b, "in").direct_tls and authenticated_connection(b, "in").tls
     assert dns.count(XMPPS_SRV_PREFIX + "b.test", "SRV") >= 1
     assert dns.count(SRV_PREFIX + "b.test", "SRV") >= 1
     # the other way round: B's reply goes to a.test, which has only a STARTTLS record
     await b.send(message("v@b.test", "u@a.test", "back", id="d2"))
     assert (await a.inbox.get()).id == "d2"
-    back = outbound(b)
+    back = authenticated_connection(b, "out")
     assert back.tls and not back.direct_tls
 
 
 async def test_xmpps_preferred_by_priority_falls_back_when_the_tls_port_refuses(
-    dns, make_node, tls_certfile, tls_ca_file
+    dns, tls_mode_node, tls_certfile, tls_ca_file
 ):
-    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
-    b = await make_node(["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file)
-    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(dns, "b.test", ("xmpps", 5, closed_port()), ("xmpp", 10, b.ports["starttls"]))
+    a = await tls_mode_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await tls_mode_node(["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file)
+    dns.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns.add_s2s_targets("b.test", ("xmpps", 5, closed_port()), ("xmpp", 10, b.ports["starttls"]))
     await a.send(message("u@a.test", "v@b.test", "fallback", id="f1"))
     assert (await b.inbox.get()).id == "f1"
-    out = outbound(a)
+    out = authenticated_connection(a, "out")
     assert out.tls and not out.direct_tls
 
 
@@ -114,36 +70,35 @@ async def test_xmpps_preferred_by_priority_falls_back_when_the_tls_port_refuses(
     ("xmpps_priority", "xmpp_priority", "direct"), [(5, 10, True), (10, 5, False)]
 )
 async def test_combined_priority_order_picks_the_transport(
-    dns, make_node, tls_certfile, tls_ca_file, xmpps_priority, xmpp_priority, direct
+    dns, tls_mode_node, tls_certfile, tls_ca_file, xmpps_priority, xmpp_priority, direct
 ):
-    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
-    b = await make_node(
+    a = await tls_mode_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await tls_mode_node(
         ["b.test"],
         certfile=tls_certfile("b.test"),
         cafile=tls_ca_file,
         listeners=("starttls", "tls"),
     )
-    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(
-        dns,
+    dns.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns.add_s2s_targets(
         "b.test",
         ("xmpps", xmpps_priority, b.ports["tls"]),
         ("xmpp", xmpp_priority, b.ports["starttls"]),
     )
     await a.send(message("u@a.test", "v@b.test", "order", id="o1"))
     assert (await b.inbox.get()).id == "o1"
-    assert outbound(a).direct_tls is direct
-    assert inbound(b).direct_tls is direct
+    assert authenticated_connection(a, "out").direct_tls is direct
+    assert authenticated_connection(b, "in").direct_tls is direct
 
 
-async def test_use_starttls_false_ignores_xmpps_records(dns, make_node, tls_certfile):
-    a = await make_node(["a.test"], mode="false")
-    b = await make_node(["b.test"], mode="optional", certfile=tls_certfile("b.test"))
-    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(dns, "b.test", ("xmpps", 0, closed_port()), ("xmpp", 10, b.ports["starttls"]))
+async def test_use_starttls_false_ignores_xmpps_records(dns, tls_mode_node, tls_certfile):
+    a = await tls_mode_node(["a.test"], mode="false")
+    b = await tls_mode_node(["b.test"], mode="optional", certfile=tls_certfile("b.test"))
+    dns.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns.add_s2s_targets("b.test", ("xmpps", 0, closed_port()), ("xmpp", 10, b.ports["starttls"]))
     await a.send(message("u@a.test", "v@b.test", "plain", id="p1"))
     assert (await b.inbox.get()).id == "p1"
-    assert not outbound(a).tls
+    assert not authenticated_connection(a, "out").tls
     assert dns.count(XMPPS_SRV_PREFIX + "b.test") == 0
 
 
@@ -151,7 +106,7 @@ async def test_use_starttls_false_ignores_xmpps_records(dns, make_node, tls_cert
 
 
 async def test_server_sees_sni_alpn_and_a_stream_opened_inside_tls(
-    dns, make_node, tls_ca, tls_certfile, tmp_path
+    dns, tls_mode_node, tls_ca, tls_certfile, tmp_path
 ):
     """A plain TLS server stands in for b.test's Direct TLS port and records the handshake."""
     seen: dict[str, Any] = {}
@@ -175,8 +130,8 @@ async def test_server_sees_sni_alpn_and_a_stream_opened_inside_tls(
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
     port = server.sockets[0].getsockname()[1]
     try:
-        a = await make_node(["a.test"], certfile=tls_certfile("a.test"))
-        publish(dns, "b.test", ("xmpps", 0, port))
+        a = await tls_mode_node(["a.test"], certfile=tls_certfile("a.test"))
+        dns.add_s2s_targets("b.test", ("xmpps", 0, port))
         await a.send(message("u@a.test", "v@b.test", "x", id="s1"))
         first = await asyncio.wait_for(got_bytes, 10)
     finally:
@@ -204,9 +159,9 @@ class _TlsPeer:
 
 
 async def test_direct_tls_listener_offers_no_starttls_and_selects_alpn(
-    make_node, tls_certfile, tls_ca_file
+    tls_mode_node, tls_certfile, tls_ca_file
 ):
-    b = await make_node(
+    b = await tls_mode_node(
         ["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file, listeners=("tls",)
     )
     ctx = ssl.create_default_context(cafile=tls_ca_file)
@@ -226,8 +181,8 @@ async def test_direct_tls_listener_offers_no_starttls_and_selects_alpn(
         writer.close()
 
 
-async def test_plaintext_on_a_direct_tls_listener_is_refused(make_node, tls_certfile, caplog):
-    b = await make_node(["b.test"], certfile=tls_certfile("b.test"), listeners=("tls",))
+async def test_plaintext_on_a_direct_tls_listener_is_refused(tls_mode_node, tls_certfile, caplog):
+    b = await tls_mode_node(["b.test"], certfile=tls_certfile("b.test"), listeners=("tls",))
     reader, writer = await asyncio.open_connection("127.0.0.1", b.ports["tls"])
     writer.write(HEADER.format(frm="a.test", to="b.test").encode())
     data = await asyncio.wait_for(reader.read(65536), 5)
@@ -238,16 +193,16 @@ async def test_plaintext_on_a_direct_tls_listener_is_refused(make_node, tls_cert
     assert "Direct TLS handshake failed" in caplog.text
 
 
-async def test_starttls_required_listener_requires_starttls(make_node, tls_certfile, dns):
-    b = await make_node(
+async def test_starttls_required_listener_requires_starttls(tls_mode_node, tls_certfile, dns):
+    b = await tls_mode_node(
         ["b.test"],
         mode="optional",
         certfile=tls_certfile("b.test"),
         listeners=("starttls_required",),
     )
-    a = await make_node(["a.test"], mode="false")
-    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(dns, "b.test", ("xmpp", 0, b.ports["starttls_required"]))
+    a = await tls_mode_node(["a.test"], mode="false")
+    dns.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns.add_s2s_targets("b.test", ("xmpp", 0, b.ports["starttls_required"]))
     reader, writer = await asyncio.open_connection("127.0.0.1", b.ports["starttls_required"])
     peer = _TlsPeer(reader, writer)
     writer.write(HEADER.format(frm="a.test", to="b.test").encode())
@@ -291,34 +246,34 @@ PAIRINGS: dict[tuple[str, str, str], str] = {}
 @pytest.mark.parametrize("judge", ["originating", "receiving"])
 @pytest.mark.parametrize("transport", ["starttls", "direct-tls"])
 async def test_required_trusted_judges_certificates_alike_on_both_transports(
-    dns, make_node, tls_certfile, tls_ca_file, cert_of_kind, transport, judge, kind
+    dns, tls_mode_node, tls_certfile, tls_ca_file, cert_of_kind, transport, judge, kind
 ):
     """*judge* is the side with ``required_trusted``; the other side presents a *kind* cert."""
     direct = transport == "direct-tls"
     a_cert = cert_of_kind(kind, "a.test") if judge == "receiving" else tls_certfile("a.test")
     b_cert = cert_of_kind(kind, "b.test") if judge == "originating" else tls_certfile("b.test")
-    a = await make_node(
+    a = await tls_mode_node(
         ["a.test"],
         mode="required_trusted" if judge == "originating" else "optional",
         certfile=a_cert,
         cafile=tls_ca_file,
     )
-    b = await make_node(
+    b = await tls_mode_node(
         ["b.test"],
         mode="required_trusted" if judge == "receiving" else "optional",
         certfile=b_cert,
         cafile=tls_ca_file,
         listeners=("tls",) if direct else ("starttls",),
     )
-    publish(dns, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(
-        dns, "b.test", ("xmpps" if direct else "xmpp", 0, b.ports["tls" if direct else "starttls"])
+    dns.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns.add_s2s_targets(
+        "b.test", ("xmpps" if direct else "xmpp", 0, b.ports["tls" if direct else "starttls"])
     )
     await a.send(message("u@a.test", "v@b.test", "cert", id="c1"))
     got = await a.inbox.get() if kind != "valid" else await b.inbox.get()
     if kind == "valid":
         assert got.id == "c1" and got.type == "chat"
-        out = outbound(a)
+        out = authenticated_connection(a, "out")
         assert out.tls and out.direct_tls is direct and out.peer_certificate.ok
         PAIRINGS[(transport, judge, kind)] = "federates"
         return

@@ -8,48 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import pytest
-from core_helpers import message, start_tls_mode_node
-from dnsserver import DnsServer, closed_port
-
-from s2sfast.net.dns import SRV_PREFIX, XMPPS_SRV_PREFIX
-from s2sfast.node import Node
+from core_helpers import authenticated_connection, message
+from dnsserver import closed_port
 
 NEXT = "trying the next candidate"
-
-
-@pytest.fixture
-async def make_node(dns_server: DnsServer):
-    """Factory: a started Node for *hosts* with one listener per ``tls.mode`` in *listeners*;
-    ``node.ports`` maps each mode to its port."""
-    started: list[Node] = []
-
-    async def make(
-        hosts: list[str],
-        *,
-        mode: str = "optional",
-        certfile: str | None = None,
-        cafile: str | None = None,
-        listeners: tuple[str, ...] = ("starttls",),
-        state_timeout_ms: int = 5000,
-    ) -> Node:
-        node = await start_tls_mode_node(
-            hosts,
-            dns_server.nameserver,
-            listeners=listeners,
-            mode=mode,
-            certfile=certfile,
-            cafile=cafile,
-            state_timeout_ms=state_timeout_ms,
-        )
-        started.append(node)
-        return node
-
-    yield make
-    for node in reversed(started):
-        await node.stop(timeout=3)
 
 
 class BadTlsPort:
@@ -99,34 +63,20 @@ async def bad_port():
         port.close()
 
 
-def publish(dns: DnsServer, domain: str, *records: tuple[str, int, int]) -> None:
-    """SRV records for *domain*: (kind "xmpp"/"xmpps", priority, port), all at 127.0.0.1."""
-    target = f"xmpp.{domain}"
-    for kind, priority, port in records:
-        prefix = XMPPS_SRV_PREFIX if kind == "xmpps" else SRV_PREFIX
-        dns.add_srv(prefix + domain, priority, 0, port, target)
-    dns.add_a(target, "127.0.0.1")
-
-
-def outbound(node: Node) -> Any:
-    (out,) = [c for c in node.connections() if c.direction == "out" and c.pairs]
-    return out
-
-
 @pytest.mark.parametrize("first", ["garbage", "plaintext-xmpp", "silent", "wrong-name"])
 async def test_failed_direct_tls_handshake_moves_on_to_the_next_xmpps_target(
-    dns_server, make_node, bad_port, tls_certfile, tls_ca_file, caplog, first
+    dns_server, tls_mode_node, bad_port, tls_certfile, tls_ca_file, caplog, first
 ):
     caplog.set_level(logging.WARNING)
     # the certificate case needs a judge: under required_trusted a name mismatch is fatal
-    a = await make_node(
+    a = await tls_mode_node(
         ["a.test"],
         mode="required_trusted" if first == "wrong-name" else "optional",
         certfile=tls_certfile("a.test"),
         cafile=tls_ca_file,
         state_timeout_ms=400,  # bounds the silent port's handshake
     )
-    b = await make_node(
+    b = await tls_mode_node(
         ["b.test"],
         certfile=tls_certfile("b.test"),
         cafile=tls_ca_file,
@@ -139,17 +89,17 @@ async def test_failed_direct_tls_handshake_moves_on_to_the_next_xmpps_target(
     elif first == "plaintext-xmpp":
         bad = b.ports["starttls"]  # a STARTTLS port published as Direct TLS
     else:
-        c = await make_node(
+        c = await tls_mode_node(
             ["c.test"], certfile=tls_certfile("c.test"), cafile=tls_ca_file, listeners=("tls",)
         )
         bad = c.ports["tls"]
-    publish(dns_server, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(dns_server, "b.test", ("xmpps", 5, bad), ("xmpps", 10, b.ports["tls"]))
+    dns_server.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns_server.add_s2s_targets("b.test", ("xmpps", 5, bad), ("xmpps", 10, b.ports["tls"]))
 
     await a.send(message("u@a.test", "v@b.test", "second target", id="x1"))
     got = await b.inbox.get()
     assert got.id == "x1" and got.type == "chat"
-    out = outbound(a)
+    out = authenticated_connection(a, "out")
     assert out.direct_tls and out.tls and out.peer_address[1] == b.ports["tls"]
     assert probe is None or probe.accepted >= 1
     moved = [r.getMessage() for r in caplog.records if NEXT in r.getMessage()]
@@ -164,19 +114,18 @@ async def test_failed_direct_tls_handshake_moves_on_to_the_next_xmpps_target(
 
 
 async def test_failed_direct_tls_moves_on_to_a_starttls_target_in_the_shared_order(
-    dns_server, make_node, bad_port, tls_certfile, tls_ca_file
+    dns_server, tls_mode_node, bad_port, tls_certfile, tls_ca_file
 ):
-    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
-    b = await make_node(
+    a = await tls_mode_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await tls_mode_node(
         ["b.test"],
         certfile=tls_certfile("b.test"),
         cafile=tls_ca_file,
         listeners=("starttls", "tls"),
     )
     garbage = await bad_port("garbage")
-    publish(dns_server, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(
-        dns_server,
+    dns_server.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns_server.add_s2s_targets(
         "b.test",
         ("xmpps", 5, garbage.port),
         ("xmpp", 10, b.ports["starttls"]),
@@ -184,21 +133,20 @@ async def test_failed_direct_tls_moves_on_to_a_starttls_target_in_the_shared_ord
     )
     await a.send(message("u@a.test", "v@b.test", "starttls next", id="s1"))
     assert (await b.inbox.get()).id == "s1"
-    out = outbound(a)
+    out = authenticated_connection(a, "out")
     assert out.tls and not out.direct_tls and out.peer_address[1] == b.ports["starttls"]
     assert garbage.accepted == 1
 
 
 async def test_every_candidate_failing_bounces_with_each_reason_the_last_one_last(
-    dns_server, make_node, bad_port, tls_certfile, tls_ca_file
+    dns_server, tls_mode_node, bad_port, tls_certfile, tls_ca_file
 ):
-    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
-    b = await make_node(["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file)
+    a = await tls_mode_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await tls_mode_node(["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file)
     first, last = await bad_port("garbage"), await bad_port("garbage")
     refused = closed_port()
-    publish(dns_server, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(
-        dns_server,
+    dns_server.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns_server.add_s2s_targets(
         "b.test",
         ("xmpps", 5, first.port),
         ("xmpps", 10, refused),
@@ -218,21 +166,23 @@ async def test_every_candidate_failing_bounces_with_each_reason_the_last_one_las
 
 
 async def test_a_peer_that_opened_its_stream_and_refused_is_not_failed_over(
-    dns_server, make_node, tls_certfile, tls_ca_file, caplog
+    dns_server, tls_mode_node, tls_certfile, tls_ca_file, caplog
 ):
     """c.test's Direct TLS port completes TLS and opens its stream, then refuses b.test
     (host-unknown): that is the server's answer, not a broken candidate; b.test's real port,
     next in order, is never tried and the stanza bounces."""
     caplog.set_level(logging.WARNING)
-    a = await make_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
-    b = await make_node(
+    a = await tls_mode_node(["a.test"], certfile=tls_certfile("a.test"), cafile=tls_ca_file)
+    b = await tls_mode_node(
         ["b.test"], certfile=tls_certfile("b.test"), cafile=tls_ca_file, listeners=("tls",)
     )
-    c = await make_node(
+    c = await tls_mode_node(
         ["c.test"], certfile=tls_certfile("c.test"), cafile=tls_ca_file, listeners=("tls",)
     )
-    publish(dns_server, "a.test", ("xmpp", 0, a.ports["starttls"]))
-    publish(dns_server, "b.test", ("xmpps", 5, c.ports["tls"]), ("xmpps", 10, b.ports["tls"]))
+    dns_server.add_s2s_targets("a.test", ("xmpp", 0, a.ports["starttls"]))
+    dns_server.add_s2s_targets(
+        "b.test", ("xmpps", 5, c.ports["tls"]), ("xmpps", 10, b.ports["tls"])
+    )
     await a.send(message("u@a.test", "v@b.test", "refused", id="r1"))
     bounce = await a.inbox.get()
     assert bounce.id == "r1" and bounce.type == "error"

@@ -55,10 +55,9 @@ async def test_sm_is_enabled_on_both_streams_and_acks_empty_the_queues(federatio
         assert inbound.machine.sm_in.received == inbound.machine.sm_in.h == 250
 
 
-async def test_a_burst_asks_for_acks_as_it_goes(federation):
-    """A burst written without the loop turning (Node.send does not yield while nothing is
-    congested) carries an <r/> every ack_freq stanzas and with each write past the high-water
-    mark, not one at its end: the peer's acks come back while the sender goes on."""
+async def _warm_pair(federation):
+    """A (a.test) and B (b.test) with one stanza delivered and acknowledged: A's outbound
+    stream to B and its XEP-0198 state, nothing in flight."""
     nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
     a, b = nodes["A"], nodes["B"]
     await a.send(message("u@a.test", "v@b.test", "warm", id="warm"))
@@ -66,6 +65,14 @@ async def test_a_burst_asks_for_acks_as_it_goes(federation):
     stream = _out(a, "b.test")
     sm = stream.machine.sm_out
     await _until(lambda: not sm.unacked)
+    return a, b, stream, sm
+
+
+async def test_a_burst_asks_for_acks_as_it_goes(federation):
+    """A burst written without the loop turning (Node.send does not yield while nothing is
+    congested) carries an <r/> every ack_freq stanzas and with each write past the high-water
+    mark, not one at its end: the peer's acks come back while the sender goes on."""
+    a, b, stream, sm = await _warm_pair(federation)
     written: list[bytes] = []
     real_write = stream.transport.write
 
@@ -92,13 +99,7 @@ async def test_stanzas_and_close_in_one_read_are_all_acknowledged(federation):
     """B counts a read's handled stanzas at once (one run per read), but before it takes the
     peer's </stream:stream>: its final <a/> covers every stanza of that read, so A resends
     nothing (no duplicates at B) when stanzas, <r/> and the close arrive together."""
-    nodes = await federation({"A": {"hosts": ["a.test"]}, "B": {"hosts": ["b.test"]}})
-    a, b = nodes["A"], nodes["B"]
-    await a.send(message("u@a.test", "v@b.test", "warm", id="warm"))
-    assert (await b.inbox.get()).id == "warm"
-    stream = _out(a, "b.test")
-    sm = stream.machine.sm_out
-    await _until(lambda: not sm.unacked)
+    a, b, stream, sm = await _warm_pair(federation)
     requeued = []
     a.on_event(lambda kind, f: requeued.append(f) if kind == "sm-requeue" else None)
     n = 150

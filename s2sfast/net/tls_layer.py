@@ -32,11 +32,12 @@ TLS_IN_SLICE = 4 * 1024
 #: transport.write per batch, with an out-BIO of one record (~22 KiB once a batch exceeded it).
 TLS_OUT_SLICE = 16 * 1024
 #: A BIO that carried more than this at once gives its buffer back as soon as it is empty
-#: (:func:`s2sfast.net.membio.release`), and both do when the handshake ends: an idle stream
-#: keeps at most ~5.4 KiB per BIO instead of the largest flight or batch it ever saw. Smaller
-#: traffic keeps its buffer, so a steady trickle does not free and allocate on every write
-#: (a release costs ~1.5 us, paid once per batch above this size: 2,770 releases for 100,000
-#: messages of 400 bytes on the library path, about 1% of the CPU those messages take).
+#: (:func:`s2sfast.net.membio.release`: the out-BIO after such a write, the in-BIO after a
+#: read fed in slices; a smaller read never grows it past one slice), and both do when the
+#: handshake ends: an idle stream keeps at most ~5.4 KiB per BIO instead of the largest
+#: flight or batch it ever saw. Smaller traffic keeps its buffer, so a steady trickle does not
+#: free and allocate on every write (a release costs ~1.9 us: 329 releases for 100,000
+#: messages of 400 bytes on the library path).
 BIO_KEEP = 4 * 1024
 
 
@@ -155,7 +156,6 @@ class TlsLayer:
 
     def _read_tls(self) -> None:
         assert self._ssl is not None
-        got = 0
         while not self._lost:
             try:
                 chunk = self._ssl.read(TLS_READ_SIZE)
@@ -171,9 +171,6 @@ class TlsLayer:
                 return
             if not chunk:
                 break
-            got += len(chunk)
             self._feed(chunk)
         if not self._lost:
             self._drain_bio()
-            if got > BIO_KEEP and self._in_bio is not None:
-                release(self._in_bio)

@@ -12,6 +12,7 @@ import logging
 import ssl
 
 from s2sfast.net.membio import release
+from s2sfast.net.peer_release import release as release_peer_certificates
 from s2sfast.net.tls import peer_chain
 from s2sfast.protocol.errors import RemoteStreamError
 from s2sfast.protocol.events import ConnectionLost, StartTls, TlsUp
@@ -126,6 +127,8 @@ class TlsLayer:
         self._handshaking = False
         self._drain_bio()
         chain = tuple(peer_chain(self._ssl))
+        # read once, in DER: OpenSSL's decoded copies (~4.6 KiB per end) go
+        release_peer_certificates(self._ssl)
         self.alpn = self._ssl.selected_alpn_protocol()
         log.info(
             "TLS up (%s%s%s) on %s",

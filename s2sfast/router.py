@@ -485,7 +485,7 @@ class Router:
             self.requeue(action.local, action.remote, action.raws, action.reason)
         elif kind is VerifyKey:
             # index under the id the key names (the id changes when TLS restarts the stream)
-            self.inbound[action.stream_id] = stream
+            self._index_inbound(stream, action.stream_id)
             self.verifier.verify(action)
         elif kind is VerifyAnswered:
             self.verifier.answer(
@@ -505,7 +505,7 @@ class Router:
             if stream.direction == "out" and link is not None:
                 self.links.authenticated(stream, link)
             elif stream.direction == "in":
-                self.inbound[stream.stream_id] = stream
+                self._index_inbound(stream, stream.stream_id)
                 if stream.limiter is not None and len(stream.authenticated) == 1:
                     stream.limiter.authenticated(self._address(stream))
         elif kind is AuthFailed:
@@ -565,16 +565,23 @@ class Router:
     def stream_event(self, stream: XmlStream, kind: str, fields: dict[str, Any]) -> None:
         self.emit(kind, direction=stream.direction, stream_id=stream.stream_id, **fields)
 
+    def _index_inbound(self, stream: XmlStream, key: str | None) -> None:
+        """Let dialback verify answers find *stream* by the stream id *key*."""
+        if key is None:
+            return
+        self.inbound[key] = stream
+        if key not in stream.inbound_keys:
+            stream.inbound_keys = (*stream.inbound_keys, key)
+
     def stream_closed(self, stream: XmlStream) -> None:
         self.streams.discard(stream)
         self.sm.wake(stream)
-        if stream.direction == "out" and getattr(stream.machine, "reverse_requests", 0):
-            # XEP-0288: the peer's dialback requests on our stream indexed it for verify answers
-            for key in [k for k, v in self.inbound.items() if v is stream]:
+        # (XEP-0288: an outbound stream too, where the peer's dialback requests indexed it)
+        for key in stream.inbound_keys:
+            if self.inbound.get(key) is stream:
                 del self.inbound[key]
+        stream.inbound_keys = ()
         if stream.direction == "in":
-            for key in [k for k, v in self.inbound.items() if v is stream]:
-                del self.inbound[key]
             limiter = stream.limiter
             if limiter is not None:  # admitted (the limiter counts it until now)
                 stream.limiter = None

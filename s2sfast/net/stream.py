@@ -118,6 +118,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         "transport",
         "link",
         "limiter",
+        "inbound_keys",
         "peername",
         "framer",
         "authenticated",
@@ -186,6 +187,9 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
         #: which the owner drops when it refuses the connection)
         self.link: Any = None
         self.limiter: Any = None
+        #: the stream ids the owner indexed this stream under (Router.inbound: dialback
+        #: verify answers find it by them), so that its close removes exactly those
+        self.inbound_keys: tuple[str, ...] = ()
         self.peername: Any = None
         self.framer = self._new_framer()
         #: the (local, remote) pairs authenticated on this stream, in order (a tuple: most

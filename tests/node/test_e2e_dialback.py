@@ -214,3 +214,24 @@ async def test_claiming_one_of_our_own_domains(federation):
     assert b"type='valid'" in (await peer.next()).raw
     assert [c for c in nodes["B"].connections() if c.direction == "out"] == []
     await peer.close()
+
+
+async def test_closed_streams_leave_nothing_in_the_dialback_index(federation):
+    """Verify answers find an inbound stream by its id (Router.inbound, one key per stream id
+    it was indexed under); when the streams close, exactly their entries go."""
+    from hostile_helpers import until
+
+    nodes = await federation({"A": {"hosts": ["a.test", "a2.test"]}, "B": {"hosts": ["b.test"]}})
+    a, b = nodes["A"], nodes["B"]
+    for i, domain in enumerate(("a.test", "a2.test")):
+        await a.send(message(f"u@{domain}", "v@b.test", "hi", id=f"a{i}"))
+        await b.send(message("v@b.test", f"u@{domain}", "hi", id=f"b{i}"))
+    assert sorted([(await b.inbox.get()).id for _ in range(2)]) == ["a0", "a1"]
+    assert sorted([(await a.inbox.get()).id for _ in range(2)]) == ["b0", "b1"]
+    for node in (a, b):
+        live = {s for s in node.router.streams if s.direction == "in" and s.authenticated}
+        assert live and set(node.router.inbound.values()) == live
+        assert all(key in s.inbound_keys for key, s in node.router.inbound.items())
+    await a.stop()
+    assert await until(lambda: not b.router.streams)
+    assert b.router.inbound == {} and a.router.inbound == {}

@@ -148,8 +148,8 @@ def run(
     of s2sfast need not agree on XEP-0198 and the like), open about *streams* streams, time
     *new* more, send *messages*, stop both; the result dict. *verify_mode* is the daemon
     listener's ``tls.verify_mode``: "peer" (the default: each inbound stream's peer is asked
-    for its certificate, which OpenSSL then keeps for the life of the connection) or "none"
-    (not asked: dialback only, as with *auth* "dialback" anyway)."""
+    for its certificate; s2sfast frees OpenSSL's copy after the handshake) or "none" (not
+    asked: dialback only, as with *auth* "dialback" anyway)."""
     return asyncio.run(_run(workdir, streams, new, messages, loop, tree, auth, verify_mode))
 
 

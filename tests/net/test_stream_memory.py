@@ -5,7 +5,9 @@ DNS server), dialback, XEP-0198 on. After a warm-up (code paths, caches, TLS con
 once), ``tracemalloc`` compares the Python heap before and after opening more authenticated
 (hN.a.test, b.test) pairs and leaving them idle. What it counts is allocation sizes, not time
 or RSS, so the figure is stable from run to run; OpenSSL's own per-connection state (about
-20 KiB per end, allocated by libssl with malloc) is outside it and not ours to shrink.
+15.5 KiB per end, allocated by libssl with malloc) is outside it (what s2sfast frees there,
+MemoryBIO buffers and the peer's certificates, tests/net/test_membio.py and
+test_peer_release.py check).
 
 The bound (docs: issue 14, 24 KiB per stream in all) has a ~20% margin over the measured
 figure: about 5.9 KB per stream end here after the issue-14 trims of the routing and protocol

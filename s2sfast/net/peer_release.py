@@ -17,7 +17,8 @@ layout compiled in here. Each field is *found*, every time: the values the publi
 return (``SSL_get0_peer_certificate``, ``SSL_get_peer_cert_chain``,
 ``SSL_get0_verified_chain``) are looked for inside the ``SSL_SESSION`` / ``SSL`` allocation
 (bounded by ``malloc_usable_size``); the leaf and the chain must sit in adjacent words, each
-value must occur exactly once, and at the same offset as the first time in this process. The
+value must occur exactly once; later connections must hold the values at the offsets found
+then. The
 ``SSL *`` is read from CPython's ``_ssl._SSLSocket`` (``PyObject_HEAD``, the owner weakref, then
 the ``SSL *``) and must give back the object's own ``SSL_CTX`` and side before it is used.
 OpenSSL must allocate with the C library's malloc (its default; checked). Where anything
@@ -116,7 +117,7 @@ _offsets: dict[str, int] = {}
 
 def _find(base: int, *values: int) -> int | None:
     """The word index inside *base*'s allocation where *values* sit in consecutive words, if
-    they occur there exactly once (and at the index this field had before)."""
+    they occur there exactly once."""
     size = _libc().malloc_usable_size(base) // _WORD * _WORD  # type: ignore[union-attr]
     if size < _WORD * len(values):
         return None
@@ -132,18 +133,28 @@ def _find(base: int, *values: int) -> int | None:
 
 
 def _locate(field: str, base: int, *values: int) -> int | None:
-    index = _find(base, *values)
-    if index is None:
+    """Where *field* holds *values* in *base*: found by a search the first time, afterwards
+    read at that offset and compared (the layout is the library's, the same for every
+    connection; a value that differs there means it is not, and nothing is touched)."""
+    known = _offsets.get(field)
+    if known is None:
+        index = _find(base, *values)
+        if index is not None:
+            _offsets[field] = index
+        return index
+    if _libc().malloc_usable_size(base) < (known + len(values)) * _WORD:  # type: ignore[union-attr]
         return None
-    known = _offsets.setdefault(field, index)
-    return index if known == index else None
+    words = (ctypes.c_uint64 * len(values)).from_address(base + known * _WORD)
+    return known if list(words) == list(values) else None
 
 
 def release(sslobj: ssl.SSLObject) -> bool:
     """Free OpenSSL's copies of *sslobj*'s peer certificates (call it after the handshake,
     once the chain was read); True if anything was freed.
 
-    About 10 us per connection end (a few calls into libssl and two searches of 1-7 KiB).
+    About 35 us per connection end, most of it OpenSSL freeing the certificates (5 us each:
+    work it would otherwise do when the connection is freed); the first call in a process
+    also searches the two allocations (1-7 KiB).
     """
     lib = _lib()
     if lib is None:

@@ -83,6 +83,14 @@ def node_config(
     )
 
 
+def tls_spec(
+    tls_certfile: Any, tls_ca_file: str, host: str, mode: str = "required"
+) -> dict[str, Any]:
+    """A ``federation`` node spec for *host* with TLS *mode*, its certificate (from the
+    ``tls_certfile`` fixture) and the CA every test certificate chains to."""
+    return {"hosts": [host], "mode": mode, "certfile": tls_certfile(host), "cafile": tls_ca_file}
+
+
 def authenticated_connection(node: Any, direction: str) -> Any:
     """The node's one authenticated connection in *direction* ("in" or "out")."""
     (conn,) = [c for c in node.connections() if c.direction == direction and c.pairs]

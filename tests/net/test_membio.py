@@ -12,6 +12,7 @@ import ssl
 from typing import Any
 
 import pytest
+from core_helpers import tls_spec
 
 from s2sfast.config import StreamManagementOptions
 from s2sfast.net import membio
@@ -52,15 +53,6 @@ def test_release_ignores_what_is_not_a_memory_bio() -> None:
     assert membio.capacity(Stand()) is None  # type: ignore[arg-type]
 
 
-def _tls(tls_certfile: Any, tls_ca_file: str, host: str) -> dict[str, Any]:
-    return {
-        "hosts": [host],
-        "mode": "required",
-        "certfile": tls_certfile(host),
-        "cafile": tls_ca_file,
-    }
-
-
 def _capacities(stream: Any) -> tuple[int | None, int | None]:
     return membio.capacity(stream._in_bio), membio.capacity(stream._out_bio)
 
@@ -70,8 +62,8 @@ async def test_idle_tls_streams_hold_no_bio_buffers(federation, tls_certfile, tl
     options = StreamManagementOptions(enabled=sm)
     nodes = await federation(
         {
-            "A": {**_tls(tls_certfile, tls_ca_file, "a.test"), "stream_management": options},
-            "B": {**_tls(tls_certfile, tls_ca_file, "b.test"), "stream_management": options},
+            "A": {**tls_spec(tls_certfile, tls_ca_file, "a.test"), "stream_management": options},
+            "B": {**tls_spec(tls_certfile, tls_ca_file, "b.test"), "stream_management": options},
         }
     )
     a, b = nodes["A"], nodes["B"]

@@ -24,54 +24,12 @@ from typing import Any
 
 import pytest
 from certs import make_ca
+from core_helpers import tls_spec
+from tls_pair import Pair
 
 from s2sfast.config import ListenS2S, ListenTls, S2SOptions
 from s2sfast.net import peer_release
 from s2sfast.net.tls import make_client_context, make_server_context, peer_chain, verify_peer
-
-
-class _Pair:
-    """A client and a server SSLObject back to back through memory BIOs."""
-
-    def __init__(self, client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:
-        self.c_in, self.c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.s_in, self.s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.client = client_ctx.wrap_bio(self.c_in, self.c_out, server_hostname="b.test")
-        self.server = server_ctx.wrap_bio(self.s_in, self.s_out, server_side=True)
-
-    def shuttle(self) -> bool:
-        moved = False
-        for src, dst in ((self.c_out, self.s_in), (self.s_out, self.c_in)):
-            data = src.read()
-            if data:
-                dst.write(data)
-                moved = True
-        return moved
-
-    def handshake(self) -> _Pair:
-        done = set()
-        for _ in range(20):
-            for side in ("client", "server"):
-                if side not in done:
-                    try:
-                        getattr(self, side).do_handshake()
-                        done.add(side)
-                    except ssl.SSLWantReadError:
-                        pass
-            if not self.shuttle() and len(done) == 2:
-                return self
-        raise AssertionError("handshake did not finish")
-
-    def send(self, sender: ssl.SSLObject, receiver: ssl.SSLObject, data: bytes) -> bytes:
-        sender.write(data)
-        got = b""
-        while self.shuttle() or len(got) < len(data):
-            try:
-                got += receiver.read(65536)
-            except ssl.SSLWantReadError:
-                if not self.shuttle():
-                    break
-        return got
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +60,7 @@ def _server(pki: dict[str, str], cert: str = "b", verify_mode: str = "peer") -> 
 
 def test_release_frees_both_ends_certificates_and_the_connection_keeps_working(pki):
     assert peer_release.available()  # CPython over OpenSSL's default allocator: relied upon
-    pair = _Pair(_client(pki), _server(pki)).handshake()
+    pair = Pair(_client(pki), _server(pki)).ok()
     client_chain, server_chain = peer_chain(pair.client), peer_chain(pair.server)
     assert len(client_chain) == 1 and len(server_chain) == 2  # b's leaf; a's leaf + intermediate
     version, cipher = pair.client.version(), pair.client.cipher()
@@ -136,7 +94,7 @@ def test_tickets_that_arrive_after_the_release_are_taken(pki, version):
     plain.maximum_version = ssl.TLSVersion[version]
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # tickets accepted, unlike s2sfast's
     client.load_verify_locations(pki["cafile"])
-    pair = _Pair(client, plain).handshake()
+    pair = Pair(client, plain).ok()
     assert peer_release.release(pair.client)
     assert pair.send(pair.server, pair.client, b"x" * 5000) == b"x" * 5000
     assert pair.client.session is not None and pair.client.session.has_ticket
@@ -146,9 +104,9 @@ def test_tickets_that_arrive_after_the_release_are_taken(pki, version):
 
 
 def test_release_refuses_what_it_cannot_prove(pki):
-    pair = _Pair(_client(pki, "optional"), _server(pki, verify_mode="none"))
+    pair = Pair(_client(pki, "optional"), _server(pki, verify_mode="none"))
     assert not peer_release.release(pair.client)  # no handshake yet: no peer
-    pair.handshake()
+    pair.ok()
     assert not peer_release.release(pair.server)  # the client was not asked for a certificate
     assert peer_release.release(pair.client)
 
@@ -177,7 +135,7 @@ def _malloc_in_use() -> int:
 
 def test_the_memory_goes_back_to_the_c_heap(pki):
     """The point of it: a decoded certificate is 4-5 KiB of OpenSSL's heap per end."""
-    pairs = [_Pair(_client(pki), _server(pki)).handshake() for _ in range(40)]
+    pairs = [Pair(_client(pki), _server(pki)).ok() for _ in range(40)]
     for p in pairs:
         p.send(p.client, p.server, b"x")
     before = _malloc_in_use()
@@ -194,15 +152,12 @@ def _authenticated_tls(nodes: dict[str, Any]) -> list[Any]:
 async def test_streams_between_nodes_keep_their_verdict_not_the_certificates(
     federation, tls_certfile, tls_ca_file
 ):
-    def spec(host: str) -> dict[str, Any]:
-        return {
-            "hosts": [host],
-            "mode": "required_trusted",
-            "certfile": tls_certfile(host),
-            "cafile": tls_ca_file,
+    nodes = await federation(
+        {
+            "A": tls_spec(tls_certfile, tls_ca_file, "a.test", "required_trusted"),
+            "B": tls_spec(tls_certfile, tls_ca_file, "b.test", "required_trusted"),
         }
-
-    nodes = await federation({"A": spec("a.test"), "B": spec("b.test")})
+    )
     a, b = nodes["A"], nodes["B"]
     await a.send(b"<message from='u@a.test' to='v@b.test' id='m1'><body>hi</body></message>")
     assert (await b.inbox.get()).id == "m1"
@@ -225,7 +180,7 @@ _UNDER_VALGRIND = """
     from s2sfast.net import peer_release
     pki = {pki!r}
     for rounds in range(3):
-        pair = t._Pair(t._client(pki), t._server(pki)).handshake()
+        pair = t.Pair(t._client(pki), t._server(pki)).ok()
         assert peer_release.release(pair.client) and peer_release.release(pair.server)
         assert pair.send(pair.client, pair.server, b"x" * 40000) == b"x" * 40000
         assert pair.send(pair.server, pair.client, b"y" * 300) == b"y" * 300
@@ -237,7 +192,7 @@ _UNDER_VALGRIND = """
         plain.maximum_version = ssl.TLSVersion[version]
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.load_verify_locations(pki["cafile"])
-        pair = t._Pair(client, plain).handshake()
+        pair = t.Pair(client, plain).ok()
         assert peer_release.release(pair.client)
         assert pair.send(pair.server, pair.client, b"z" * 3000) == b"z" * 3000
     print("done")

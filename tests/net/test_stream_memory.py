@@ -25,7 +25,7 @@ import tracemalloc
 from typing import Any
 
 from certs import make_ca
-from core_helpers import free_port, node_config
+from core_helpers import free_port, node_config, tls_spec
 from dnsserver import DnsServer
 
 from s2sfast.net.dns import Resolver
@@ -143,15 +143,12 @@ async def test_a_big_burst_keeps_the_memory_bios_small(federation, tls_certfile,
     TLS record (out) into one of them, and every stanza arrived intact and in order."""
     from s2sfast.net.stream import TLS_IN_SLICE, TLS_OUT_SLICE
 
-    def tls(host: str) -> dict[str, Any]:
-        return {
-            "hosts": [host],
-            "mode": "required",
-            "certfile": tls_certfile(host),
-            "cafile": tls_ca_file,
+    nodes = await federation(
+        {
+            "A": tls_spec(tls_certfile, tls_ca_file, "a.test"),
+            "B": tls_spec(tls_certfile, tls_ca_file, "b.test"),
         }
-
-    nodes = await federation({"A": tls("a.test"), "B": tls("b.test")})
+    )
     a, b = nodes["A"], nodes["B"]
     await a.send(b"<message from='u@a.test' to='v@b.test' id='warm'><body>w</body></message>")
     assert (await b.inbox.get()).id == "warm"

@@ -6,20 +6,15 @@ s2sfast's own contexts (SSLObject over MemoryBIOs, as the streams use them) and 
 Nodes on loopback, and check what a user would see: the memory goes back to the C heap, the
 connection keeps working both ways (TLS 1.3 and 1.2, session tickets arriving afterwards, a
 clean close), and the certificate verdict taken at the handshake still authenticates the
-stream. The slow test runs the same handshakes under valgrind, where an invalid read or a
-double free in libssl would show.
+stream. tests/net/test_under_valgrind.py runs the same handshakes, and two Nodes, under
+valgrind, where an invalid read or a double free in libssl would show.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import ssl
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,58 +166,3 @@ async def test_streams_between_nodes_keep_their_verdict_not_the_certificates(
     for i in range(200):
         await a.send(f"<message to='v@b.test' from='u@a.test' id='n{i}'/>".encode())
     assert [(await b.inbox.get()).id for _ in range(200)] == [f"n{i}" for i in range(200)]
-
-
-_UNDER_VALGRIND = """
-    import ssl, sys
-    sys.path[:0] = [{tests!r}, {root!r}]
-    import test_peer_release as t
-    from s2sfast.net import peer_release
-    pki = {pki!r}
-    for rounds in range(3):
-        pair = t.Pair(t._client(pki), t._server(pki)).ok()
-        assert peer_release.release(pair.client) and peer_release.release(pair.server)
-        assert pair.send(pair.client, pair.server, b"x" * 40000) == b"x" * 40000
-        assert pair.send(pair.server, pair.client, b"y" * 300) == b"y" * 300
-        pair.client.getpeercert(); pair.server.getpeercert(); pair.client.cipher()
-        del pair
-    for version in ("TLSv1_2", "TLSv1_3"):
-        plain = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        plain.load_cert_chain(pki["b"])
-        plain.maximum_version = ssl.TLSVersion[version]
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.load_verify_locations(pki["cafile"])
-        pair = t.Pair(client, plain).ok()
-        assert peer_release.release(pair.client)
-        assert pair.send(pair.server, pair.client, b"z" * 3000) == b"z" * 3000
-    print("done")
-"""
-
-
-@pytest.mark.slow
-def test_no_invalid_access_under_valgrind(pki, tmp_path):
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        why = "valgrind is not installed (apt-get install valgrind)"
-        if os.environ.get("S2SFAST_REQUIRE_INTEROP", "") not in ("", "0"):
-            pytest.fail(why)
-        pytest.skip(why)
-    here = Path(__file__).resolve().parent
-    script = tmp_path / "under_valgrind.py"
-    script.write_text(
-        textwrap.dedent(_UNDER_VALGRIND).format(tests=str(here), root=str(here.parents[1]), pki=pki)
-    )
-    done = subprocess.run(
-        [valgrind, "--error-limit=no", "--track-origins=no", sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONMALLOC": "malloc", "PYTHONPATH": str(here.parent)},
-    )
-    assert done.returncode == 0 and "done" in done.stdout, done.stderr[-3000:]
-    report = done.stderr
-    # CPython's own "uninitialised value" reports (small-int checks) are noise here; what a
-    # wrong pointer or a double free would produce is below, inside or outside libssl
-    for kind in ("Invalid read", "Invalid write", "Invalid free", "Mismatched free"):
-        assert kind not in report, report[report.index(kind) - 200 :][:3000]
-    assert "ERROR SUMMARY" in report  # valgrind really ran the interpreter

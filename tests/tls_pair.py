@@ -1,9 +1,32 @@
 """Two SSLObjects back to back through memory BIOs: real TLS handshakes and records between
-s2sfast's contexts without sockets, driven the way s2sfast.net.stream drives TLS."""
+s2sfast's contexts without sockets, driven the way s2sfast.net.stream drives TLS; and those
+contexts, made from the ``pki`` fixture's files (tests/net/conftest.py)."""
 
 from __future__ import annotations
 
 import ssl
+
+from s2sfast.config import ListenS2S, ListenTls, S2SOptions
+from s2sfast.net.tls import make_client_context, make_server_context
+
+
+def client_context(
+    pki: dict[str, str], mode="required_trusted", cert="a", ciphers=None, cafile="cafile"
+) -> ssl.SSLContext | None:
+    """s2sfast's outgoing context with *mode*, identity *cert*, trusting *cafile* (keys of
+    *pki*; None for no certificate or no CA file)."""
+    kw = {"ciphers": ciphers} if ciphers else {}
+    s2s = S2SOptions(use_starttls=mode, certfile=pki[cert] if cert else None, **kw)
+    return make_client_context(s2s, pki[cafile] if cafile else None)
+
+
+def server_context(
+    pki: dict[str, str], mode="required_trusted", cert="b", **tls
+) -> ssl.SSLContext | None:
+    """s2sfast's listener context with *mode*, identity *cert* and ``[listen.s2s] tls``
+    options *tls*."""
+    s2s = S2SOptions(use_starttls=mode, certfile=pki[cert])
+    return make_server_context(s2s, ListenS2S(port=5269, tls=ListenTls(**tls)))
 
 
 class Pair:

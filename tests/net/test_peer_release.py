@@ -18,44 +18,16 @@ import ssl
 from typing import Any
 
 import pytest
-from certs import make_ca
 from core_helpers import tls_spec
-from tls_pair import Pair
+from tls_pair import Pair, client_context, server_context
 
-from s2sfast.config import ListenS2S, ListenTls, S2SOptions
 from s2sfast.net import peer_release
-from s2sfast.net.tls import make_client_context, make_server_context, peer_chain, verify_peer
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: Any) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("pki")
-    ca = make_ca()
-    inter = ca.intermediate()
-    return {
-        "cafile": ca.write_pem(d),
-        "a": inter.issue(["a.test"]).write_pem(d, "a.pem"),  # a chain of two
-        "b": ca.issue(["b.test"]).write_pem(d, "b.pem"),
-        "b_rsa": ca.issue(["b.test"], key_type="rsa").write_pem(d, "b_rsa.pem"),
-    }
-
-
-def _client(pki: dict[str, str], mode: str = "required_trusted") -> ssl.SSLContext:
-    ctx = make_client_context(S2SOptions(use_starttls=mode, certfile=pki["a"]), pki["cafile"])
-    assert ctx is not None
-    return ctx
-
-
-def _server(pki: dict[str, str], cert: str = "b", verify_mode: str = "peer") -> ssl.SSLContext:
-    s2s = S2SOptions(use_starttls="optional", certfile=pki[cert])
-    ctx = make_server_context(s2s, ListenS2S(port=5269, tls=ListenTls(verify_mode=verify_mode)))
-    assert ctx is not None
-    return ctx
+from s2sfast.net.tls import peer_chain, verify_peer
 
 
 def test_release_frees_both_ends_certificates_and_the_connection_keeps_working(pki):
     assert peer_release.available()  # CPython over OpenSSL's default allocator: relied upon
-    pair = Pair(_client(pki), _server(pki)).ok()
+    pair = Pair(client_context(pki), server_context(pki, "optional")).ok()
     client_chain, server_chain = peer_chain(pair.client), peer_chain(pair.server)
     assert len(client_chain) == 1 and len(server_chain) == 2  # b's leaf; a's leaf + intermediate
     version, cipher = pair.client.version(), pair.client.cipher()
@@ -99,7 +71,8 @@ def test_tickets_that_arrive_after_the_release_are_taken(pki, version):
 
 
 def test_release_refuses_what_it_cannot_prove(pki):
-    pair = Pair(_client(pki, "optional"), _server(pki, verify_mode="none"))
+    no_request = server_context(pki, "optional", verify_mode="none")
+    pair = Pair(client_context(pki, "optional"), no_request)
     assert not peer_release.release(pair.client)  # no handshake yet: no peer
     pair.ok()
     assert not peer_release.release(pair.server)  # the client was not asked for a certificate
@@ -130,7 +103,7 @@ def _malloc_in_use() -> int:
 
 def test_the_memory_goes_back_to_the_c_heap(pki):
     """The point of it: a decoded certificate is 4-5 KiB of OpenSSL's heap per end."""
-    pairs = [Pair(_client(pki), _server(pki)).ok() for _ in range(40)]
+    pairs = [Pair(client_context(pki), server_context(pki, "optional")).ok() for _ in range(40)]
     for p in pairs:
         p.send(p.client, p.server, b"x")
     before = _malloc_in_use()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import ctypes
 import ssl
 import subprocess
-from datetime import timedelta
 
 import pytest
-from certs import make_ca, self_signed, utcnow
+from certs import make_ca
 from tls_pair import Pair
+from tls_pair import client_context as client
+from tls_pair import server_context as server
 
 from s2sfast.config import ConfigError, ListenS2S, ListenTls, S2SOptions
 from s2sfast.net.tls import (
@@ -23,45 +24,6 @@ from s2sfast.net.tls import (
     requests_peer_certificate,
     verify_peer,
 )
-
-# --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA with an intermediate, cert files for a.test and b.test, and bad variants."""
-    d = tmp_path_factory.mktemp("pki")
-    ca = make_ca()
-    inter = ca.intermediate()
-    now = utcnow()
-    files = {
-        "cafile": ca.write_pem(d),
-        "a": inter.issue(["a.test"]).write_pem(d, "a.pem"),
-        "b": ca.issue(["b.test"]).write_pem(d, "b.pem"),
-        "b_rsa": ca.issue(["b.test"], key_type="rsa").write_pem(d, "b_rsa.pem"),
-        "b_expired": ca.issue(
-            ["b.test"], not_before=now - timedelta(days=9), not_after=now - timedelta(days=1)
-        ).write_pem(d, "b_expired.pem"),
-        "b_wrong": ca.issue(["c.test"]).write_pem(d, "b_wrong.pem"),
-        "b_wild": ca.issue(["*.b.test"]).write_pem(d, "b_wild.pem"),
-        "b_srv": ca.issue([], srv_ids=["b.test"], cn="srv only").write_pem(d, "b_srv.pem"),
-        "b_xmpp": ca.issue([], xmpp_addrs=["b.test"], cn="addr only").write_pem(d, "b_xmpp.pem"),
-        "b_self": self_signed("b.test").write_pem(d, "b_self.pem"),
-        "a_self": self_signed("a.test").write_pem(d, "a_self.pem"),
-    }
-    return files
-
-
-def client(pki, mode="required_trusted", cert="a", ciphers=None, cafile="cafile"):
-    kw = {"ciphers": ciphers} if ciphers else {}
-    s2s = S2SOptions(use_starttls=mode, certfile=pki[cert] if cert else None, **kw)
-    return make_client_context(s2s, pki[cafile] if cafile else None)
-
-
-def server(pki, mode="required_trusted", cert="b", **tls):
-    s2s = S2SOptions(use_starttls=mode, certfile=pki[cert])
-    return make_server_context(s2s, ListenS2S(port=5269, tls=ListenTls(**tls)))
-
 
 # --- modes and basic properties ---------------------------------------------------------------
 

@@ -22,10 +22,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
-from certs import make_ca
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +44,12 @@ MEMORY_ERRORS = (
 _HANDSHAKES = """
     import ssl, sys
     sys.path[:0] = [{tests!r}, {root!r}]
-    from tls_pair import Pair
-    from s2sfast.config import ListenS2S, ListenTls, S2SOptions
+    from tls_pair import Pair, client_context, server_context
     from s2sfast.net import membio, peer_release
-    from s2sfast.net.tls import make_client_context, make_server_context
     pki = {pki!r}
     assert peer_release.available() and membio.available()
-    client = make_client_context(
-        S2SOptions(use_starttls="required_trusted", certfile=pki["a"]), pki["cafile"]
-    )
-    server = make_server_context(
-        S2SOptions(use_starttls="optional", certfile=pki["b"]),
-        ListenS2S(port=5269, tls=ListenTls()),
-    )
+    client = client_context(pki)
+    server = server_context(pki, "optional")
     for rounds in range(3):
         pair = Pair(client, server).ok()
         assert peer_release.release(pair.client) and peer_release.release(pair.server)
@@ -120,18 +111,6 @@ _NODES = """
 
     asyncio.run(main())
 """
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: Any) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("pki")
-    ca = make_ca()
-    inter = ca.intermediate()
-    return {
-        "cafile": ca.write_pem(d),
-        "a": inter.issue(["a.test"]).write_pem(d, "a.pem"),
-        "b": ca.issue(["b.test"]).write_pem(d, "b.pem"),
-    }
 
 
 def _memcheck(script: str, pki: dict[str, str], tmp_path: Path) -> None:

@@ -363,11 +363,9 @@ class Router:
             self.bounce(raw, local, "service-unavailable", "the node is shutting down")
             return None
         pair = (local, remote)
-        allowed = self._allowed_from.get(local)
+        allowed = self._allowed_from.get(local)  # (policy_allows' first lookup, inline)
         if allowed is None:
-            allowed = self._allowed.get(pair)
-            if allowed is None:
-                allowed = self._policy_allows(local, remote)
+            allowed = self.policy_allows(local, remote)
         if not allowed:
             if _denied.add((local, remote)):
                 log.info("policy denies %s -> %s: bouncing", local, remote)

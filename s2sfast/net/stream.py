@@ -96,7 +96,7 @@ class XmlStream(TlsLayer, SmHooks, BufferedWriter):
             connection_made (the machine asks for it) and the stream opens inside TLS. An
             outgoing stream learns it from :func:`s2sfast.net.connect.connect_first`.
 
-    Memory (10,000 idle TLS streams per node): the fields are slots (58: 496 bytes, under
+    Memory (10,000 idle TLS streams per node): the fields are slots (59: 504 bytes, under
     pymalloc's 512-byte limit, so no malloc block), and what only a busy or closing stream
     needs (the ``closed`` future, the writer's queue structures) is made on first use; the
     TLS handshake's objects and the ``on_connected`` callback are not kept past their use.

@@ -179,7 +179,7 @@ class OutgoingMachine(OutgoingSasl, OutgoingSm, OutgoingBidi, Machine):
     #: frozensets until first added to)
     reverse_pairs: set[tuple[str, str]] = _NO_PAIRS
     _reverse_pending: set[str] = _NO_PAIRS
-    #: dialback requests the peer made on this stream (the router's verify index)
+    #: dialback requests the peer made on this stream (a count, for diagnostics)
     reverse_requests = 0
     #: what the peer answered a refused SASL EXTERNAL with
     sasl_failure: str | None = None

@@ -34,7 +34,7 @@ import ssl
 import struct
 import sys
 
-from s2sfast.net.tls import _libssl
+from s2sfast.net.tls import _ctx_pointer, _libssl
 
 __all__ = ["release", "available"]
 
@@ -102,8 +102,7 @@ def _ssl_pointer(lib: ctypes.CDLL, sslobj: ssl.SSLObject) -> int | None:
     ptr = _P.from_address(id(inner) + object.__basicsize__ + _WORD).value
     if not ptr:
         return None
-    # PySSLContext: PyObject_HEAD, then its SSL_CTX *
-    ctx_ptr = _P.from_address(id(sslobj.context) + object.__basicsize__).value
+    ctx_ptr = _ctx_pointer(sslobj.context)
     if not ctx_ptr or lib.SSL_get_SSL_CTX(ptr) != ctx_ptr:
         return None
     if bool(lib.SSL_is_server(ptr)) != sslobj.server_side:

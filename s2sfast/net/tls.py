@@ -294,6 +294,12 @@ def _libssl() -> ctypes.CDLL | None:
     return lib
 
 
+def _ctx_pointer(ctx: ssl.SSLContext) -> int | None:
+    """*ctx*'s ``SSL_CTX *`` as CPython holds it (PySSLContext: PyObject_HEAD, then the
+    pointer); callers prove it is the context's before writing through it."""
+    return ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+
+
 def _accept_any_peer_chain(ctx: ssl.SSLContext) -> bool:
     """Make OpenSSL accept any peer chain on *ctx* (we judge it later); False if impossible."""
     if sys.implementation.name != "cpython":
@@ -301,8 +307,7 @@ def _accept_any_peer_chain(ctx: ssl.SSLContext) -> bool:
     lib = _libssl()
     if lib is None:
         return False
-    # PySSLContext starts with PyObject_HEAD followed by its SSL_CTX pointer.
-    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    ptr = _ctx_pointer(ctx)
     if not ptr:
         return False
     # Make sure the pointer really is this context's SSL_CTX before writing through it.

@@ -84,11 +84,18 @@ def node_config(
 
 
 def tls_spec(
-    tls_certfile: Any, tls_ca_file: str, host: str, mode: str = "required"
+    tls_certfile: Any, tls_ca_file: str, *hosts: str, mode: str = "required", **extra: Any
 ) -> dict[str, Any]:
-    """A ``federation`` node spec for *host* with TLS *mode*, its certificate (from the
-    ``tls_certfile`` fixture) and the CA every test certificate chains to."""
-    return {"hosts": [host], "mode": mode, "certfile": tls_certfile(host), "cafile": tls_ca_file}
+    """A ``federation`` node spec for *hosts* with TLS *mode*, one certificate naming them all
+    (from the ``tls_certfile`` fixture), the CA every test certificate chains to, and *extra*
+    spec keys."""
+    return {
+        "hosts": list(hosts),
+        "mode": mode,
+        "certfile": tls_certfile(*hosts),
+        "cafile": tls_ca_file,
+        **extra,
+    }
 
 
 def authenticated_connection(node: Any, direction: str) -> Any:

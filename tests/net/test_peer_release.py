@@ -122,8 +122,8 @@ async def test_streams_between_nodes_keep_their_verdict_not_the_certificates(
 ):
     nodes = await federation(
         {
-            "A": tls_spec(tls_certfile, tls_ca_file, "a.test", "required_trusted"),
-            "B": tls_spec(tls_certfile, tls_ca_file, "b.test", "required_trusted"),
+            "A": tls_spec(tls_certfile, tls_ca_file, "a.test", mode="required_trusted"),
+            "B": tls_spec(tls_certfile, tls_ca_file, "b.test", mode="required_trusted"),
         }
     )
     a, b = nodes["A"], nodes["B"]

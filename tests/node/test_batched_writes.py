@@ -8,16 +8,11 @@ from __future__ import annotations
 import asyncio
 import math
 
-from core_helpers import message
+from core_helpers import message, tls_spec
 
 
 def _tls(hosts, tls_certfile, tls_ca_file):
-    return {
-        "hosts": hosts,
-        "mode": "required_trusted",
-        "certfile": tls_certfile(*hosts),
-        "cafile": tls_ca_file,
-    }
+    return tls_spec(tls_certfile, tls_ca_file, *hosts, mode="required_trusted")
 
 
 class _Records:

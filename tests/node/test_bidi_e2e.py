@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from core_helpers import message
+from core_helpers import message, tls_spec
 from dnsserver import closed_port
 
 from s2sfast.protocol.dialback import make_key
@@ -26,13 +26,7 @@ async def _until(predicate, timeout=10.0):
 
 
 def _tls(hosts, tls_certfile, tls_ca_file, **extra):
-    return {
-        "hosts": hosts,
-        "mode": "required_trusted",
-        "certfile": tls_certfile(*hosts),
-        "cafile": tls_ca_file,
-        **extra,
-    }
+    return tls_spec(tls_certfile, tls_ca_file, *hosts, mode="required_trusted", **extra)
 
 
 def _tcp(node):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from core_helpers import message
+from core_helpers import message, tls_spec
 
 from s2sfast.config import StreamManagementOptions
 from s2sfast.protocol.sm import REQUEST
@@ -279,13 +279,7 @@ async def test_an_ack_for_stanzas_never_sent_is_a_stream_error(federation, h):
 
 
 def _tls(host, tls_certfile, tls_ca_file, **extra):
-    return {
-        "hosts": [host],
-        "mode": "required",
-        "certfile": tls_certfile(host),
-        "cafile": tls_ca_file,
-        **extra,
-    }
+    return tls_spec(tls_certfile, tls_ca_file, host, **extra)
 
 
 async def test_sasl_external_both_ways_then_sm(federation, tls_certfile, tls_ca_file):

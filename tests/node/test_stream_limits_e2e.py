@@ -4,7 +4,7 @@ sender gets policy-violation (no ``by``: the limit is the peer's) and the stream
 
 from __future__ import annotations
 
-from core_helpers import message, node_config
+from core_helpers import message, node_config, tls_spec
 
 from s2sfast.protocol.errors import stanza_error_condition
 from s2sfast.router import stanza_from_bytes
@@ -73,14 +73,8 @@ async def test_bidi_initiator_announces_its_limit_in_the_bidi_request(
     to it on the reverse direction."""
 
     def tls(host, **extra):
-        return {
-            "hosts": [host],
-            "mode": "required_trusted",
-            "certfile": tls_certfile(host),
-            "cafile": tls_ca_file,
-            "bidi": True,
-            **extra,
-        }
+        mode = "required_trusted"
+        return tls_spec(tls_certfile, tls_ca_file, host, mode=mode, bidi=True, **extra)
 
     nodes = await federation(
         {"A": tls("a.test", max_stanza_size=SMALL), "B": tls("b.test", max_stanza_size=100_000)}
